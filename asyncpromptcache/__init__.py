@@ -1,0 +1,51 @@
+"""asyncpromptcache: an asyncio-native cache for prompts from Langfuse's prompt API."""
+
+from ._errors import (
+    AuthenticationError as AuthenticationError,
+    ClientStateError as ClientStateError,
+    ConfigurationError as ConfigurationError,
+    FetchError as FetchError,
+    FetchTimeoutError as FetchTimeoutError,
+    InvalidArgumentError as InvalidArgumentError,
+    InvalidResponseError as InvalidResponseError,
+    PromptCacheError as PromptCacheError,
+    PromptNotFoundError as PromptNotFoundError,
+    RateLimitError as RateLimitError,
+    ServerError as ServerError,
+    TemplateError as TemplateError,
+    TransportError as TransportError,
+    UnexpectedStatusError as UnexpectedStatusError,
+)
+from ._models import (
+    ChatMessage as ChatMessage,
+    ChatPrompt as ChatPrompt,
+    Placeholder as Placeholder,
+    Prompt as Prompt,
+    PromptType as PromptType,
+    TextPrompt as TextPrompt,
+    parse_prompt as parse_prompt,
+)
+
+__all__ = [
+    "AuthenticationError",
+    "ChatMessage",
+    "ChatPrompt",
+    "ClientStateError",
+    "ConfigurationError",
+    "FetchError",
+    "FetchTimeoutError",
+    "InvalidArgumentError",
+    "InvalidResponseError",
+    "Placeholder",
+    "Prompt",
+    "PromptCacheError",
+    "PromptNotFoundError",
+    "PromptType",
+    "RateLimitError",
+    "ServerError",
+    "TemplateError",
+    "TextPrompt",
+    "TransportError",
+    "UnexpectedStatusError",
+    "parse_prompt",
+]

@@ -1,0 +1,150 @@
+"""Every error the SDK raises, under one root.
+
+The tree::
+
+    PromptCacheError                    root: ``except PromptCacheError`` catches everything we raise
+    ├── ConfigurationError              bad constructor argument or environment value (also a ValueError)
+    ├── ClientStateError                the client is used before ``async with`` / after close
+    ├── TemplateError                   strict compile found missing variables or placeholders
+    └── FetchError                      fetching one prompt failed; ``.name`` and ``.key`` say which
+        ├── PromptNotFoundError         404: no such prompt, label or version
+        ├── AuthenticationError         401 (bad keys) or 403 (wrong kind of key)
+        ├── RateLimitError              429; ``.retry_after`` in seconds when the server sent it
+        ├── ServerError                 5xx (and 408), ``.status``
+        ├── TransportError              connection refused/reset, DNS, TLS: no HTTP answer at all
+        │   └── FetchTimeoutError       no answer within the fetch timeout
+        ├── InvalidResponseError        the answer is not a prompt: bad JSON, too large, a field
+        │                               missing or of the wrong type (``.field`` names it)
+        └── UnexpectedStatusError       any other non-2xx status (400, 405, ...), ``.status``
+
+Arguments that are plainly wrong at the call site (empty name, both ``version`` and ``label``)
+raise ``InvalidArgumentError``, which is both a ``PromptCacheError`` and a ``ValueError``.
+
+Messages never contain the secret key: sources build them from the prompt name, the status and
+the server's own error message only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AuthenticationError",
+    "ClientStateError",
+    "ConfigurationError",
+    "FetchError",
+    "FetchTimeoutError",
+    "InvalidArgumentError",
+    "InvalidResponseError",
+    "PromptCacheError",
+    "PromptNotFoundError",
+    "RateLimitError",
+    "ServerError",
+    "TemplateError",
+    "TransportError",
+    "UnexpectedStatusError",
+]
+
+
+class PromptCacheError(Exception):
+    """Root of every error asyncpromptcache raises."""
+
+
+class ConfigurationError(PromptCacheError, ValueError):
+    """A constructor argument or an environment variable has a bad value."""
+
+
+class InvalidArgumentError(PromptCacheError, ValueError):
+    """A call's arguments cannot name a prompt (empty name, version and label together...)."""
+
+
+class ClientStateError(PromptCacheError, RuntimeError):
+    """The client is not open: use it inside ``async with`` (or ``with``), not after close."""
+
+
+class TemplateError(PromptCacheError):
+    """A strict compile found variables or placeholders that were not given."""
+
+    def __init__(
+        self, message: str, *, missing_variables: tuple[str, ...] = (),
+        missing_placeholders: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.missing_variables = missing_variables
+        self.missing_placeholders = missing_placeholders
+
+
+class FetchError(PromptCacheError):
+    """Fetching one prompt failed.
+
+    ``name`` is the prompt's name and ``key`` the cache key asked for (when known).
+    """
+
+    def __init__(self, message: str, *, name: str | None = None, key: Any = None) -> None:
+        super().__init__(message)
+        self.name = name
+        self.key = key
+
+
+class PromptNotFoundError(FetchError):
+    """The source has no prompt of that name, label or version (HTTP 404)."""
+
+
+class AuthenticationError(FetchError):
+    """The source refused the credentials (HTTP 401) or their kind (HTTP 403)."""
+
+    def __init__(
+        self, message: str, *, status: int, name: str | None = None, key: Any = None
+    ) -> None:
+        super().__init__(message, name=name, key=key)
+        self.status = status
+
+
+class RateLimitError(FetchError):
+    """HTTP 429. ``retry_after`` is the delay in seconds the server asked for, when it said."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, name: str | None = None,
+        key: Any = None,
+    ) -> None:
+        super().__init__(message, name=name, key=key)
+        self.retry_after = retry_after
+        self.status = 429
+
+
+class ServerError(FetchError):
+    """The source answered with a 5xx (or 408) status."""
+
+    def __init__(
+        self, message: str, *, status: int, name: str | None = None, key: Any = None
+    ) -> None:
+        super().__init__(message, name=name, key=key)
+        self.status = status
+
+
+class UnexpectedStatusError(FetchError):
+    """The source answered with a status that is neither success nor one of the above."""
+
+    def __init__(
+        self, message: str, *, status: int, name: str | None = None, key: Any = None
+    ) -> None:
+        super().__init__(message, name=name, key=key)
+        self.status = status
+
+
+class TransportError(FetchError):
+    """No HTTP answer at all: connection refused or reset, DNS or TLS failure."""
+
+
+class FetchTimeoutError(TransportError):
+    """No complete answer within the fetch timeout."""
+
+
+class InvalidResponseError(FetchError):
+    """The answer is not a valid prompt. ``field`` names the offending field when there is one."""
+
+    def __init__(
+        self, message: str, *, field: str | None = None, name: str | None = None, key: Any = None
+    ) -> None:
+        super().__init__(message, name=name, key=key)
+        self.field = field

@@ -2,8 +2,8 @@
 
 The tree::
 
-    PromptCacheError                    root: ``except PromptCacheError`` catches everything we raise
-    ├── ConfigurationError              bad constructor argument or environment value (also a ValueError)
+    PromptCacheError                    root: ``except PromptCacheError`` catches all we raise
+    ├── ConfigurationError              bad argument or environment value (also ValueError)
     ├── ClientStateError                the client is used before ``async with`` / after close
     ├── TemplateError                   strict compile found missing variables or placeholders
     └── FetchError                      fetching one prompt failed; ``.name`` and ``.key`` say which

@@ -58,6 +58,10 @@ class Placeholder:
 ChatItem: TypeAlias = ChatMessage | Placeholder
 
 
+def _tuple_of_items(value: Sequence[ChatItem]) -> tuple[ChatItem, ...]:
+    return tuple(value)
+
+
 @attrs.frozen(kw_only=True)
 class _PromptBase:
     name: str
@@ -120,7 +124,7 @@ class ChatPrompt(_PromptBase):
     """A chat prompt: messages and placeholders."""
 
     type: ClassVar[Literal["chat"]] = "chat"
-    prompt: tuple[ChatItem, ...] = attrs.field(converter=tuple)
+    prompt: tuple[ChatItem, ...] = attrs.field(converter=_tuple_of_items)
 
     def compile(self, /, **kwargs: Any) -> list[dict[str, Any]]:
         """Messages as ``{"role", "content"}`` dicts with variables substituted.
@@ -271,7 +275,7 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 
 def _str_list(data: Mapping[str, Any], key: str) -> list[str]:
-    values = _field(data, key, list, key)
+    values: list[str] = _field(data, key, list, key)
     for i, value in enumerate(values):
         if not isinstance(value, str):
             path = f"{key}[{i}]"
@@ -347,10 +351,14 @@ def prompt_from_value(name: str, value: Any, prompt_type: PromptType) -> Prompt:
     """Build a fallback prompt (``is_fallback=True``, version 0) from a string or message list."""
     if prompt_type == "text":
         if not isinstance(value, str):
-            raise InvalidArgumentError(f"a text fallback must be a string, got {type(value).__name__}")
+            raise InvalidArgumentError(
+                f"a text fallback must be a string, got {type(value).__name__}"
+            )
         return TextPrompt(name=name, version=0, prompt=value, is_fallback=True)
     if not isinstance(value, list):
-        raise InvalidArgumentError(f"a chat fallback must be a list of messages, got {type(value).__name__}")
+        raise InvalidArgumentError(
+            f"a chat fallback must be a list of messages, got {type(value).__name__}"
+        )
     try:
         items = tuple(_parse_chat_item(item, f"fallback[{i}]") for i, item in enumerate(value))
     except InvalidResponseError as exc:

@@ -1,0 +1,430 @@
+"""``AsyncPromptCache``: the cache engine. Storage, freshness, single-flight and background
+refresh; it calls a fetch function and knows nothing of HTTP.
+
+States of a key and what ``get`` does (SPEC section 3):
+
+* fresh: returns the prompt without I/O, lock, task or suspension;
+* stale (past its TTL, within ``max_stale_seconds``): returns the stale prompt at once and
+  starts one refresh for the key in the task group, unless one is running or the key is
+  backing off after failed refreshes;
+* missing, past max staleness, or asked with ``ttl=0``: waits for the key's one in-flight
+  fetch, starting it if none runs. A waiter that is cancelled stops waiting; the fetch goes on.
+  On failure a waiter gets the stale copy when one may still be served, else the error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
+
+import anyio
+import attrs
+import cachetools
+from anyio.abc import TaskGroup
+
+from ._errors import ClientStateError, FetchError, PromptCacheError, PromptNotFoundError
+from ._keys import PromptKey, make_key
+from ._models import Prompt
+
+__all__ = ["AsyncPromptCache", "CacheStats", "KeyStats"]
+
+logger = logging.getLogger("asyncpromptcache")
+
+Clock = Callable[[], float]
+FetchFunc = Callable[[], Awaitable[Prompt]]
+
+
+@attrs.frozen(slots=True)
+class _Entry:
+    prompt: Prompt
+    fetched_at: float
+    expires_at: float
+    stale_until: float
+
+
+@attrs.define(slots=True)
+class _Flight:
+    """One in-flight fetch of a key, shared by every caller that waits on it."""
+
+    event: anyio.Event = attrs.field(factory=anyio.Event)
+    result: Prompt | None = None
+    error: BaseException | None = None
+    # False once the key was invalidated or the cache cleared: the result must not be stored.
+    writes_back: bool = True
+    is_refresh: bool = False
+
+
+@attrs.define(slots=True)
+class _KeyInfo:
+    last_fetched_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    consecutive_failures: int = 0
+    retry_not_before: float = -math.inf
+
+
+@attrs.frozen
+class KeyStats:
+    """What the cache knows of one key. Times are on the cache's monotonic clock."""
+
+    key: PromptKey
+    version: int | None
+    fetched_at: float | None
+    age_seconds: float | None
+    fresh: bool
+    consecutive_failures: int
+    last_error: str | None
+    last_error_at: float | None
+
+
+@attrs.frozen
+class CacheStats:
+    """Counters since the cache was made, and the state of every key it holds."""
+
+    hits: int
+    stale_hits: int
+    misses: int
+    joined: int
+    fetches: int
+    fetch_errors: int
+    refreshes: int
+    refresh_errors: int
+    evictions: int
+    fallbacks: int
+    entries: int
+    in_flight: int
+    keys: tuple[KeyStats, ...]
+
+
+class _Store(cachetools.LRUCache[Hashable, _Entry]):
+    """The bounded store. Tells the cache when it evicts, so the hit-path index follows."""
+
+    def __init__(self, maxsize: int, on_evict: Callable[[Hashable], None]) -> None:
+        super().__init__(maxsize)
+        self._on_evict = on_evict
+
+    def popitem(self) -> tuple[Hashable, _Entry]:
+        key, entry = super().popitem()
+        self._on_evict(key)
+        return key, entry
+
+
+class AsyncPromptCache:
+    """A bounded prompt cache with single-flight fetches and stale-while-revalidate refresh.
+
+    ``clock`` is any monotonic ``() -> float`` in seconds (tests pass a fake one).
+    ``max_stale_seconds`` bounds how long past its TTL a prompt is still served (``None``:
+    for ever, as Langfuse does). A key whose refreshes fail waits
+    ``refresh_backoff_seconds * 2**(failures-1)`` (capped at ``refresh_backoff_max_seconds``)
+    before the next one.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_size: int = 1024,
+        max_stale_seconds: float | None = None,
+        clock: Clock = time.monotonic,
+        refresh_backoff_seconds: float = 1.0,
+        refresh_backoff_max_seconds: float = 300.0,
+    ) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        self._clock = clock
+        self._max_stale = math.inf if max_stale_seconds is None else float(max_stale_seconds)
+        self._backoff = refresh_backoff_seconds
+        self._backoff_max = refresh_backoff_max_seconds
+        self._store = _Store(max_size, self._evicted)
+        # The hit path reads ``_hot`` (a plain dict, C speed) and notes recency in ``_touched``;
+        # the notes are applied to the LRU order before any insertion can evict.
+        self._hot: dict[Hashable, _Entry] = {}
+        self._touched: dict[Hashable, None] = {}
+        self._inflight: dict[Hashable, _Flight] = {}
+        self._info: dict[Hashable, _KeyInfo] = {}
+        self._tg: TaskGroup | None = None
+        self._closed_error: str = "the cache is not attached to a running client"
+        self.hits = 0
+        self._stale_hits = 0
+        self._misses = 0
+        self._joined = 0
+        self._fetches = 0
+        self._fetch_errors = 0
+        self._refreshes = 0
+        self._refresh_errors = 0
+        self._evictions = 0
+        self._fallbacks = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def attach(self, task_group: TaskGroup) -> None:
+        """Run fetches and refreshes in ``task_group`` (the client's) from now on."""
+        self._tg = task_group
+
+    def detach(self, reason: str = "the client is closed") -> None:
+        """Stop starting work; later misses raise ``ClientStateError`` with ``reason``."""
+        self._tg = None
+        self._closed_error = reason
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get_fresh(self, key: Hashable) -> Prompt | None:
+        """The prompt if ``key`` is held and fresh, else ``None``. No I/O, never suspends."""
+        entry = self._hot.get(key)
+        if entry is not None and self._clock() < entry.expires_at:
+            self._touched[key] = None
+            self.hits += 1
+            return entry.prompt
+        return None
+
+    async def get(self, key: Hashable, fetch: FetchFunc, *, ttl: float) -> Prompt:
+        """The prompt for ``key``, fetching it with ``fetch`` as the state of the key requires.
+
+        ``ttl`` is how long a prompt this call fetches stays fresh; ``ttl=0`` always waits
+        for a fetch (single-flight and stale-if-error still hold).
+        """
+        entry = self._hot.get(key)
+        if entry is not None:
+            now = self._clock()
+            if ttl > 0 and now < entry.expires_at:
+                self._touched[key] = None
+                self.hits += 1
+                return entry.prompt
+            if ttl > 0 and now < entry.stale_until:
+                self._touched[key] = None
+                self._stale_hits += 1
+                self._maybe_refresh(key, fetch, ttl, now)
+                return entry.prompt
+        self._misses += 1
+        flight = self._inflight.get(key)
+        if flight is None:
+            flight = self._start(key, fetch, ttl, is_refresh=False)
+        else:
+            self._joined += 1
+        await flight.event.wait()
+        if flight.result is not None:
+            return flight.result
+        assert flight.error is not None
+        held = self._servable(key)
+        if held is not None and not isinstance(flight.error, PromptNotFoundError):
+            return held.prompt
+        raise flight.error
+
+    def _servable(self, key: Hashable) -> _Entry | None:
+        entry = self._hot.get(key)
+        if entry is not None and self._clock() < entry.stale_until:
+            return entry
+        return None
+
+    def held(self, key: Hashable) -> Prompt | None:
+        """The prompt held for ``key`` whatever its age, without touching it or any counter."""
+        entry = self._hot.get(key)
+        return None if entry is None else entry.prompt
+
+    # -- fetching --------------------------------------------------------------------------
+
+    def _maybe_refresh(self, key: Hashable, fetch: FetchFunc, ttl: float, now: float) -> None:
+        if key in self._inflight or self._tg is None:
+            return
+        info = self._info.get(key)
+        if info is not None and now < info.retry_not_before:
+            return
+        self._start(key, fetch, ttl, is_refresh=True)
+
+    def _start(self, key: Hashable, fetch: FetchFunc, ttl: float, *, is_refresh: bool) -> _Flight:
+        if self._tg is None:
+            raise ClientStateError(self._closed_error)
+        flight = _Flight(is_refresh=is_refresh)
+        self._inflight[key] = flight
+        if is_refresh:
+            self._refreshes += 1
+        else:
+            self._fetches += 1
+        self._tg.start_soon(self._run, key, flight, fetch, ttl, name=f"asyncpromptcache:{key!r}")
+        return flight
+
+    async def _run(self, key: Hashable, flight: _Flight, fetch: FetchFunc, ttl: float) -> None:
+        # Never raises: an exception here would cancel the client's whole task group.
+        try:
+            prompt = await fetch()
+        except anyio.get_cancelled_exc_class():
+            flight.error = ClientStateError(
+                f"the fetch of {_describe(key)} was cancelled: {self._closed_error}"
+            )
+            raise
+        except Exception as exc:
+            error = exc if isinstance(exc, PromptCacheError) else FetchError(
+                f"fetching {_describe(key)} failed: {type(exc).__name__}: {exc}",
+                name=_name_of(key), key=key,
+            )
+            if error is not exc:
+                error.__cause__ = exc
+            flight.error = error
+            self._failed(key, flight, error)
+        else:
+            flight.result = prompt
+            if flight.writes_back:
+                self._put(key, prompt, ttl)
+        finally:
+            if self._inflight.get(key) is flight:
+                del self._inflight[key]
+            flight.event.set()
+
+    def _failed(self, key: Hashable, flight: _Flight, error: PromptCacheError) -> None:
+        now = self._clock()
+        if flight.is_refresh:
+            self._refresh_errors += 1
+        else:
+            self._fetch_errors += 1
+        if isinstance(error, PromptNotFoundError):
+            # A removed label must stop being served.
+            if flight.writes_back:
+                self._remove(key)
+            logger.info("prompt %s not found; dropped from the cache", _describe(key))
+            return
+        info = self._info.get(key)
+        if info is None:
+            if key not in self._hot:
+                logger.warning("fetching prompt %s failed: %s", _describe(key), error)
+                return
+            info = self._info[key] = _KeyInfo()
+        info.consecutive_failures += 1
+        info.last_error = f"{type(error).__name__}: {error}"
+        info.last_error_at = now
+        delay = min(self._backoff * 2.0 ** (info.consecutive_failures - 1), self._backoff_max)
+        info.retry_not_before = now + delay
+        logger.warning(
+            "fetching prompt %s failed (%d in a row), serving the cached version; "
+            "next refresh in %.1fs: %s",
+            _describe(key), info.consecutive_failures, delay, error,
+        )
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def _put(self, key: Hashable, prompt: Prompt, ttl: float) -> None:
+        now = self._clock()
+        expires = now + ttl
+        entry = _Entry(prompt, now, expires, expires + self._max_stale)
+        self._apply_touches()
+        self._store[key] = entry  # may evict the least recently used key first
+        self._hot[key] = entry
+        info = self._info.get(key)
+        if info is None:
+            info = self._info[key] = _KeyInfo()
+        info.last_fetched_at = now
+        info.consecutive_failures = 0
+        info.retry_not_before = -math.inf
+
+    def _apply_touches(self) -> None:
+        touched = self._touched
+        self._touched = {}
+        store = self._store
+        # list(): another thread (the sync facade) may add to ``touched`` meanwhile.
+        for key in list(touched):
+            if key in store:
+                store[key]
+
+    def _evicted(self, key: Hashable) -> None:
+        self._evictions += 1
+        self._forget(key)
+
+    def _forget(self, key: Hashable) -> None:
+        self._hot.pop(key, None)
+        self._touched.pop(key, None)
+        self._info.pop(key, None)
+
+    def _remove(self, key: Hashable) -> None:
+        self._store.pop(key, None)
+        self._forget(key)
+
+    # -- invalidation ----------------------------------------------------------------------
+
+    def invalidate(self, name: str, *, label: str | None = None,
+                   version: int | None = None) -> int:
+        """Drop one key (with ``label`` or ``version``) or every key of ``name``.
+
+        Exact: invalidating ``greet`` never touches ``greeting``. A fetch in flight for a
+        dropped key still answers its waiters but does not write its result back.
+        Returns how many entries were dropped.
+        """
+        if label is not None or version is not None:
+            keys: list[Hashable] = [make_key(name, version, label)]
+        else:
+            keys = [k for k in {*self._hot, *self._inflight} if k[0] == name]  # type: ignore[index]
+        dropped = 0
+        for key in keys:
+            if key in self._hot:
+                dropped += 1
+            self._remove(key)
+            flight = self._inflight.pop(key, None)
+            if flight is not None:
+                flight.writes_back = False
+        return dropped
+
+    def clear(self) -> int:
+        """Drop every entry; fetches in flight do not write back. Returns how many."""
+        dropped = len(self._hot)
+        for flight in self._inflight.values():
+            flight.writes_back = False
+        self._inflight.clear()
+        self._store.clear()
+        self._hot.clear()
+        self._touched.clear()
+        self._info.clear()
+        return dropped
+
+    # -- stats -----------------------------------------------------------------------------
+
+    def record_fallback(self) -> None:
+        self._fallbacks += 1
+
+    def __len__(self) -> int:
+        return len(self._hot)
+
+    @property
+    def in_flight(self) -> int:
+        """Fetches and refreshes running now."""
+        return len(self._inflight)
+
+    def stats(self) -> CacheStats:
+        now = self._clock()
+        keys = []
+        for key, entry in self._hot.items():
+            info = self._info.get(key) or _KeyInfo()
+            keys.append(KeyStats(
+                key=PromptKey._make(key),  # type: ignore[arg-type]
+                version=entry.prompt.version,
+                fetched_at=entry.fetched_at,
+                age_seconds=now - entry.fetched_at,
+                fresh=now < entry.expires_at,
+                consecutive_failures=info.consecutive_failures,
+                last_error=info.last_error,
+                last_error_at=info.last_error_at,
+            ))
+        return CacheStats(
+            hits=self.hits, stale_hits=self._stale_hits, misses=self._misses,
+            joined=self._joined, fetches=self._fetches, fetch_errors=self._fetch_errors,
+            refreshes=self._refreshes, refresh_errors=self._refresh_errors,
+            evictions=self._evictions, fallbacks=self._fallbacks, entries=len(self._hot),
+            in_flight=len(self._inflight), keys=tuple(keys),
+        )
+
+
+def _describe(key: Any) -> str:
+    try:
+        return PromptKey._make(key).describe()
+    except TypeError:
+        return repr(key)
+
+
+def _name_of(key: Any) -> str | None:
+    try:
+        return str(key[0])
+    except (TypeError, IndexError):
+        return None

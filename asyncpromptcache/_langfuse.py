@@ -1,0 +1,243 @@
+"""The Langfuse HTTP source (aiohttp). The only module that sees aiohttp's exceptions: every
+one is converted to our error tree here, ``from`` the original."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import anyio
+import attrs
+import yarl
+
+from ._errors import (
+    AuthenticationError,
+    FetchError,
+    FetchTimeoutError,
+    InvalidResponseError,
+    PromptNotFoundError,
+    RateLimitError,
+    ServerError,
+    TransportError,
+    UnexpectedStatusError,
+)
+from ._keys import PromptKey
+from ._models import Prompt, parse_prompt
+from ._retry import RetryPolicy, parse_retry_after
+from ._source import FetchOptions
+
+__all__ = ["LangfuseSource"]
+
+logger = logging.getLogger("asyncpromptcache")
+
+_USER_AGENT = "asyncpromptcache/0.1"
+
+
+class LangfuseSource:
+    """Fetches prompts from Langfuse's public API: ``GET /api/public/v2/prompts/{name}``.
+
+    One ``aiohttp.ClientSession`` for the source's life, made on first use; a session passed
+    in is used as is and never closed here. ``timeout_seconds`` bounds each attempt, body
+    included; failed attempts are retried as ``retry`` says.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        public_key: str | None = None,
+        secret_key: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        timeout_seconds: float = 5.0,
+        retry: RetryPolicy | None = None,
+        max_response_bytes: int = 4 * 1024 * 1024,
+        verify_ssl: bool = True,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        url = yarl.URL(base_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+        self._base = str(url).rstrip("/")
+        self._public_key = public_key
+        # Only the encoded header is kept, never an aiohttp.BasicAuth (its repr shows the password).
+        self.__auth_header = (
+            "Basic " + base64.b64encode(f"{public_key}:{secret_key}".encode()).decode()
+            if public_key is not None and secret_key is not None else None
+        )
+        self._session = session
+        self._owns_session = session is None
+        self._timeout = timeout_seconds
+        self._retry = retry or RetryPolicy()
+        self._max_bytes = max_response_bytes
+        self._verify_ssl = verify_ssl
+        self._sleep = sleep
+        self.requests_sent = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"LangfuseSource(base_url={self._base!r}, public_key={self._public_key!r}, "
+            f"secret_key={'***' if self.__auth_header else None})"
+        )
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self._retry
+
+    @property
+    def timeout_seconds(self) -> float:
+        return self._timeout
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and self._owns_session and not session.closed:
+            await session.close()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or (self._owns_session and self._session.closed):
+            # ssl=True: aiohttp's default verified context; False only when asked by name.
+            connector = aiohttp.TCPConnector(ssl=self._verify_ssl)
+            self._session = aiohttp.ClientSession(connector=connector)
+            self._owns_session = True
+        return self._session
+
+    def url_for(self, key: PromptKey) -> yarl.URL:
+        """The request URL: the name is one path segment, percent-encoded with nothing safe."""
+        if key.version is not None:
+            query = f"version={key.version}"
+        else:
+            query = "label=" + quote(key.label or "production", safe="")
+        return yarl.URL(
+            f"{self._base}/api/public/v2/prompts/{quote(key.name, safe='')}?{query}", encoded=True
+        )
+
+    async def fetch(self, key: PromptKey, options: FetchOptions) -> Prompt:
+        """Fetch ``key``, retrying what is worth retrying; raises our errors only."""
+        retry = self._retry
+        if options.max_retries is not None and options.max_retries != retry.max_retries:
+            retry = attrs.evolve(retry, max_retries=options.max_retries)
+        timeout = self._timeout if options.timeout_seconds is None else options.timeout_seconds
+        attempt = 0
+        while True:
+            try:
+                return await self._attempt(key, timeout)
+            except FetchError as exc:
+                attempt += 1
+                delay = retry.delay(attempt, exc)
+                if delay is None:
+                    raise
+                logger.info(
+                    "prompt %s: attempt %d failed (%s); retrying in %.2fs",
+                    key.describe(), attempt, exc, delay,
+                )
+                await self._sleep(delay)
+
+    async def _attempt(self, key: PromptKey, timeout: float) -> Prompt:  # noqa: ASYNC109
+        headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
+        if self.__auth_header is not None:
+            headers["Authorization"] = self.__auth_header
+        session = self._get_session()
+        self.requests_sent += 1
+        try:
+            with anyio.fail_after(timeout):
+                async with session.get(
+                    self.url_for(key), headers=headers, allow_redirects=False
+                ) as response:
+                    status = response.status
+                    retry_after = response.headers.get("Retry-After")
+                    body = await self._read_body(response, key)
+        except TimeoutError as exc:
+            raise FetchTimeoutError(
+                f"prompt {key.describe()}: no complete answer within {timeout:g}s",
+                name=key.name, key=key,
+            ) from exc
+        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
+            raise TransportError(
+                f"prompt {key.describe()}: {type(exc).__name__}: {exc}", name=key.name, key=key
+            ) from exc
+        if status == 200:
+            return self._parse(key, body)
+        raise self._status_error(key, status, body, retry_after)
+
+    async def _read_body(self, response: aiohttp.ClientResponse, key: PromptKey) -> bytes:
+        length = response.content_length
+        if length is not None and length > self._max_bytes:
+            raise InvalidResponseError(
+                f"prompt {key.describe()}: response of {length} bytes exceeds the "
+                f"{self._max_bytes}-byte limit", name=key.name, key=key,
+            )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(65536):
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise InvalidResponseError(
+                    f"prompt {key.describe()}: response exceeds the {self._max_bytes}-byte limit",
+                    name=key.name, key=key,
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _parse(self, key: PromptKey, body: bytes) -> Prompt:
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidResponseError(
+                f"prompt {key.describe()}: response is not valid JSON ({_excerpt(body)})",
+                name=key.name, key=key,
+            ) from exc
+        try:
+            prompt = parse_prompt(data)
+        except InvalidResponseError as exc:
+            raise InvalidResponseError(
+                f"prompt {key.describe()}: {exc}", field=exc.field, name=key.name, key=key
+            ) from None
+        if prompt.name != key.name:
+            raise InvalidResponseError(
+                f"prompt {key.describe()}: the server answered with prompt {prompt.name!r}",
+                field="name", name=key.name, key=key,
+            )
+        if key.version is not None and prompt.version != key.version:
+            raise InvalidResponseError(
+                f"prompt {key.describe()}: the server answered with version {prompt.version}",
+                field="version", name=key.name, key=key,
+            )
+        return prompt
+
+    def _status_error(
+        self, key: PromptKey, status: int, body: bytes, retry_after: str | None
+    ) -> FetchError:
+        detail = _error_message(body)
+        what = f"prompt {key.describe()}: HTTP {status}" + (f": {detail}" if detail else "")
+        if status == 404:
+            return PromptNotFoundError(what, name=key.name, key=key)
+        if status in (401, 403):
+            return AuthenticationError(what, status=status, name=key.name, key=key)
+        if status == 429:
+            return RateLimitError(
+                what, retry_after=parse_retry_after(retry_after), name=key.name, key=key
+            )
+        if status == 408 or 500 <= status <= 599:
+            return ServerError(what, status=status, name=key.name, key=key)
+        return UnexpectedStatusError(what, status=status, name=key.name, key=key)
+
+
+def _excerpt(body: bytes, limit: int = 80) -> str:
+    text = body[:limit].decode("utf-8", "replace")
+    return repr(text) + ("..." if len(body) > limit else "")
+
+
+def _error_message(body: bytes) -> str:
+    """The server's ``message`` from a Langfuse error body, else a short excerpt."""
+    try:
+        data: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return _excerpt(body) if body else ""
+    if isinstance(data, dict) and isinstance(data.get("message"), str):
+        return str(data["message"])[:300]
+    return _excerpt(body)

@@ -1,0 +1,68 @@
+"""Retry policy for fetches: which failures are retried and how long to wait. Pure logic."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import attrs
+
+from ._errors import FetchError, RateLimitError, ServerError, TransportError
+
+__all__ = ["RetryPolicy", "parse_retry_after"]
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or ``None``."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN or infinite
+        return None
+    return max(0.0, seconds)
+
+
+@attrs.frozen
+class RetryPolicy:
+    """Exponential backoff with full jitter, honouring ``Retry-After``.
+
+    Retried: transport errors and timeouts, 408, 429 and 5xx. Never: 400/401/403/404 or an
+    invalid response. A ``Retry-After`` longer than ``max_retry_after`` is not waited for: the
+    error is raised at once so that callers fall back instead of hanging.
+    """
+
+    max_retries: int = 2
+    base_delay: float = 0.1
+    max_delay: float = 2.0
+    max_retry_after: float = 10.0
+    rng: Callable[[], float] = attrs.field(default=random.random, eq=False, repr=False)
+
+    def is_retryable(self, error: FetchError) -> bool:
+        return isinstance(error, TransportError | RateLimitError | ServerError)
+
+    def delay(self, attempt: int, error: FetchError) -> float | None:
+        """Seconds to wait before retry number ``attempt`` (1-based), or ``None``: give up."""
+        if attempt > self.max_retries or not self.is_retryable(error):
+            return None
+        retry_after = error.retry_after if isinstance(error, RateLimitError) else None
+        if retry_after is not None:
+            return retry_after if retry_after <= self.max_retry_after else None
+        jitter: float = self.rng()
+        return jitter * min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
+
+    def worst_case_seconds(self, timeout: float) -> float:
+        """An upper bound on one fetch: every attempt times out and every wait is the longest."""
+        waits = self.max_retries * max(self.max_delay, self.max_retry_after)
+        return (self.max_retries + 1) * timeout + waits

@@ -1,0 +1,159 @@
+"""An aiohttp test server speaking Langfuse's GET-prompt route, with faults on demand.
+
+Faults are switched by setting ``server.fault`` to one of ``FAULTS``; ``server.gate`` (an
+``anyio.Event``), when set up with ``hold()``, makes every GET wait until ``release()``, so a
+test controls "slow" without sleeping. Every request is counted in ``server.requests``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import unquote
+
+import anyio
+from aiohttp import web
+
+FAULTS = (
+    "ok", "503", "500", "429", "429-retry-after", "hang", "drop", "reset-mid-body",
+    "malformed", "truncated", "wrong-type", "wrong-shape", "html", "oversized", "slow-drip",
+    "wrong-name", "401",
+)
+
+PREFIX = "/api/public/v2/prompts/"
+
+
+def text_prompt(name: str, version: int, prompt: str, labels: list[str]) -> dict[str, Any]:
+    return {
+        "id": f"id-{name}-{version}", "name": name, "version": version, "type": "text",
+        "prompt": prompt, "config": {}, "labels": labels, "tags": [], "commitMessage": None,
+        "createdAt": "2026-01-01T00:00:00.000Z", "updatedAt": "2026-01-01T00:00:00.000Z",
+        "projectId": "p1", "resolutionGraph": None,
+    }
+
+
+class FaultServer:
+    def __init__(self) -> None:
+        self.prompts: dict[str, list[dict[str, Any]]] = {}
+        self.fault = "ok"
+        self.requests: Counter[str] = Counter()
+        self.gate: anyio.Event | None = None
+        self.waiting = 0
+        self.retry_after = "0"
+        self.base_url = ""
+        self.max_body = 4 * 1024 * 1024
+
+    @property
+    def total(self) -> int:
+        return sum(self.requests.values())
+
+    def put(self, name: str, prompt: str, labels: tuple[str, ...] = ("production",)) -> int:
+        """Add a new version of a text prompt; its labels move to it. Returns the version."""
+        versions = self.prompts.setdefault(name, [])
+        for old in versions:
+            old["labels"] = [label for label in old["labels"] if label not in labels]
+        version = len(versions) + 1
+        versions.append(text_prompt(name, version, prompt, list(labels)))
+        return version
+
+    def hold(self) -> None:
+        self.gate = anyio.Event()
+
+    def release(self) -> None:
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate.set()
+
+    def _find(self, name: str, query: Any) -> dict[str, Any] | None:
+        versions = self.prompts.get(name, [])
+        if "version" in query:
+            return next((p for p in versions if str(p["version"]) == query["version"]), None)
+        label = query.get("label", "production")
+        return next((p for p in reversed(versions) if label in p["labels"]), None)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw = request.raw_path.split("?", 1)[0]
+        name = unquote(raw[len(PREFIX):])
+        self.requests[name] += 1
+        if self.gate is not None:
+            self.waiting += 1
+            try:
+                await self.gate.wait()
+            finally:
+                self.waiting -= 1
+        fault = self.fault
+        if fault == "hang":
+            await anyio.sleep_forever()
+        if fault in ("503", "500", "401"):
+            return web.json_response(
+                {"message": "injected", "error": "Injected"}, status=int(fault)
+            )
+        if fault == "429":
+            return web.json_response({"message": "slow down", "error": "RateLimit"}, status=429)
+        if fault == "429-retry-after":
+            return web.json_response(
+                {"message": "slow down", "error": "RateLimit"}, status=429,
+                headers={"Retry-After": self.retry_after},
+            )
+        if fault == "drop":
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
+        if fault == "html":
+            return web.Response(
+                text="<html><body>502 Bad Gateway</body></html>", content_type="text/html"
+            )
+        prompt = self._find(name, request.query)
+        if prompt is None:
+            return web.json_response(
+                {"message": f"Prompt not found: '{name}'", "error": "LangfuseNotFoundError"},
+                status=404,
+            )
+        body = json.dumps(prompt).encode()
+        if fault == "malformed":
+            body = b"{'name': not json"
+        elif fault == "truncated":
+            body = body[: len(body) // 2]
+        elif fault == "wrong-type":
+            body = json.dumps({**prompt, "type": "chat"}).encode()
+        elif fault == "wrong-shape":
+            body = json.dumps({"data": [prompt]}).encode()
+        elif fault == "wrong-name":
+            body = json.dumps({**prompt, "name": name + "-other"}).encode()
+        elif fault == "oversized":
+            body = json.dumps({**prompt, "prompt": "x" * (self.max_body + 10)}).encode()
+        if fault in ("reset-mid-body", "slow-drip"):
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            response.content_length = len(body)
+            await response.prepare(request)
+            await response.write(body[:10])
+            if fault == "slow-drip":
+                for byte in body[10:]:
+                    await anyio.sleep(0.5)
+                    await response.write(bytes([byte]))
+                return response
+            assert request.transport is not None
+            request.transport.close()
+            return response
+        return web.Response(body=body, content_type="application/json")
+
+
+@asynccontextmanager
+async def fault_server() -> AsyncIterator[FaultServer]:
+    server = FaultServer()
+    app = web.Application()
+    app.router.add_get(PREFIX + "{tail:.*}", server.handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    server.base_url = f"http://127.0.0.1:{port}"
+    try:
+        yield server
+    finally:
+        server.release()
+        await runner.cleanup()

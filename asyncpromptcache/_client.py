@@ -116,8 +116,9 @@ class AsyncPromptClient:
             refresh_backoff_max_seconds=refresh_backoff_max_seconds,
         )
         self._cache.detach(_NOT_OPEN)
-        # Bound once: the hit path is one call to it.
-        self._get_fresh = self._cache.get_fresh
+        # The fresh-hit check is inlined in get_prompt: see AsyncPromptCache.hit_path.
+        self._hot, self._touched, self._clock = self._cache.hit_path()
+        self._hits = 0
         self._tg: TaskGroup | None = None
         self._state = _NEW
 
@@ -228,12 +229,17 @@ class AsyncPromptClient:
         ``FetchError`` is raised. ``cache_ttl_seconds=0`` always fetches.
         """
         if cache_ttl_seconds is None:
-            # The hit path: a tuple equal to the PromptKey, one dict lookup, one clock read.
-            prompt = self._get_fresh(
+            # The hit path: a tuple equal to the PromptKey, one dict lookup, one clock read,
+            # no call into the engine (a method call here measured about 20% of a hit).
+            key = (
                 (name, "production" if label is None else label, None)
                 if version is None else (name, label, version)
             )
-            if prompt is not None and prompt.type == type:
+            entry = self._hot.get(key)
+            if entry is not None and self._clock() < entry.expires_at and entry.type == type:
+                self._touched[key] = None
+                self._hits += 1
+                prompt: Prompt = entry.prompt
                 return prompt
         return await self._get_prompt(
             make_key(name, version, label), type, cache_ttl_seconds, fallback,
@@ -373,7 +379,7 @@ class AsyncPromptClient:
 
     def stats(self) -> CacheStats:
         """Counters (hits, stale hits, misses, fetches, errors...) and per-key state."""
-        return self._cache.stats()
+        return self._cache.stats(extra_hits=self._hits)
 
 
 def _wrong_type(key: PromptKey, prompt: Prompt, asked: PromptType) -> InvalidResponseError:

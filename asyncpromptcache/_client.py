@@ -319,7 +319,7 @@ class AsyncPromptClient:
                 f"prompt {key.describe()}: the fetch failed ({error}) and the fallback raised "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        prompt = prompt_from_value(key.name, value, prompt_type)
+        prompt = prompt_from_value(key.name, value, prompt_type, key.label)
         self._cache.record_fallback()
         logger.warning("prompt %s: serving the fallback: %s", key.describe(), error)
         return prompt

@@ -170,9 +170,9 @@ class ChatPrompt(_PromptBase):
                 if isinstance(message, dict):
                     compiled = dict(message)
                     compiled["role"] = message.get("role", "NOT_GIVEN")
-                    compiled["content"] = compile_template(
-                        message.get("content", ""), kwargs, missing
-                    )
+                    # Text the caller supplies is data: strict mode does not ask for its
+                    # variables (a chat history may well mention "{{name}}").
+                    compiled["content"] = compile_template(message.get("content", ""), kwargs)
                     out.append(compiled)
                 else:
                     out.append({"role": "NOT_GIVEN", "content": str(value)})
@@ -347,14 +347,20 @@ def parse_prompt(data: Any) -> Prompt:
     )
 
 
-def prompt_from_value(name: str, value: Any, prompt_type: PromptType) -> Prompt:
-    """Build a fallback prompt (``is_fallback=True``, version 0) from a string or message list."""
+def prompt_from_value(
+    name: str, value: Any, prompt_type: PromptType, label: str | None = None
+) -> Prompt:
+    """Build a fallback prompt (``is_fallback=True``, version 0) from a string or message list.
+
+    Labelled with ``label`` when one was asked for, as Langfuse's SDK labels its fallbacks.
+    """
+    labels = [label] if label is not None else []
     if prompt_type == "text":
         if not isinstance(value, str):
             raise InvalidArgumentError(
                 f"a text fallback must be a string, got {type(value).__name__}"
             )
-        return TextPrompt(name=name, version=0, prompt=value, is_fallback=True)
+        return TextPrompt(name=name, version=0, prompt=value, labels=labels, is_fallback=True)
     if not isinstance(value, list):
         raise InvalidArgumentError(
             f"a chat fallback must be a list of messages, got {type(value).__name__}"
@@ -363,4 +369,4 @@ def prompt_from_value(name: str, value: Any, prompt_type: PromptType) -> Prompt:
         items = tuple(_parse_chat_item(item, f"fallback[{i}]") for i, item in enumerate(value))
     except InvalidResponseError as exc:
         raise InvalidArgumentError(f"invalid chat fallback: {exc}") from None
-    return ChatPrompt(name=name, version=0, prompt=items, is_fallback=True)
+    return ChatPrompt(name=name, version=0, prompt=items, labels=labels, is_fallback=True)

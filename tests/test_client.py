@@ -206,6 +206,7 @@ async def test_outage_serves_cached_keys_and_falls_back_for_cold_ones(
 
         fallback = await client.get_prompt("greeting", fallback="Hey {{name}}")
         assert fallback.is_fallback and fallback.compile(name="Cy") == "Hey Cy"
+        assert (fallback.version, fallback.labels) == (0, ("production",))
         assert "greeting" not in {k.key.name for k in client.stats().keys}  # not cached
         with pytest.raises(FetchError) as info:
             await client.get_prompt("greeting", label="staging")
@@ -462,7 +463,7 @@ async def test_fallback_forms(server: FaultServer, clock: FakeClock) -> None:
         assert chat.is_fallback
         assert chat.compile(user="Ann") == [{"role": "system", "content": "Be brief, Ann."}]
         with pytest.raises(InvalidArgumentError):
-            await client.get_prompt("greet", fallback=["not", "text"])  # type: ignore[arg-type]
+            await client.get_prompt("greet", fallback=["not", "text"])  # type: ignore[call-overload]
         assert client.stats().fallbacks == 3
         assert client.stats().entries == 0
 
@@ -471,7 +472,7 @@ async def test_bad_arguments(server: FaultServer, clock: FakeClock) -> None:
     async with client_for(server, clock) as client:
         for kwargs in ({"version": 1, "label": "x"}, {"label": ""}, {"version": 0}):
             with pytest.raises(InvalidArgumentError):
-                await client.get_prompt("greet", **kwargs)  # type: ignore[arg-type]
+                await client.get_prompt("greet", **kwargs)
         with pytest.raises(ValueError, match="name"):
             await client.get_prompt("")
         assert server.total == 0

@@ -112,9 +112,11 @@ class LangfuseSource:
             query = f"version={key.version}"
         else:
             query = "label=" + quote(key.label or "production", safe="")
-        return yarl.URL(
-            f"{self._base}/api/public/v2/prompts/{quote(key.name, safe='')}?{query}", encoded=True
-        )
+        segment = quote(key.name, safe="")
+        if not segment.strip("."):
+            # "." and ".." would be resolved away by proxies and URL normalisers.
+            segment = segment.replace(".", "%2E")
+        return yarl.URL(f"{self._base}/api/public/v2/prompts/{segment}?{query}", encoded=True)
 
     async def fetch(self, key: PromptKey, options: FetchOptions) -> Prompt:
         """Fetch ``key``, retrying what is worth retrying; raises our errors only."""

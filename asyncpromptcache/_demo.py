@@ -1,0 +1,170 @@
+"""``python -m asyncpromptcache demo``: the cache at work against a real local prompt server.
+
+Every figure printed is measured in this run; request counts are the server's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import anyio
+
+from ._client import AsyncPromptClient
+from ._errors import PromptCacheError
+from ._models import ChatPrompt
+from .server import RunningServer, run_server
+
+TTL = 1.0
+UPSTREAM_DELAY = 0.05
+
+PROMPTS: list[dict[str, Any]] = [
+    {"name": "movie-critic", "type": "text", "labels": ["production"],
+     "prompt": "As a {{criticlevel}} movie critic, do you like {{movie}}?",
+     "config": {"model": "gpt-4o", "temperature": 0.7}},
+    {"name": "support", "type": "chat", "labels": ["production"],
+     "prompt": [{"role": "system", "content": "You help {{user}}. Be brief."},
+                {"type": "placeholder", "name": "history"}]},
+    {"name": "team/agent/greet", "type": "text", "labels": ["production"],
+     "prompt": "Hello {{name}}, from a prompt in a folder."},
+]
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+async def _timed(call: Callable[[], Awaitable[Any]]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = await call()
+    return result, time.perf_counter() - start
+
+
+async def _create(session: aiohttp.ClientSession, base_url: str, body: dict[str, Any]) -> None:
+    async with session.post(f"{base_url}/api/public/v2/prompts", json=body) as response:
+        response.raise_for_status()
+
+
+async def demo() -> None:
+    # Entered by hand, not with ``async with``: part 4 stops the server under a live client.
+    server_cm: contextlib.AbstractAsyncContextManager[RunningServer] | None
+    server_cm = running = run_server()
+    server = await running.__aenter__()
+    try:
+        async with aiohttp.ClientSession() as session:
+            for body in PROMPTS:
+                await _create(session, server.base_url, body)
+        server.controls.get_delay_seconds = UPSTREAM_DELAY
+        server.counter.reset()
+        _say(f"Local prompt server on {server.base_url} ({len(PROMPTS)} prompts; "
+             f"{UPSTREAM_DELAY * 1000:.0f} ms of upstream latency added to every GET)")
+        async with AsyncPromptClient(
+            base_url=server.base_url, cache_ttl_seconds=TTL, env={}
+        ) as client:
+            await _hits(client, server)
+            await _stampede(client, server)
+            await _refresh(client, server)
+            await client.get_prompt("team/agent/greet")
+            _say("\n4. The server goes away")
+            server_cm = None
+            await running.__aexit__(None, None, None)
+            await _outage(client)
+            _report(client)
+    finally:
+        if server_cm is not None:
+            await server_cm.__aexit__(None, None, None)
+    _say("\nDone: client closed, server stopped.")
+
+
+async def _hits(client: AsyncPromptClient, server: RunningServer) -> None:
+    _say("\n1. A cold fetch, then hits")
+    prompt, cold = await _timed(lambda: client.get_prompt("movie-critic"))
+    _say(f"   cold get_prompt('movie-critic'): {cold * 1000:.1f} ms, "
+         f"server requests: {server.counter.get('get_prompt')}")
+    _say(f"   compiled: {prompt.compile(criticlevel='expert', movie='Dune')!r}")
+    n = 100_000
+    start = time.perf_counter_ns()
+    for _ in range(n):
+        await client.get_prompt("movie-critic")
+    per_hit = (time.perf_counter_ns() - start) / n
+    _say(f"   {n:,} hits: {per_hit:.0f} ns each; server requests still "
+         f"{server.counter.get('get_prompt')}")
+
+
+async def _stampede(client: AsyncPromptClient, server: RunningServer) -> None:
+    _say("\n2. 1,000 concurrent callers of a prompt nobody has fetched yet")
+    before = server.counter.get("get_prompt")
+    results: list[ChatPrompt] = []
+
+    async def caller() -> None:
+        results.append(await client.get_prompt("support", type="chat"))
+
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(1000):
+            tg.start_soon(caller)
+    took = time.perf_counter() - start
+    _say(f"   {len(results):,} callers answered in {took * 1000:.0f} ms by "
+         f"{server.counter.get('get_prompt') - before} upstream request(s)")
+    messages = results[0].compile(user="Ann", history=[{"role": "user", "content": "Hi!"}])
+    _say(f"   compiled chat: {messages}")
+
+
+async def _refresh(client: AsyncPromptClient, server: RunningServer) -> None:
+    _say("\n3. Stale-while-revalidate")
+    async with aiohttp.ClientSession() as session:
+        await _create(session, server.base_url, {
+            **PROMPTS[0], "prompt": "As a {{criticlevel}} critic, rate {{movie}} from 1 to 10."})
+    await anyio.sleep(TTL + 0.1)
+    before = server.counter.get("get_prompt")
+    stale, latency = await _timed(lambda: client.get_prompt("movie-critic"))
+    _say(f"   past the {TTL:g} s TTL: version {stale.version} served in "
+         f"{latency * 1e6:.0f} us, without waiting; one refresh runs in the background")
+    await _settle(client)
+    fresh = await client.get_prompt("movie-critic")
+    _say(f"   after the refresh: version {fresh.version}; upstream requests: "
+         f"{server.counter.get('get_prompt') - before}")
+
+
+async def _outage(client: AsyncPromptClient) -> None:
+    await anyio.sleep(TTL + 0.1)
+    errors = 0
+    for _ in range(1000):
+        try:
+            await client.get_prompt("movie-critic")
+            await client.get_prompt("team/agent/greet")
+        except PromptCacheError:
+            errors += 1
+    await _settle(client)
+    _say(f"   2,000 calls with the server down: {errors} errors; refresh failures "
+         f"counted (and logged): {client.stats().refresh_errors}")
+    fallback = await client.get_prompt(
+        "never-fetched", fallback="Summarise {{text}}.", max_retries=0)
+    _say(f"   a prompt never fetched, with a fallback: is_fallback={fallback.is_fallback}, "
+         f"{fallback.compile(text='this')!r}")
+
+
+async def _settle(client: AsyncPromptClient) -> None:
+    with anyio.fail_after(10):
+        while client.cache.in_flight:  # noqa: ASYNC110 - a demo polling a plain counter
+            await anyio.sleep(0.01)
+
+
+def _report(client: AsyncPromptClient) -> None:
+    stats = client.stats()
+    _say("\n5. What the cache saw")
+    for field in ("hits", "stale_hits", "misses", "joined", "fetches", "refreshes",
+                  "refresh_errors", "fallbacks", "entries"):
+        _say(f"   {field:15} {getattr(stats, field):>10,}")
+    for key in stats.keys:
+        state = "fresh" if key.fresh else "stale"
+        error = f"; last error: {key.last_error}" if key.last_error else ""
+        _say(f"   {key.key.describe():34} v{key.version} {state}{error}")
+
+
+def run_demo() -> int:
+    anyio.run(demo)
+    return 0

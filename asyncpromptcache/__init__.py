@@ -86,6 +86,7 @@ from ._models import (
 from ._retry import RetryPolicy as RetryPolicy
 from ._source import FetchOptions as FetchOptions
 from ._source import PromptSource as PromptSource
+from ._sync import PromptClient as PromptClient
 
 __all__ = [
     "AsyncPromptCache",
@@ -107,6 +108,7 @@ __all__ = [
     "Placeholder",
     "Prompt",
     "PromptCacheError",
+    "PromptClient",
     "PromptKey",
     "PromptNotFoundError",
     "PromptSource",

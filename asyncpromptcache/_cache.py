@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any
 
 import anyio
@@ -347,6 +347,27 @@ class AsyncPromptCache:
     def _remove(self, key: Hashable) -> None:
         self._store.pop(key, None)
         self._forget(key)
+
+    # -- copying entries (a forked child keeps its parent's prompts) -------------------------
+
+    def snapshot(self) -> list[tuple[Hashable, _Entry]]:
+        """The entries held, for ``restore`` into another cache. Entries are immutable."""
+        return list(self._hot.items())
+
+    def restore(self, entries: Iterable[tuple[Hashable, _Entry]]) -> int:
+        """Hold ``entries`` from ``snapshot()`` with their freshness as it was; returns how many.
+
+        The times in them are on the snapshot's clock: use it between caches on one time base
+        (``time.monotonic`` is the same in a forked child).
+        """
+        count = 0
+        for key, entry in entries:
+            self._apply_touches()
+            self._store[key] = entry  # may evict the least recently used key first
+            self._hot[key] = entry
+            self._info.setdefault(key, _KeyInfo(last_fetched_at=entry.fetched_at))
+            count += 1
+        return count
 
     # -- invalidation ----------------------------------------------------------------------
 

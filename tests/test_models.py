@@ -15,10 +15,8 @@ from typing import Any
 
 import attrs
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from langfuse.api import Prompt as LangfusePrompt
-from langfuse.api import Prompt_Chat, Prompt_Text
+from hypothesis import given, settings, strategies as st
+from langfuse.api import Prompt as LangfusePrompt, Prompt_Chat, Prompt_Text
 from langfuse.api.core.pydantic_utilities import parse_obj_as
 from langfuse.model import ChatPromptClient, TextPromptClient
 

@@ -12,8 +12,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import pytest
 import yarl
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from asyncpromptcache.server import MAX_NAME_LENGTH, RunningServer, ServerThread, run_server
 

@@ -9,30 +9,39 @@ or, from synchronous code, ``with ServerThread() as server: ...``. On the comman
 ``python -m asyncpromptcache serve``.
 """
 
-from ._app import DEFAULT_PROJECT_ID as DEFAULT_PROJECT_ID
-from ._app import MAX_BODY_BYTES as MAX_BODY_BYTES
-from ._app import create_app as create_app
-from ._cli import add_serve_arguments as add_serve_arguments
-from ._cli import run_serve as run_serve
-from ._controls import ROUTE_KINDS as ROUTE_KINDS
-from ._controls import RequestCounter as RequestCounter
-from ._controls import ServerControls as ServerControls
-from ._runner import RunningServer as RunningServer
-from ._runner import ServerThread as ServerThread
-from ._runner import basic_auth_header as basic_auth_header
-from ._runner import check_bind as check_bind
-from ._runner import is_loopback_host as is_loopback_host
-from ._runner import run_server as run_server
-from ._schema import MAX_NAME_LENGTH as MAX_NAME_LENGTH
-from ._schema import PromptDraft as PromptDraft
-from ._schema import PromptValidationError as PromptValidationError
-from ._schema import load_seed_dir as load_seed_dir
-from ._store import PromptConflictError as PromptConflictError
-from ._store import PromptPage as PromptPage
-from ._store import PromptStore as PromptStore
-from ._store import PromptSummary as PromptSummary
-from ._store import StoreClosedError as StoreClosedError
-from ._store import StoredPrompt as StoredPrompt
+from ._app import (
+    DEFAULT_PROJECT_ID as DEFAULT_PROJECT_ID,
+    MAX_BODY_BYTES as MAX_BODY_BYTES,
+    create_app as create_app,
+)
+from ._cli import add_serve_arguments as add_serve_arguments, run_serve as run_serve
+from ._controls import (
+    ROUTE_KINDS as ROUTE_KINDS,
+    RequestCounter as RequestCounter,
+    ServerControls as ServerControls,
+)
+from ._runner import (
+    RunningServer as RunningServer,
+    ServerThread as ServerThread,
+    basic_auth_header as basic_auth_header,
+    check_bind as check_bind,
+    is_loopback_host as is_loopback_host,
+    run_server as run_server,
+)
+from ._schema import (
+    MAX_NAME_LENGTH as MAX_NAME_LENGTH,
+    PromptDraft as PromptDraft,
+    PromptValidationError as PromptValidationError,
+    load_seed_dir as load_seed_dir,
+)
+from ._store import (
+    PromptConflictError as PromptConflictError,
+    PromptPage as PromptPage,
+    PromptStore as PromptStore,
+    PromptSummary as PromptSummary,
+    StoreClosedError as StoreClosedError,
+    StoredPrompt as StoredPrompt,
+)
 
 __all__ = [
     "DEFAULT_PROJECT_ID",

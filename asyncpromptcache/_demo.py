@@ -84,7 +84,7 @@ async def _hits(client: AsyncPromptClient, server: RunningServer) -> None:
     prompt, cold = await _timed(lambda: client.get_prompt("movie-critic"))
     _say(f"   cold get_prompt('movie-critic'): {cold * 1000:.1f} ms, "
          f"server requests: {server.counter.get('get_prompt')}")
-    _say(f"   compiled: {prompt.compile(criticlevel='expert', movie='Dune')!r}")
+    _say(f"   compiled: {prompt.compile(criticlevel='seasoned', movie='Dune')!r}")
     n = 100_000
     start = time.perf_counter_ns()
     for _ in range(n):

@@ -47,6 +47,7 @@ from ._sources import (
     FunctionSource as FunctionSource,
     StoreSource as StoreSource,
 )
+from ._sync import PromptClient as PromptClient
 
 __all__ = [
     "AsyncPromptCache",
@@ -70,6 +71,7 @@ __all__ = [
     "Placeholder",
     "Prompt",
     "PromptCacheError",
+    "PromptClient",
     "PromptKey",
     "PromptNotFoundError",
     "PromptSource",

@@ -291,9 +291,11 @@ class AsyncPromptCache:
                 self._remove(key)
             logger.info("prompt %s not found; dropped from the cache", _describe(key))
             return
-        info = self._info.get(key)
+        # A fetch orphaned by invalidate()/clear() says nothing of the entry held now (which a
+        # later fetch may have stored): it must not count a failure or back that entry off.
+        info = self._info.get(key) if flight.writes_back else None
         if info is None:
-            if key not in self._hot:
+            if key not in self._hot or not flight.writes_back:
                 logger.warning("fetching prompt %s failed: %s", _describe(key), error)
                 return
             info = self._info[key] = _KeyInfo()

@@ -233,9 +233,14 @@ class AsyncPromptClient:
             # no call into the engine (a method call here measured about 20% of a hit).
             key = (
                 (name, "production" if label is None else label, None)
-                if version is None else (name, label, version)
+                if version is None
+                # Only an int may hit: version=True or 1.0 hash equal to version 1.
+                else (name, label, version) if version.__class__ is int else None
             )
-            entry = self._hot.get(key)
+            try:
+                entry = self._hot.get(key)
+            except TypeError:  # an unhashable argument: make_key below names the mistake
+                entry = None
             if entry is not None and self._clock() < entry.expires_at and entry.type == type:
                 self._touched[key] = None
                 self._hits += 1

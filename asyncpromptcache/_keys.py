@@ -21,16 +21,29 @@ class PromptKey(NamedTuple):
     version: int | None
 
     def describe(self) -> str:
-        """Human form used in messages: ``'greet' (label 'production')``."""
+        """Human form used in messages: ``'greet' (label 'production')``.
+
+        Escaped (``repr``) and, past 100 characters, shortened: a hostile name or label must
+        not make log lines and error messages unbounded or forge lines of their own.
+        """
         if self.version is not None:
-            return f"{self.name!r} (version {self.version})"
-        return f"{self.name!r} (label {self.label!r})"
+            return f"{_shown(self.name)} (version {self.version})"
+        return f"{_shown(self.name)} (label {_shown(self.label)})"
+
+
+def _shown(value: object, limit: int = 100) -> str:
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    return repr(value)
 
 
 def make_key(name: str, version: int | None = None, label: str | None = None) -> PromptKey:
     """Validate a request and build its key; the label defaults to ``production``."""
     if not isinstance(name, str) or not name:
-        raise InvalidArgumentError(f"a prompt name must be a non-empty string, got {name!r}")
+        raise InvalidArgumentError(
+            f"a prompt name must be a non-empty string, got {_shown(name)}"
+        )
+    _check_encodable(name, "name")
     if version is not None:
         if label is not None:
             raise InvalidArgumentError(
@@ -48,4 +61,16 @@ def make_key(name: str, version: int | None = None, label: str | None = None) ->
         raise InvalidArgumentError(
             f"prompt {name!r}: label must be a non-empty string, got {label!r}"
         )
+    else:
+        _check_encodable(label, "label")
     return PromptKey(name, label, None)
+
+
+def _check_encodable(value: str, what: str) -> None:
+    # A lone surrogate cannot be sent (UTF-8 has no form for it): say so before any fetch.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(
+            f"a prompt {what} must be valid Unicode text, got {_shown(value)}"
+        ) from None

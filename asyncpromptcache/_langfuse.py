@@ -15,6 +15,7 @@ import aiohttp
 import anyio
 import attrs
 import yarl
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from ._errors import (
     AuthenticationError,
@@ -159,6 +160,7 @@ class LangfuseSource:
                 name=key.name, key=key,
             ) from exc
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
+            _forget_credentials(exc)
             raise TransportError(
                 f"prompt {key.describe()}: {type(exc).__name__}: {exc}", name=key.name, key=key
             ) from exc
@@ -229,6 +231,20 @@ class LangfuseSource:
         return UnexpectedStatusError(what, status=status, name=key.name, key=key)
 
 
+def _forget_credentials(exc: BaseException) -> None:
+    """aiohttp's ``ClientResponseError`` (raised for an answer it cannot parse) keeps the
+    request's headers in ``request_info``, and its repr shows them: drop ``Authorization``
+    before the error is chained to ours, where any error reporter may print it."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        info = exc.request_info
+        headers = CIMultiDict(info.headers)
+        headers.popall("Authorization", None)
+        exc.request_info = aiohttp.RequestInfo(
+            info.url, info.method, CIMultiDictProxy(headers), info.real_url
+        )
+        exc.args = tuple(exc.request_info if arg is info else arg for arg in exc.args)
+
+
 def _excerpt(body: bytes, limit: int = 80) -> str:
     text = body[:limit].decode("utf-8", "replace")
     return repr(text) + ("..." if len(body) > limit else "")
@@ -241,5 +257,9 @@ def _error_message(body: bytes) -> str:
     except (ValueError, UnicodeDecodeError):
         return _excerpt(body) if body else ""
     if isinstance(data, dict) and isinstance(data.get("message"), str):
-        return str(data["message"])[:300]
+        # Escaped: a server echoing a name or label with a newline must not forge log lines.
+        return "".join(
+            ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+            for ch in str(data["message"])[:300]
+        )
     return _excerpt(body)

@@ -321,9 +321,14 @@ class PromptClient:
             # The hit path, as in AsyncPromptClient.get_prompt: no lock, no hop to the loop.
             key = (
                 (name, "production" if label is None else label, None)
-                if version is None else (name, label, version)
+                if version is None
+                # Only an int may hit: version=True or 1.0 hash equal to version 1.
+                else (name, label, version) if version.__class__ is int else None
             )
-            entry = self._hot.get(key)
+            try:
+                entry = self._hot.get(key)
+            except TypeError:  # an unhashable argument: the slow path names the mistake
+                entry = None
             if entry is not None and self._clock() < entry.expires_at and entry.type == type:
                 self._touched[key] = None
                 self._hits.cell[0] += 1

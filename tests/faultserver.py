@@ -21,6 +21,8 @@ FAULTS = (
     "ok", "503", "500", "429", "429-retry-after", "hang", "drop", "reset-mid-body",
     "malformed", "truncated", "wrong-type", "wrong-shape", "html", "oversized", "slow-drip",
     "wrong-name", "401",
+    # Added for tests/test_faults.py:
+    "html-502", "oversized-chunked", "latin1",
 )
 
 PREFIX = "/api/public/v2/prompts/"
@@ -45,6 +47,7 @@ class FaultServer:
         self.retry_after = "0"
         self.base_url = ""
         self.max_body = 4 * 1024 * 1024
+        self._runner: web.AppRunner | None = None
 
     @property
     def total(self) -> int:
@@ -58,6 +61,28 @@ class FaultServer:
         version = len(versions) + 1
         versions.append(text_prompt(name, version, prompt, list(labels)))
         return version
+
+    def put_chat(
+        self, name: str, messages: list[dict[str, Any]], labels: tuple[str, ...] = ("production",)
+    ) -> int:
+        """Add a chat version (the fault server lets a name change type; Langfuse does not)."""
+        version = self.put(name, "", labels)
+        self.prompts[name][-1].update(type="chat", prompt=messages)
+        return version
+
+    async def go_down(self) -> None:
+        """Stop listening and drop every open connection: the next requests are refused."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            self.release()
+            await runner.cleanup()
+
+    async def come_up(self) -> None:
+        """Listen again on the same port (after ``go_down``)."""
+        if self._runner is None:
+            port = int(self.base_url.rsplit(":", 1)[1]) if self.base_url else 0
+            self._runner = await _start(self, port)
+            self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
 
     def hold(self) -> None:
         self.gate = anyio.Event()
@@ -106,6 +131,11 @@ class FaultServer:
             return web.Response(
                 text="<html><body>502 Bad Gateway</body></html>", content_type="text/html"
             )
+        if fault == "html-502":
+            return web.Response(
+                text="<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>",
+                status=502, content_type="text/html",
+            )
         prompt = self._find(name, request.query)
         if prompt is None:
             return web.json_response(
@@ -125,6 +155,19 @@ class FaultServer:
             body = json.dumps({**prompt, "name": name + "-other"}).encode()
         elif fault == "oversized":
             body = json.dumps({**prompt, "prompt": "x" * (self.max_body + 10)}).encode()
+        elif fault == "latin1":
+            body = json.dumps({**prompt, "prompt": "caf\u00e9"}, ensure_ascii=False).encode(
+                "latin-1")
+        if fault == "oversized-chunked":  # no Content-Length: only counting the body tells
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            await response.write(body[:-1] + b', "padding": "')
+            for _ in range(self.max_body // 1000 + 2):
+                await response.write(b"x" * 1000)
+            await response.write(b'"}')
+            await response.write_eof()
+            return response
         if fault in ("reset-mid-body", "slow-drip"):
             response = web.StreamResponse(headers={"Content-Type": "application/json"})
             response.content_length = len(body)
@@ -141,19 +184,21 @@ class FaultServer:
         return web.Response(body=body, content_type="application/json")
 
 
-@asynccontextmanager
-async def fault_server() -> AsyncIterator[FaultServer]:
-    server = FaultServer()
+async def _start(server: FaultServer, port: int) -> web.AppRunner:
     app = web.Application()
     app.router.add_get(PREFIX + "{tail:.*}", server.handle)
     runner = web.AppRunner(app, shutdown_timeout=0.1)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
-    port = runner.addresses[0][1]
-    server.base_url = f"http://127.0.0.1:{port}"
+    return runner
+
+
+@asynccontextmanager
+async def fault_server() -> AsyncIterator[FaultServer]:
+    server = FaultServer()
+    await server.come_up()
     try:
         yield server
     finally:
-        server.release()
-        await runner.cleanup()
+        await server.go_down()

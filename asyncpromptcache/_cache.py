@@ -37,8 +37,9 @@ Clock = Callable[[], float]
 FetchFunc = Callable[[], Awaitable[Prompt]]
 
 
-@attrs.frozen(slots=True)
+@attrs.frozen(slots=True, eq=False)  # eq=False: hashed by identity, for the recency notes
 class _Entry:
+    key: Hashable
     prompt: Prompt
     fetched_at: float
     expires_at: float
@@ -141,10 +142,12 @@ class AsyncPromptCache:
         self._backoff = refresh_backoff_seconds
         self._backoff_max = refresh_backoff_max_seconds
         self._store = _Store(max_size, self._evicted)
-        # The hit path reads ``_hot`` (a plain dict, C speed) and notes recency in ``_touched``;
-        # the notes are applied to the LRU order before any insertion can evict.
+        # The hit path reads ``_hot`` (a plain dict, C speed) and notes each use in ``_touched``,
+        # keyed by the entry (an identity hash costs less than re-hashing the key tuple), with
+        # the clock reading it took anyway; the notes are applied to the LRU order, oldest
+        # reading first, before any insertion can evict.
         self._hot: dict[Hashable, _Entry] = {}
-        self._touched: dict[Hashable, None] = {}
+        self._touched: dict[_Entry, float] = {}
         self._inflight: dict[Hashable, _Flight] = {}
         self._info: dict[Hashable, _KeyInfo] = {}
         self._tg: TaskGroup | None = None
@@ -180,10 +183,12 @@ class AsyncPromptCache:
     def get_fresh(self, key: Hashable) -> Prompt | None:
         """The prompt if ``key`` is held and fresh, else ``None``. No I/O, never suspends."""
         entry = self._hot.get(key)
-        if entry is not None and self._clock() < entry.expires_at:
-            self._touched[key] = None
-            self.hits += 1
-            return entry.prompt
+        if entry is not None:
+            now = self._clock()
+            if now < entry.expires_at:
+                self._touched[entry] = now
+                self.hits += 1
+                return entry.prompt
         return None
 
     async def get(self, key: Hashable, fetch: FetchFunc, *, ttl: float) -> Prompt:
@@ -196,11 +201,11 @@ class AsyncPromptCache:
         if entry is not None:
             now = self._clock()
             if ttl > 0 and now < entry.expires_at:
-                self._touched[key] = None
+                self._touched[entry] = now
                 self.hits += 1
                 return entry.prompt
             if ttl > 0 and now < entry.stale_until:
-                self._touched[key] = None
+                self._touched[entry] = now
                 self._stale_hits += 1
                 self._maybe_refresh(key, fetch, ttl, now)
                 return entry.prompt
@@ -315,7 +320,7 @@ class AsyncPromptCache:
     def _put(self, key: Hashable, prompt: Prompt, ttl: float) -> None:
         now = self._clock()
         expires = now + ttl
-        entry = _Entry(prompt, now, expires, expires + self._max_stale)
+        entry = _Entry(key, prompt, now, expires, expires + self._max_stale)
         self._apply_touches()
         self._store[key] = entry  # may evict the least recently used key first
         self._hot[key] = entry
@@ -330,10 +335,14 @@ class AsyncPromptCache:
         # The dict is cleared, never replaced: the client's hit path holds a reference to it.
         # list() first: another thread (the sync facade) may add to it meanwhile.
         touched = self._touched
-        keys = list(touched)
+        notes = list(touched.items())
         touched.clear()
+        # Least recent reading first (a stable sort: equal readings keep their first-use order),
+        # so the LRU order ends as if every use had moved its key at once.
+        notes.sort(key=_reading)
         store = self._store
-        for key in keys:
+        for entry, _ in notes:
+            key = entry.key
             if key in store:
                 store[key]  # LRUCache.__getitem__ marks the key as recently used
 
@@ -342,8 +351,9 @@ class AsyncPromptCache:
         self._forget(key)
 
     def _forget(self, key: Hashable) -> None:
-        self._hot.pop(key, None)
-        self._touched.pop(key, None)
+        entry = self._hot.pop(key, None)
+        if entry is not None:
+            self._touched.pop(entry, None)
         self._info.pop(key, None)
 
     def _remove(self, key: Hashable) -> None:
@@ -420,11 +430,12 @@ class AsyncPromptCache:
         """Fetches and refreshes running now."""
         return len(self._inflight)
 
-    def hit_path(self) -> tuple[dict[Hashable, Any], dict[Hashable, None], Clock]:
+    def hit_path(self) -> tuple[dict[Hashable, Any], dict[Any, float], Clock]:
         """``(index, recency_notes, clock)`` for a caller that inlines the fresh-hit check.
 
-        A hit is ``entry = index.get(key)``, fresh while ``clock() < entry.expires_at``,
-        serving ``entry.prompt``; the caller then sets ``recency_notes[key] = None`` and
+        A hit is ``entry = index.get(key)``, fresh while ``now = clock()`` is below
+        ``entry.expires_at``, serving ``entry.prompt``; the caller then sets
+        ``recency_notes[entry] = now`` and
         reports its hit count through ``stats(extra_hits=...)``. Both dicts live as long as
         the cache. The async client inlines this because a method call here measured as a
         quarter of the whole hit cost.
@@ -454,6 +465,10 @@ class AsyncPromptCache:
             evictions=self._evictions, fallbacks=self._fallbacks, entries=len(self._hot),
             in_flight=len(self._inflight), keys=tuple(keys),
         )
+
+
+def _reading(note: tuple[_Entry, float]) -> float:
+    return note[1]
 
 
 def _describe(key: Any) -> str:

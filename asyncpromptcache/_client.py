@@ -241,8 +241,9 @@ class AsyncPromptClient:
                 entry = self._hot.get(key)
             except TypeError:  # an unhashable argument: make_key below names the mistake
                 entry = None
-            if entry is not None and self._clock() < entry.expires_at and entry.type == type:
-                self._touched[key] = None
+            if entry is not None and (now := self._clock()) < entry.expires_at \
+                    and entry.type == type:
+                self._touched[entry] = now
                 self._hits += 1
                 prompt: Prompt = entry.prompt
                 return prompt

@@ -329,8 +329,9 @@ class PromptClient:
                 entry = self._hot.get(key)
             except TypeError:  # an unhashable argument: the slow path names the mistake
                 entry = None
-            if entry is not None and self._clock() < entry.expires_at and entry.type == type:
-                self._touched[key] = None
+            if entry is not None and (now := self._clock()) < entry.expires_at \
+                    and entry.type == type:
+                self._touched[entry] = now
                 self._hits.cell[0] += 1
                 prompt: Prompt = entry.prompt
                 return prompt

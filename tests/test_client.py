@@ -517,3 +517,23 @@ async def test_prefetch_reports_each_key(server: FaultServer, clock: FakeClock) 
         assert server.total == 3
         await client.get_prompt("greet")
         assert server.total == 3
+
+
+async def test_eviction_follows_the_latest_use(server: FaultServer, clock: FakeClock) -> None:
+    # Uses since the last insertion are applied in the order of their latest use: after
+    # A, B, A the least recently used of the two is B, whatever order they were first used in.
+    for name in ("a", "b", "c"):
+        server.put(name, name)
+    async with client_for(server, clock, max_size=2) as client:
+        await client.get_prompt("a")
+        clock.advance(1)
+        await client.get_prompt("b")
+        clock.advance(1)
+        await client.get_prompt("a")  # hit
+        clock.advance(1)
+        await client.get_prompt("b")  # hit
+        clock.advance(1)
+        await client.get_prompt("a")  # hit: "a" is the most recently used now
+        clock.advance(1)
+        await client.get_prompt("c")
+        assert {k.key.name for k in client.stats().keys} == {"a", "c"}

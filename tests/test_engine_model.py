@@ -132,7 +132,7 @@ class CacheMachine(RuleBasedStateMachine):
         self.outcomes: dict[int, Outcome] = {}
         # The model.
         self.entries: OrderedDict[PromptKey, MEntry] = OrderedDict()  # LRU first
-        self.touched: dict[PromptKey, None] = {}  # uses not yet applied to the LRU order
+        self.touched: dict[PromptKey, float] = {}  # uses not yet applied to the LRU order
         self.inflight: dict[PromptKey, MFlight] = {}
         self.flights: dict[int, MFlight] = {}  # every unresolved fetch, orphans included
         self.rids = 0
@@ -183,11 +183,10 @@ class CacheMachine(RuleBasedStateMachine):
         return flight
 
     def _touch(self, key: PromptKey) -> None:
-        # The engine notes a use without reordering (the hit path stays one dict store) and
-        # applies the notes, in the order of each key's first use, before an insertion. So a
-        # key used since the last insertion always outranks one that was not; among those,
-        # the order is that of first use (not strict LRU: see _apply_touches in _cache.py).
-        self.touched[key] = None
+        # The engine notes a use with the clock reading of that call (the hit path stays one
+        # dict store) and applies the notes, oldest reading first, before an insertion: LRU
+        # order, with equal readings (a fake clock that did not move) in first-use order.
+        self.touched[key] = self.clock()
 
     def _forget(self, key: PromptKey) -> bool:
         self.touched.pop(key, None)
@@ -195,7 +194,7 @@ class CacheMachine(RuleBasedStateMachine):
 
     def _put(self, key: PromptKey, version: int, ttl: float) -> None:
         now = self.clock()
-        for touched in self.touched:
+        for touched in sorted(self.touched, key=self.touched.__getitem__):
             self.entries.move_to_end(touched)
         self.touched.clear()
         if key not in self.entries and len(self.entries) >= MAX_SIZE:

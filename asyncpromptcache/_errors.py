@@ -90,14 +90,18 @@ class PromptNotFoundError(FetchError):
     """The source has no prompt of that name, label or version (HTTP 404)."""
 
 
-class AuthenticationError(FetchError):
-    """The source refused the credentials (HTTP 401) or their kind (HTTP 403)."""
+class _StatusError(FetchError):
+    """A fetch answered with an HTTP status; ``status`` says which."""
 
     def __init__(
         self, message: str, *, status: int, name: str | None = None, key: Any = None
     ) -> None:
         super().__init__(message, name=name, key=key)
         self.status = status
+
+
+class AuthenticationError(_StatusError):
+    """The source refused the credentials (HTTP 401) or their kind (HTTP 403)."""
 
 
 class RateLimitError(FetchError):
@@ -112,24 +116,12 @@ class RateLimitError(FetchError):
         self.status = 429
 
 
-class ServerError(FetchError):
+class ServerError(_StatusError):
     """The source answered with a 5xx (or 408) status."""
 
-    def __init__(
-        self, message: str, *, status: int, name: str | None = None, key: Any = None
-    ) -> None:
-        super().__init__(message, name=name, key=key)
-        self.status = status
 
-
-class UnexpectedStatusError(FetchError):
+class UnexpectedStatusError(_StatusError):
     """The source answered with a status that is neither success nor one of the above."""
-
-    def __init__(
-        self, message: str, *, status: int, name: str | None = None, key: Any = None
-    ) -> None:
-        super().__init__(message, name=name, key=key)
-        self.status = status
 
 
 class TransportError(FetchError):

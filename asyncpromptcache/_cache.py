@@ -61,13 +61,17 @@ class _Flight:
     is_refresh: bool = False
 
 
+_NEVER = -math.inf
+
+
 @attrs.define(slots=True)
 class _KeyInfo:
-    last_fetched_at: float | None = None
+    """Failure bookkeeping, made on a key's first failed fetch (most keys never need one)."""
+
     last_error: str | None = None
     last_error_at: float | None = None
     consecutive_failures: int = 0
-    retry_not_before: float = -math.inf
+    retry_not_before: float = _NEVER
 
 
 @attrs.frozen
@@ -230,6 +234,25 @@ class AsyncPromptCache:
             return entry
         return None
 
+    def stale_hit(self, entry: Any, now: float) -> Prompt | None:
+        """Serve ``entry`` (from ``hit_path()``'s index, past its TTL at ``now``) at once when
+        that needs nothing started: its refresh is already running or the key is backing off.
+
+        ``None`` when the entry is past max staleness or a refresh must start (the caller then
+        takes the full path, which has what starting a fetch needs). Never suspends.
+        """
+        if now >= entry.stale_until or self._tg is None:
+            return None
+        key = entry.key
+        if key not in self._inflight:
+            info = self._info.get(key)
+            if info is None or now >= info.retry_not_before:
+                return None
+        self._touched[entry] = now
+        self._stale_hits += 1
+        prompt: Prompt = entry.prompt
+        return prompt
+
     def held(self, key: Hashable) -> Prompt | None:
         """The prompt held for ``key`` whatever its age, without touching it or any counter."""
         entry = self._hot.get(key)
@@ -325,11 +348,9 @@ class AsyncPromptCache:
         self._store[key] = entry  # may evict the least recently used key first
         self._hot[key] = entry
         info = self._info.get(key)
-        if info is None:
-            info = self._info[key] = _KeyInfo()
-        info.last_fetched_at = now
-        info.consecutive_failures = 0
-        info.retry_not_before = -math.inf
+        if info is not None:  # the last error stays visible in stats()
+            info.consecutive_failures = 0
+            info.retry_not_before = _NEVER
 
     def _apply_touches(self) -> None:
         # The dict is cleared, never replaced: the client's hit path holds a reference to it.
@@ -377,7 +398,6 @@ class AsyncPromptCache:
             self._apply_touches()
             self._store[key] = entry  # may evict the least recently used key first
             self._hot[key] = entry
-            self._info.setdefault(key, _KeyInfo(last_fetched_at=entry.fetched_at))
             count += 1
         return count
 

@@ -118,6 +118,7 @@ class AsyncPromptClient:
         self._cache.detach(_NOT_OPEN)
         # The fresh-hit check is inlined in get_prompt: see AsyncPromptCache.hit_path.
         self._hot, self._touched, self._clock = self._cache.hit_path()
+        self._stale_hit = self._cache.stale_hit
         self._hits = 0
         self._tg: TaskGroup | None = None
         self._state = _NEW
@@ -247,6 +248,11 @@ class AsyncPromptClient:
                 self._hits += 1
                 prompt: Prompt = entry.prompt
                 return prompt
+            if entry is not None and entry.type == type:
+                # Stale while its refresh runs: served without the full path's allocations.
+                stale = self._stale_hit(entry, now)
+                if stale is not None:
+                    return stale
         return await self._get_prompt(
             make_key(name, version, label), type, cache_ttl_seconds, fallback,
             max_retries, fetch_timeout_seconds,

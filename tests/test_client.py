@@ -537,3 +537,19 @@ async def test_eviction_follows_the_latest_use(server: FaultServer, clock: FakeC
         clock.advance(1)
         await client.get_prompt("c")
         assert {k.key.name for k in client.stats().keys} == {"a", "c"}
+
+
+async def test_stale_hits_do_not_suspend(server: FaultServer, clock: FakeClock) -> None:
+    async with client_for(server, clock) as client:
+        first = await client.get_prompt("greet")
+        clock.advance(61)
+        server.hold()
+        for _ in range(3):  # the first starts the refresh, the others find it running
+            coro = client.get_prompt("greet")
+            with pytest.raises(StopIteration) as done:
+                coro.send(None)
+            assert done.value.value is first
+        await until(lambda: server.waiting == 1)
+        stats = client.stats()
+        assert (stats.stale_hits, stats.refreshes, stats.misses) == (3, 1, 1)
+        server.release()

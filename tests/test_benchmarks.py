@@ -1,0 +1,73 @@
+"""The benchmarks in smoke mode (tiny sizes), so that they never rot. Counts only, never
+timings: the full run (``python -m benchmarks``) is what measures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import hit_path, run
+
+OURS = "asyncpromptcache AsyncPromptClient"
+
+
+def test_hit_path_quick_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert hit_path.main(["--quick"]) == 0
+    assert "ours / floor" in capsys.readouterr().out
+
+
+def test_smoke_run_writes_every_result(tmp_path: Path) -> None:
+    assert run.main(["--smoke", "--out", str(tmp_path)]) == 0
+
+    document = json.loads((tmp_path / "latest.json").read_text())
+    markdown = (tmp_path / "latest.md").read_text()
+    assert document["meta"]["smoke"] is True
+    assert document["meta"]["machine"]["python"]
+    scenarios = document["scenarios"]
+    assert set(scenarios) == {
+        "hit_async", "hit_sync", "stampede", "refresh", "outage", "web_app", "memory",
+        "sync_threads",
+    }
+    for scenario in scenarios.values():
+        assert scenario["title"] in markdown
+
+    # Single-flight: one upstream request per cold key, however many callers.
+    cases = scenarios["stampede"]["data"]["cases"]
+    one_key, many_keys = cases["1 key"], cases["5 keys"]
+    assert [r["upstream_requests"] for r in one_key[OURS]["runs"]] == [1]
+    assert [r["upstream_requests"] for r in many_keys[OURS]["runs"]] == [5]
+    assert [r["errors"] for r in one_key[OURS]["runs"]] == [0]
+    assert [r["upstream_requests"] for r in one_key["async_lru @alru_cache(ttl=)"]["runs"]] == [1]
+
+    # Every hit timed was a hit.
+    assert scenarios["hit_async"]["data"]["upstream_requests_while_timing"] == 0
+    assert scenarios["hit_sync"]["data"]["upstream_requests_while_timing"] == 0
+
+    # Cached keys through the outage: no caller saw an error or was left waiting.
+    ours_outage = scenarios["outage"]["data"]["peers"][OURS]
+    for phase in ("503", "hang"):
+        assert ours_outage[phase]["n"] > 0
+        assert ours_outage[phase]["errors"] == 0
+        assert ours_outage[phase]["unfinished"] == 0
+    assert scenarios["refresh"]["data"]["peers"][OURS]["runs"][0]["window_errors"] == 0
+
+    web = scenarios["web_app"]["data"]["peers"][OURS]["runs"][0]
+    assert web["failed"] == 0 and web["upstream_requests"] == 5
+
+    memory = scenarios["memory"]["data"]
+    assert memory["per_entry"][OURS]["entries"] == 2000
+    assert len(memory["rss_bytes"][OURS]) == 5  # a sample at the start and every 2,500 calls
+
+    targets = {t["target"] for t in document["targets"]}
+    assert "100 cold callers of 1 key -> exactly 1 upstream request" in targets
+    assert "zero caller errors for cached keys through the outage (503, then a hang)" in targets
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        charts = sorted(p.name for p in tmp_path.glob("*.png"))
+        assert charts == [
+            "hit_cost.png", "memory.png", "outage.png", "refresh_window.png",
+            "stampede_and_web_app.png", "sync_threads.png",
+        ]

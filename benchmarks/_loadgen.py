@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
 from types import TracebackType
 from typing import Any
 
-from ._upstream import REPO
+from ._upstream import spawn_module
 
 
 class LoadGenerator:
@@ -24,12 +23,7 @@ class LoadGenerator:
         self._proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> LoadGenerator:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks._loadgen"], cwd=REPO, env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
+        self._proc = spawn_module("benchmarks._loadgen")
         if self._readline() != "ready":
             self.__exit__(None, None, None)
             raise RuntimeError("the benchmark's load generator did not start")

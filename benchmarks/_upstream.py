@@ -20,6 +20,18 @@ from types import TracebackType
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def spawn_module(module: str) -> subprocess.Popen[str]:
+    """``python -m module`` in a child process that can import this repo, talking over pipes."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        [sys.executable, "-m", module], cwd=REPO, env=env,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+
+
 EXAMPLES = REPO / "examples" / "prompts"
 #: How many prompts the server holds besides the examples: ``bench-000``, ``bench-001``...
 SEED_COUNT = 100
@@ -53,12 +65,7 @@ class Upstream:
         self._proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> Upstream:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks._upstream"], cwd=REPO, env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
+        self._proc = spawn_module("benchmarks._upstream")
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline()
         if not line:

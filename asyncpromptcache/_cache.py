@@ -156,7 +156,7 @@ class AsyncPromptCache:
         self._info: dict[Hashable, _KeyInfo] = {}
         self._tg: TaskGroup | None = None
         self._closed_error: str = "the cache is not attached to a running client"
-        self.hits = 0
+        self._hits = 0
         self._stale_hits = 0
         self._misses = 0
         self._joined = 0
@@ -178,22 +178,7 @@ class AsyncPromptCache:
         self._tg = None
         self._closed_error = reason
 
-    @property
-    def clock(self) -> Clock:
-        return self._clock
-
     # -- reads -----------------------------------------------------------------------------
-
-    def get_fresh(self, key: Hashable) -> Prompt | None:
-        """The prompt if ``key`` is held and fresh, else ``None``. No I/O, never suspends."""
-        entry = self._hot.get(key)
-        if entry is not None:
-            now = self._clock()
-            if now < entry.expires_at:
-                self._touched[entry] = now
-                self.hits += 1
-                return entry.prompt
-        return None
 
     async def get(self, key: Hashable, fetch: FetchFunc, *, ttl: float) -> Prompt:
         """The prompt for ``key``, fetching it with ``fetch`` as the state of the key requires.
@@ -206,7 +191,7 @@ class AsyncPromptCache:
             now = self._clock()
             if ttl > 0 and now < entry.expires_at:
                 self._touched[entry] = now
-                self.hits += 1
+                self._hits += 1
                 return entry.prompt
             if ttl > 0 and now < entry.stale_until:
                 self._touched[entry] = now
@@ -252,11 +237,6 @@ class AsyncPromptCache:
         self._stale_hits += 1
         prompt: Prompt = entry.prompt
         return prompt
-
-    def held(self, key: Hashable) -> Prompt | None:
-        """The prompt held for ``key`` whatever its age, without touching it or any counter."""
-        entry = self._hot.get(key)
-        return None if entry is None else entry.prompt
 
     # -- fetching --------------------------------------------------------------------------
 
@@ -479,7 +459,7 @@ class AsyncPromptCache:
                 last_error_at=info.last_error_at,
             ))
         return CacheStats(
-            hits=self.hits + extra_hits, stale_hits=self._stale_hits, misses=self._misses,
+            hits=self._hits + extra_hits, stale_hits=self._stale_hits, misses=self._misses,
             joined=self._joined, fetches=self._fetches, fetch_errors=self._fetch_errors,
             refreshes=self._refreshes, refresh_errors=self._refresh_errors,
             evictions=self._evictions, fallbacks=self._fallbacks, entries=len(self._hot),

@@ -296,12 +296,7 @@ class AsyncPromptClient:
         self, key: PromptKey, prompt_type: PromptType | None, options: FetchOptions
     ) -> Prompt:
         timeout = self._timeout if options.timeout_seconds is None else options.timeout_seconds
-        retry = self._retry
-        if options.max_retries is not None:
-            retry = RetryPolicy(
-                max_retries=options.max_retries, base_delay=retry.base_delay,
-                max_delay=retry.max_delay, max_retry_after=retry.max_retry_after,
-            )
+        retry = self._retry.for_call(options.max_retries)
         # A safety net for any source: no fetch outlives its whole retry budget.
         budget = retry.worst_case_seconds(timeout) + 1.0
         try:

@@ -13,7 +13,6 @@ from urllib.parse import quote
 
 import aiohttp
 import anyio
-import attrs
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -86,14 +85,6 @@ class LangfuseSource:
             f"secret_key={'***' if self.__auth_header else None})"
         )
 
-    @property
-    def retry(self) -> RetryPolicy:
-        return self._retry
-
-    @property
-    def timeout_seconds(self) -> float:
-        return self._timeout
-
     async def aclose(self) -> None:
         session, self._session = self._session, None
         if session is not None and self._owns_session and not session.closed:
@@ -121,9 +112,7 @@ class LangfuseSource:
 
     async def fetch(self, key: PromptKey, options: FetchOptions) -> Prompt:
         """Fetch ``key``, retrying what is worth retrying; raises our errors only."""
-        retry = self._retry
-        if options.max_retries is not None and options.max_retries != retry.max_retries:
-            retry = attrs.evolve(retry, max_retries=options.max_retries)
+        retry = self._retry.for_call(options.max_retries)
         timeout = self._timeout if options.timeout_seconds is None else options.timeout_seconds
         attempt = 0
         while True:

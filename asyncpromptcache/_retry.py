@@ -49,6 +49,12 @@ class RetryPolicy:
     max_retry_after: float = 10.0
     rng: Callable[[], float] = attrs.field(default=random.random, eq=False, repr=False)
 
+    def for_call(self, max_retries: int | None) -> RetryPolicy:
+        """This policy with a call's own ``max_retries`` (``None``: keep this one's)."""
+        if max_retries is None or max_retries == self.max_retries:
+            return self
+        return attrs.evolve(self, max_retries=max_retries)
+
     def is_retryable(self, error: FetchError) -> bool:
         return isinstance(error, TransportError | RateLimitError | ServerError)
 

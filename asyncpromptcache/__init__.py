@@ -25,6 +25,8 @@ from ._errors import (
     TemplateError as TemplateError,
     TransportError as TransportError,
     UnexpectedStatusError as UnexpectedStatusError,
+    WebhookError as WebhookError,
+    WebhookSignatureError as WebhookSignatureError,
 )
 from ._keys import PromptKey as PromptKey
 from ._langfuse import LangfuseSource as LangfuseSource
@@ -85,5 +87,7 @@ __all__ = [
     "TextPrompt",
     "TransportError",
     "UnexpectedStatusError",
+    "WebhookError",
+    "WebhookSignatureError",
     "parse_prompt",
 ]

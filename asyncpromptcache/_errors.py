@@ -6,6 +6,8 @@ The tree::
     ├── ConfigurationError              bad argument or environment value (also ValueError)
     ├── ClientStateError                the client is used before ``async with`` / after close
     ├── TemplateError                   strict compile found missing variables or placeholders
+    ├── WebhookError                    a webhook that cannot be applied (bad body, no secret)
+    │   └── WebhookSignatureError       missing, malformed, wrong or expired signature
     └── FetchError                      fetching one prompt failed; ``.name`` and ``.key`` say which
         ├── PromptNotFoundError         404: no such prompt, label or version
         ├── AuthenticationError         401 (bad keys) or 403 (wrong kind of key)
@@ -43,6 +45,8 @@ __all__ = [
     "TemplateError",
     "TransportError",
     "UnexpectedStatusError",
+    "WebhookError",
+    "WebhookSignatureError",
 ]
 
 
@@ -72,6 +76,16 @@ class TemplateError(PromptCacheError):
         super().__init__(message)
         self.missing_variables = missing_variables
         self.missing_placeholders = missing_placeholders
+
+
+class WebhookError(PromptCacheError, ValueError):
+    """A webhook that cannot be applied: its body is not a prompt-version event, or no webhook
+    secret is configured. Nothing was changed."""
+
+
+class WebhookSignatureError(WebhookError):
+    """A webhook's signature is missing, malformed, wrong, or outside the accepted time window.
+    Nothing was changed."""
 
 
 class FetchError(PromptCacheError):

@@ -1,0 +1,56 @@
+"""Langfuse webhook signatures: ``x-langfuse-signature: t=<unix seconds>,v1=<hex>``, where the
+hex is HMAC-SHA256 of ``"{t}.{raw body}"`` keyed with the webhook secret. Pure: the local
+server signs with it and the clients verify with it."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from ._errors import WebhookSignatureError
+
+__all__ = ["SIGNATURE_HEADER", "TOLERANCE_SECONDS", "sign", "verify_signature"]
+
+SIGNATURE_HEADER = "x-langfuse-signature"
+TOLERANCE_SECONDS = 300.0
+
+
+def _mac(secret: str, body: bytes, timestamp: str) -> str:
+    return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def sign(secret: str, body: bytes, timestamp: int) -> str:
+    """The ``x-langfuse-signature`` header value for ``body`` sent at ``timestamp``."""
+    return f"t={timestamp},v1={_mac(secret, body, str(timestamp))}"
+
+
+def verify_signature(
+    secret: str, body: bytes, header: str | None, *, now: float,
+    tolerance_seconds: float = TOLERANCE_SECONDS,
+) -> int:
+    """Check ``header`` against ``body``; returns its timestamp or raises
+    ``WebhookSignatureError`` (missing, malformed, wrong, or too old or new)."""
+    if not header:
+        raise WebhookSignatureError("the webhook has no x-langfuse-signature header")
+    parts: dict[str, list[str]] = {}
+    for item in header.split(","):
+        name, sep, value = item.strip().partition("=")
+        if not sep:
+            raise WebhookSignatureError("the webhook signature header is malformed")
+        parts.setdefault(name, []).append(value)
+    stamps = parts.get("t", [])
+    macs = parts.get("v1", [])
+    if len(stamps) != 1 or not stamps[0].isdigit() or len(stamps[0]) > 12 or not macs:
+        raise WebhookSignatureError("the webhook signature header is malformed")
+    timestamp = int(stamps[0])
+    expected = _mac(secret, body, stamps[0])
+    # Every v1 is compared (a secret being rotated may sign twice), each in constant time.
+    if not any(hmac.compare_digest(expected.encode(), mac.encode("ascii", "replace"))
+               for mac in macs):
+        raise WebhookSignatureError("the webhook signature does not match its body")
+    if abs(now - timestamp) > tolerance_seconds:
+        raise WebhookSignatureError(
+            f"the webhook signature is {abs(now - timestamp):.0f}s away from now "
+            f"(at most {tolerance_seconds:g}s is accepted)"
+        )
+    return timestamp

@@ -39,6 +39,7 @@ class SSEDecoder:
         self._size = 0
         self._max = max_event_bytes
         self._first = True
+        self._skip_lf = False  # the last read ended in CR: an LF first in the next is its pair
 
     def feed(self, raw: bytes) -> list[SSEEvent]:
         try:
@@ -48,6 +49,9 @@ class SSEDecoder:
         if self._first and text:
             self._first = False
             text = text.removeprefix("\ufeff")
+        if self._skip_lf and text:
+            self._skip_lf = False
+            text = text.removeprefix("\n")
         text = self._pending + text
         events: list[SSEEvent] = []
         start = 0
@@ -59,8 +63,10 @@ class SSEDecoder:
             end = lf if cr == -1 else cr if lf == -1 else min(cr, lf)
             if text[end] == "\r":
                 if end + 1 == length:
-                    break  # a CR at the end: an LF may follow in the next read
-                step = 2 if text[end + 1] == "\n" else 1
+                    self._skip_lf = True  # a CR at the end: an LF may follow in the next read
+                    step = 1
+                else:
+                    step = 2 if text[end + 1] == "\n" else 1
             else:
                 step = 1
             self._line(text[start:end], events)

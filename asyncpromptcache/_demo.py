@@ -184,7 +184,7 @@ async def _responses() -> None:
         start = time.perf_counter()
 
         async def ask() -> None:
-            parts = []
+            parts: list[str] = []
             async for chunk in cache.stream(request, llm.producer(request)):
                 if not parts:
                     first_chunk.append(time.perf_counter() - start)

@@ -25,7 +25,14 @@ from ._errors import (
 )
 from ._keys import PromptKey, make_key
 from ._langfuse import LangfuseSource
-from ._models import ChatPrompt, Prompt, PromptType, TextPrompt, prompt_from_value
+from ._models import (
+    ChatPrompt,
+    Prompt,
+    PromptType,
+    TextPrompt,
+    check_prompt_type,
+    prompt_from_value,
+)
 from ._retry import RetryPolicy
 from ._settings import check_timeout, check_ttl, resolve_settings
 from ._source import FetchOptions, PromptSource
@@ -41,6 +48,9 @@ ChatFallback: TypeAlias = (
 )
 
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
+DEFAULT_NEGATIVE_CACHE_SECONDS = 5.0
+# Past a call's deadline, time for its source to report its own error before the safety net.
+_GRACE_SECONDS = 0.25
 _NOT_OPEN = (
     "the client is not open: use `async with AsyncPromptClient(...) as client:` "
     "and call it inside that block"
@@ -60,6 +70,9 @@ class AsyncPromptClient:
     * ``max_size``: entries held; the least recently used is evicted past it.
     * ``max_stale_seconds``: how long past its TTL a prompt may still be served while it is
       refreshed (default: for ever, as Langfuse does).
+    * ``negative_cache_seconds``: how long a key whose fetch failed (an error or a 404) with
+      nothing cached is answered with that failure again (its fallback, else the error)
+      without asking the source; ``0`` turns it off. Default 5 seconds.
     * ``clock``: a monotonic ``() -> float`` in seconds, for tests.
     """
 
@@ -82,6 +95,7 @@ class AsyncPromptClient:
         refresh_backoff_max_seconds: float = 300.0,
         clock: Clock | None = None,
         env: Mapping[str, str] | None = None,
+        negative_cache_seconds: float = DEFAULT_NEGATIVE_CACHE_SECONDS,
     ) -> None:
         settings = resolve_settings(
             os.environ if env is None else env,
@@ -114,6 +128,7 @@ class AsyncPromptClient:
             clock=clock or time.monotonic,
             refresh_backoff_seconds=refresh_backoff_seconds,
             refresh_backoff_max_seconds=refresh_backoff_max_seconds,
+            negative_ttl_seconds=check_ttl(negative_cache_seconds, "negative_cache_seconds"),
         )
         self._cache.detach(_NOT_OPEN)
         # The fresh-hit check is inlined in get_prompt: see AsyncPromptCache.hit_path.
@@ -267,13 +282,17 @@ class AsyncPromptClient:
         max_retries: int | None,
         fetch_timeout_seconds: float | None,
     ) -> Prompt:
+        if prompt_type is not None:
+            check_prompt_type(prompt_type)
         if self._state != _OPEN:
             raise ClientStateError(self._cache_closed_reason())
         ttl = self._ttl if cache_ttl_seconds is None else check_ttl(cache_ttl_seconds)
         options = self._options(max_retries, fetch_timeout_seconds)
-        fetch = functools.partial(self._fetch, key, prompt_type, options)
+        # The fetch is shared by every caller of the key: it knows nothing of this caller's
+        # type, which is checked below for this caller only.
+        fetch = functools.partial(self._fetch, key, options)
         try:
-            prompt = await self._cache.get(key, fetch, ttl=ttl)
+            prompt = await self._cache.get(key, fetch, ttl=ttl, wait=self._budget(options))
             if prompt_type is not None and prompt.type != prompt_type:
                 raise _wrong_type(key, prompt, prompt_type)
         except FetchError as exc:
@@ -292,23 +311,23 @@ class AsyncPromptClient:
             check_timeout(timeout)
         return FetchOptions(max_retries=max_retries, timeout_seconds=timeout)
 
-    async def _fetch(
-        self, key: PromptKey, prompt_type: PromptType | None, options: FetchOptions
-    ) -> Prompt:
+    def _budget(self, options: FetchOptions) -> float:
+        """How long one call with ``options`` may take in all: its timeout times its attempts
+        (the deadline the source keeps), and a little for the source to report its error."""
         timeout = self._timeout if options.timeout_seconds is None else options.timeout_seconds
-        retry = self._retry.for_call(options.max_retries)
-        # A safety net for any source: no fetch outlives its whole retry budget.
-        budget = retry.worst_case_seconds(timeout) + 1.0
+        budget = self._retry.for_call(options.max_retries).budget_seconds(timeout)
+        return budget + min(_GRACE_SECONDS, budget)
+
+    async def _fetch(self, key: PromptKey, options: FetchOptions) -> Prompt:
+        # A safety net for any source: no fetch outlives its budget.
+        budget = self._budget(options)
         try:
             with anyio.fail_after(budget):
-                prompt = await self._source.fetch(key, options)
+                return await self._source.fetch(key, options)
         except TimeoutError as exc:
             raise FetchTimeoutError(
                 f"prompt {key.describe()}: no answer within {budget:g}s", name=key.name, key=key
             ) from exc
-        if prompt_type is not None and prompt.type != prompt_type:
-            raise _wrong_type(key, prompt, prompt_type)
-        return prompt
 
     async def _fallback(
         self,

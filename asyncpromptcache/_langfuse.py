@@ -44,7 +44,8 @@ class LangfuseSource:
 
     One ``aiohttp.ClientSession`` for the source's life, made on first use; a session passed
     in is used as is and never closed here. ``timeout_seconds`` bounds each attempt, body
-    included; failed attempts are retried as ``retry`` says.
+    included; failed attempts are retried as ``retry`` says, within one deadline per fetch
+    (``retry.budget_seconds(timeout)`` on ``clock``, the event loop's by default).
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class LangfuseSource:
         max_response_bytes: int = 4 * 1024 * 1024,
         verify_ssl: bool = True,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        clock: Callable[[], float] = anyio.current_time,
     ) -> None:
         url = yarl.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
@@ -77,6 +79,7 @@ class LangfuseSource:
         self._max_bytes = max_response_bytes
         self._verify_ssl = verify_ssl
         self._sleep = sleep
+        self._clock = clock
         self.requests_sent = 0
 
     def __repr__(self) -> str:
@@ -114,13 +117,15 @@ class LangfuseSource:
         """Fetch ``key``, retrying what is worth retrying; raises our errors only."""
         retry = self._retry.for_call(options.max_retries)
         timeout = self._timeout if options.timeout_seconds is None else options.timeout_seconds
+        # One deadline for the whole call: attempts, slow bodies and waits all count.
+        deadline = self._clock() + retry.budget_seconds(timeout)
         attempt = 0
         while True:
             try:
-                return await self._attempt(key, timeout)
+                return await self._attempt(key, max(0.0, min(timeout, deadline - self._clock())))
             except FetchError as exc:
                 attempt += 1
-                delay = retry.delay(attempt, exc)
+                delay = retry.delay(attempt, exc, remaining=deadline - self._clock())
                 if delay is None:
                     raise
                 logger.info(
@@ -184,6 +189,11 @@ class LangfuseSource:
                 f"prompt {key.describe()}: response is not valid JSON ({_excerpt(body)})",
                 name=key.name, key=key,
             ) from exc
+        except RecursionError:
+            raise InvalidResponseError(
+                f"prompt {key.describe()}: response is nested too deeply ({_excerpt(body)})",
+                name=key.name, key=key,
+            ) from None
         try:
             prompt = parse_prompt(data)
         except InvalidResponseError as exc:
@@ -205,10 +215,15 @@ class LangfuseSource:
     def _status_error(
         self, key: PromptKey, status: int, body: bytes, retry_after: str | None
     ) -> FetchError:
-        detail = _error_message(body)
+        data = _json_body(body)
+        detail = _error_message(data, body)
         what = f"prompt {key.describe()}: HTTP {status}" + (f": {detail}" if detail else "")
-        if status == 404:
+        if status == 404 and isinstance(data, dict) and isinstance(data.get("error"), str):
             return PromptNotFoundError(what, name=key.name, key=key)
+        if status == 404:
+            # Not Langfuse's answer (its 404 is JSON with an "error" name): a proxy or gateway
+            # between us that must not make us drop a cached prompt. Retried as a server fault.
+            return ServerError(what, status=status, name=key.name, key=key)
         if status in (401, 403):
             return AuthenticationError(what, status=status, name=key.name, key=key)
         if status == 429:
@@ -239,11 +254,20 @@ def _excerpt(body: bytes, limit: int = 80) -> str:
     return repr(text) + ("..." if len(body) > limit else "")
 
 
-def _error_message(body: bytes) -> str:
-    """The server's ``message`` from a Langfuse error body, else a short excerpt."""
+_NOT_JSON = object()
+
+
+def _json_body(body: bytes) -> Any:
+    """The error body as JSON, or ``_NOT_JSON`` (not JSON, or nested too deeply to read)."""
     try:
-        data: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return _NOT_JSON
+
+
+def _error_message(data: Any, body: bytes) -> str:
+    """The server's ``message`` from a Langfuse error body, else a short excerpt."""
+    if data is _NOT_JSON:
         return _excerpt(body) if body else ""
     if isinstance(data, dict) and isinstance(data.get("message"), str):
         # Escaped: a server echoing a name or label with a newline must not forge log lines.

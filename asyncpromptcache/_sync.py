@@ -29,10 +29,10 @@ import attrs
 from anyio.from_thread import BlockingPortal
 
 from ._cache import CacheStats, Clock
-from ._client import AsyncPromptClient, ChatFallback, TextFallback
+from ._client import DEFAULT_NEGATIVE_CACHE_SECONDS, AsyncPromptClient, ChatFallback, TextFallback
 from ._errors import ClientStateError, FetchError, InvalidArgumentError, PromptCacheError
 from ._keys import PromptKey
-from ._models import ChatPrompt, Prompt, PromptType, TextPrompt
+from ._models import ChatPrompt, Prompt, PromptType, TextPrompt, check_prompt_type
 from ._retry import RetryPolicy
 from ._source import PromptSource
 
@@ -104,6 +104,7 @@ class PromptClient:
         refresh_backoff_max_seconds: float = 300.0,
         clock: Clock | None = None,
         env: Mapping[str, str] | None = None,
+        negative_cache_seconds: float = DEFAULT_NEGATIVE_CACHE_SECONDS,
     ) -> None:
         # Kept to build the same client again in a forked child, with the same environment.
         self._new_client = functools.partial(
@@ -115,6 +116,7 @@ class PromptClient:
             refresh_backoff_seconds=refresh_backoff_seconds,
             refresh_backoff_max_seconds=refresh_backoff_max_seconds, clock=clock,
             env=dict(os.environ) if env is None else env,
+            negative_cache_seconds=negative_cache_seconds,
         )
         self._client = self._new_client()  # bad options fail here, in the caller's thread
         self._lock = threading.Lock()
@@ -335,6 +337,7 @@ class PromptClient:
                 self._hits.cell[0] += 1
                 prompt: Prompt = entry.prompt
                 return prompt
+        check_prompt_type(type)  # here, before the loop thread is started or woken
         return self._call(functools.partial(
             _get_prompt, name, version, label, type, cache_ttl_seconds, fallback, max_retries,
             fetch_timeout_seconds,

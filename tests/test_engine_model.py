@@ -126,6 +126,7 @@ class CacheMachine(RuleBasedStateMachine):
             source=self.upstream, clock=self.clock, cache_ttl_seconds=TTL,
             max_stale_seconds=MAX_STALE, max_size=MAX_SIZE, refresh_backoff_seconds=BACKOFF,
             refresh_backoff_max_seconds=BACKOFF_MAX, env={},
+            negative_cache_seconds=0,  # the model has no negative cache (tested on its own)
         )
         self.stop: asyncio.Event | None = None
         self.host = self.loop.create_task(self._host())

@@ -194,6 +194,7 @@ class AsyncPromptCache:
         refresh_backoff_seconds: float = 1.0,
         refresh_backoff_max_seconds: float = 300.0,
         negative_ttl_seconds: float = 0.0,
+        inline_hits: bool = True,
     ) -> None:
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
@@ -210,6 +211,8 @@ class AsyncPromptCache:
         # reading first, before any insertion can evict.
         self._hot: dict[Hashable, _Entry] = {}
         self._touched: dict[_Entry, float] = {}
+        # What hit_path() hands out: the index, or (inline_hits=False) a dict that stays empty.
+        self._hit_index: dict[Hashable, _Entry] = self._hot if inline_hits else {}
         self._inflight: dict[Hashable, _Flight] = {}
         self._info: dict[Hashable, _KeyInfo] = {}
         # Recent failures of keys with nothing servable: key -> the error, raised again.
@@ -388,15 +391,15 @@ class AsyncPromptCache:
             self._refresh_errors += 1
         else:
             self._fetch_errors += 1
-        if flight.writes_back and self._negative is not None and (
-                isinstance(error, PromptNotFoundError) or self._servable(key) is None):
-            self._negative[key] = error
         if isinstance(error, PromptNotFoundError):
             # A removed label must stop being served.
             if flight.writes_back:
                 self._remove(key)
+                self._remember_failure(key, error)
             logger.info("prompt %s not found; dropped from the cache", _describe(key))
             return
+        if flight.writes_back and self._servable(key) is None:
+            self._remember_failure(key, error)
         # A fetch orphaned by invalidate()/clear() says nothing of the entry held now (which a
         # later fetch may have stored): it must not count a failure or back that entry off.
         info = self._info.get(key) if flight.writes_back else None
@@ -415,6 +418,11 @@ class AsyncPromptCache:
             "next refresh in %.1fs: %s",
             _describe(key), info.consecutive_failures, delay, error,
         )
+
+    def _remember_failure(self, key: Hashable, error: PromptCacheError) -> None:
+        """Answer the key's callers with ``error`` for a while (nothing servable is held)."""
+        if self._negative is not None:
+            self._negative[key] = error
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -544,9 +552,10 @@ class AsyncPromptCache:
         ``recency_notes[entry] = now`` and
         reports its hit count through ``stats(extra_hits=...)``. Both dicts live as long as
         the cache. The async client inlines this because a method call here measured as a
-        quarter of the whole hit cost.
+        quarter of the whole hit cost. With ``inline_hits=False`` (a client whose default TTL
+        is 0, so that its calls fetch as ``ttl=0`` calls do) the index stays empty.
         """
-        return self._hot, self._touched, self._clock
+        return self._hit_index, self._touched, self._clock
 
     def stats(self, *, extra_hits: int = 0) -> CacheStats:
         """Counters and per-key state; ``extra_hits`` adds hits counted by an inlined hit path.

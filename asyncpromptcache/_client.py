@@ -129,6 +129,8 @@ class AsyncPromptClient:
             refresh_backoff_seconds=refresh_backoff_seconds,
             refresh_backoff_max_seconds=refresh_backoff_max_seconds,
             negative_ttl_seconds=check_ttl(negative_cache_seconds, "negative_cache_seconds"),
+            # A default TTL of 0 fetches on every call, as a call's cache_ttl_seconds=0 does.
+            inline_hits=self._ttl > 0,
         )
         self._cache.detach(_NOT_OPEN)
         # The fresh-hit check is inlined in get_prompt: see AsyncPromptCache.hit_path.
@@ -269,7 +271,7 @@ class AsyncPromptClient:
                 if stale is not None:
                     return stale
         return await self._get_prompt(
-            make_key(name, version, label), type, cache_ttl_seconds, fallback,
+            make_key(name, version, label), check_prompt_type(type), cache_ttl_seconds, fallback,
             max_retries, fetch_timeout_seconds,
         )
 
@@ -282,8 +284,6 @@ class AsyncPromptClient:
         max_retries: int | None,
         fetch_timeout_seconds: float | None,
     ) -> Prompt:
-        if prompt_type is not None:
-            check_prompt_type(prompt_type)
         if self._state != _OPEN:
             raise ClientStateError(self._cache_closed_reason())
         ttl = self._ttl if cache_ttl_seconds is None else check_ttl(cache_ttl_seconds)

@@ -218,11 +218,11 @@ class LangfuseSource:
         data = _json_body(body)
         detail = _error_message(data, body)
         what = f"prompt {key.describe()}: HTTP {status}" + (f": {detail}" if detail else "")
-        if status == 404 and isinstance(data, dict) and isinstance(data.get("error"), str):
-            return PromptNotFoundError(what, name=key.name, key=key)
         if status == 404:
-            # Not Langfuse's answer (its 404 is JSON with an "error" name): a proxy or gateway
-            # between us that must not make us drop a cached prompt. Retried as a server fault.
+            if data is _TOO_DEEP or (isinstance(data, dict) and isinstance(data.get("error"), str)):
+                return PromptNotFoundError(what, name=key.name, key=key)
+            # Not Langfuse's answer (its 404 is JSON naming the error, LangfuseNotFoundError):
+            # a proxy or gateway in between, which must not make us drop a cached prompt.
             return ServerError(what, status=status, name=key.name, key=key)
         if status in (401, 403):
             return AuthenticationError(what, status=status, name=key.name, key=key)
@@ -255,19 +255,22 @@ def _excerpt(body: bytes, limit: int = 80) -> str:
 
 
 _NOT_JSON = object()
+_TOO_DEEP = object()  # JSON, as far as can be told, but nested too deeply to read
 
 
 def _json_body(body: bytes) -> Any:
-    """The error body as JSON, or ``_NOT_JSON`` (not JSON, or nested too deeply to read)."""
+    """The error body as JSON, else ``_NOT_JSON`` or ``_TOO_DEEP``."""
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+    except (ValueError, UnicodeDecodeError):
         return _NOT_JSON
+    except RecursionError:
+        return _TOO_DEEP
 
 
 def _error_message(data: Any, body: bytes) -> str:
     """The server's ``message`` from a Langfuse error body, else a short excerpt."""
-    if data is _NOT_JSON:
+    if data is _NOT_JSON or data is _TOO_DEEP:
         return _excerpt(body) if body else ""
     if isinstance(data, dict) and isinstance(data.get("message"), str):
         # Escaped: a server echoing a name or label with a newline must not forge log lines.

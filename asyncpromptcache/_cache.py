@@ -104,7 +104,7 @@ class KeyStats:
     last_error_at: float | None
 
 
-_KeySnapshot = tuple[float, list[tuple[Hashable, "_Entry"]],
+_KeySnapshot = tuple[float, dict[Hashable, "_Entry"],
                      dict[Hashable, tuple[int, str | None, float | None]]]
 
 
@@ -158,7 +158,7 @@ class CacheStats:
                 last_error=infos.get(key, none)[1],
                 last_error_at=infos.get(key, none)[2],
             )
-            for key, entry in entries
+            for key, entry in entries.items()
         )
 
 
@@ -182,7 +182,9 @@ class AsyncPromptCache:
     ``max_stale_seconds`` bounds how long past its TTL a prompt is still served (``None``:
     for ever, as Langfuse does). A key whose refreshes fail waits
     ``refresh_backoff_seconds * 2**(failures-1)`` (capped at ``refresh_backoff_max_seconds``)
-    before the next one.
+    before the next one. A key whose fetch failed with nothing servable held answers with that
+    failure for ``negative_ttl_seconds`` (0: never). ``inline_hits=False`` gives ``hit_path()``
+    an index that stays empty (for a client whose every call must reach ``get``).
     """
 
     def __init__(
@@ -567,7 +569,7 @@ class AsyncPromptCache:
             self._negative.expire()
         snapshot: _KeySnapshot = (
             self._clock(),
-            list(self._hot.items()),
+            self._hot.copy(),  # one allocation: no tuple per entry for the collector to chase
             {key: (info.consecutive_failures, info.last_error, info.last_error_at)
              for key, info in self._info.items()},
         )

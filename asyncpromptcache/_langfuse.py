@@ -150,7 +150,7 @@ class LangfuseSource:
                     body = await self._read_body(response, key)
         except TimeoutError as exc:
             raise FetchTimeoutError(
-                f"prompt {key.describe()}: no complete answer within {timeout:g}s",
+                f"prompt {key.describe()}: no complete answer within {timeout:.3g}s",
                 name=key.name, key=key,
             ) from exc
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:

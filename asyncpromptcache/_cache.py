@@ -147,19 +147,20 @@ class CacheStats:
             return ()
         now, entries, infos = self._snapshot
         none: tuple[int, str | None, float | None] = (0, None, None)
-        return tuple(
-            KeyStats(
+        keys = []
+        for key, entry in entries.items():
+            failures, last_error, last_error_at = infos.get(key, none)
+            keys.append(KeyStats(
                 key=PromptKey._make(key),  # type: ignore[arg-type]
                 version=entry.prompt.version,
                 fetched_at=entry.fetched_at,
                 age_seconds=now - entry.fetched_at,
                 fresh=now < entry.expires_at,
-                consecutive_failures=infos.get(key, none)[0],
-                last_error=infos.get(key, none)[1],
-                last_error_at=infos.get(key, none)[2],
-            )
-            for key, entry in entries.items()
-        )
+                consecutive_failures=failures,
+                last_error=last_error,
+                last_error_at=last_error_at,
+            ))
+        return tuple(keys)
 
 
 class _Store(cachetools.LRUCache[Hashable, _Entry]):

@@ -16,6 +16,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._cache import AsyncPromptCache, CacheStats, Clock
+from ._checks import check_count
 from ._errors import (
     ClientStateError,
     FetchError,
@@ -23,7 +24,7 @@ from ._errors import (
     InvalidArgumentError,
     InvalidResponseError,
 )
-from ._keys import PromptKey, make_key
+from ._keys import PromptKey, make_key, prefetch_keys
 from ._langfuse import LangfuseSource
 from ._models import ChatPrompt, Prompt, PromptType, TextPrompt, prompt_from_value
 from ._retry import RetryPolicy
@@ -88,12 +89,8 @@ class AsyncPromptClient:
             public_key=public_key, secret_key=secret_key, base_url=base_url,
             cache_ttl_seconds=cache_ttl_seconds, timeout_seconds=fetch_timeout_seconds,
         )
-        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
-            raise InvalidArgumentError(f"max_size must be a positive integer, got {max_size!r}")
-        if max_stale_seconds is not None:
-            check_ttl(max_stale_seconds, "max_stale_seconds")
-        if max_retries < 0:
-            raise InvalidArgumentError(f"max_retries must be 0 or more, got {max_retries!r}")
+        # The engine and RetryPolicy check the rest of their options the same way.
+        check_count(max_retries, "max_retries")
         self._settings = settings
         self._ttl = settings.cache_ttl_seconds
         self._timeout = settings.timeout_seconds
@@ -286,8 +283,8 @@ class AsyncPromptClient:
         return _NOT_OPEN if self._state == _NEW else "the client is closed"
 
     def _options(self, max_retries: int | None, timeout: float | None) -> FetchOptions:
-        if max_retries is not None and max_retries < 0:
-            raise InvalidArgumentError(f"max_retries must be 0 or more, got {max_retries!r}")
+        if max_retries is not None:
+            check_count(max_retries, "max_retries", error=InvalidArgumentError)
         if timeout is not None:
             check_timeout(timeout)
         return FetchOptions(max_retries=max_retries, timeout_seconds=timeout)
@@ -335,7 +332,7 @@ class AsyncPromptClient:
 
     async def prefetch(
         self,
-        names: Iterable[str | PromptKey],
+        names: Iterable[str | PromptKey] | str | PromptKey,
         *,
         label: str | None = None,
         cache_ttl_seconds: float | None = None,
@@ -344,14 +341,15 @@ class AsyncPromptClient:
     ) -> dict[PromptKey, Prompt | FetchError]:
         """Warm the cache with many prompts at once (for start-up); never raises a FetchError.
 
-        Each item is a name (fetched at ``label``, default ``production``) or a ``PromptKey``.
+        Each item is a name (fetched at ``label``, default ``production``) or a ``PromptKey``;
+        a single name (a string) or key may be given alone.
         Returns, per key, the prompt or the error its fetch ended with.
         """
-        keys = [
-            make_key(item.name, item.version, item.label) if isinstance(item, PromptKey)
-            else make_key(item, None, label)
-            for item in names
-        ]
+        keys = prefetch_keys(names, label)
+        # Checked once here: raised in the task group below, it would come as an ExceptionGroup.
+        if cache_ttl_seconds is not None:
+            check_ttl(cache_ttl_seconds)
+        self._options(max_retries, fetch_timeout_seconds)
         results: dict[PromptKey, Prompt | FetchError] = {}
 
         async def one(key: PromptKey) -> None:
@@ -363,7 +361,7 @@ class AsyncPromptClient:
                 results[key] = exc
 
         async with anyio.create_task_group() as tg:
-            for key in dict.fromkeys(keys):
+            for key in keys:
                 tg.start_soon(one, key)
         return results
 

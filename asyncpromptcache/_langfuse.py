@@ -16,6 +16,7 @@ import anyio
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from ._checks import check_count, check_seconds
 from ._errors import (
     AuthenticationError,
     FetchError,
@@ -30,6 +31,7 @@ from ._errors import (
 from ._keys import PromptKey
 from ._models import Prompt, parse_prompt
 from ._retry import RetryPolicy, parse_retry_after
+from ._settings import check_base_url
 from ._source import FetchOptions
 
 __all__ = ["LangfuseSource"]
@@ -60,10 +62,7 @@ class LangfuseSource:
         verify_ssl: bool = True,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
-        url = yarl.URL(base_url)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
-        self._base = str(url).rstrip("/")
+        self._base = check_base_url(base_url)
         self._public_key = public_key
         # Only the encoded header is kept, never an aiohttp.BasicAuth (its repr shows the password).
         self.__auth_header = (
@@ -72,9 +71,9 @@ class LangfuseSource:
         )
         self._session = session
         self._owns_session = session is None
-        self._timeout = timeout_seconds
+        self._timeout = check_seconds(timeout_seconds, "timeout_seconds", positive=True)
         self._retry = retry or RetryPolicy()
-        self._max_bytes = max_response_bytes
+        self._max_bytes = check_count(max_response_bytes, "max_response_bytes", minimum=1)
         self._verify_ssl = verify_ssl
         self._sleep = sleep
         self.requests_sent = 0

@@ -3,12 +3,14 @@ Read when a client is built, never at import. Pure."""
 
 from __future__ import annotations
 
-import math
+import re
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 import attrs
 
-from ._errors import ConfigurationError
+from ._checks import check_seconds, parse_seconds
+from ._errors import ConfigurationError, InvalidArgumentError
 
 __all__ = ["Settings", "resolve_settings"]
 
@@ -27,23 +29,64 @@ class Settings:
     timeout_seconds: float
 
 
-def _number(value: float | str, what: str, *, positive: bool) -> float:
+def check_ttl(value: float, what: str = "cache_ttl_seconds") -> float:
+    """A per-call TTL: ``InvalidArgumentError`` when bad (the constructor's is checked by
+    ``resolve_settings``)."""
+    return check_seconds(value, what, error=InvalidArgumentError)
+
+
+def check_timeout(value: float, what: str = "fetch_timeout_seconds") -> float:
+    """A per-call fetch timeout, as ``check_ttl``."""
+    return check_seconds(value, what, positive=True, error=InvalidArgumentError)
+
+
+_API_SUFFIXES = ("/api/public", "/api/public/v2", "/api/public/v2/prompts")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced, for messages and reprs."""
+    return re.sub(r"(//)[^/?#]*@", r"\1***@", url)
+
+
+def check_base_url(url: str, what: str = "base_url") -> str:
+    """The Langfuse base URL without its trailing slash, or ``ConfigurationError``.
+
+    Refused: anything but http(s) with a host, credentials in it (the keys go in
+    ``public_key``/``secret_key``), a query or a fragment (request paths are appended to
+    it), and a path ending in ``/api/public`` (the base URL is the host's, the SDK adds the
+    API path).
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError(f"{what} must be a string, got {type(url).__name__}")
+    url = url.strip()
+    shown = redact_url(url)
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"{what} must be a number of seconds, got {value!r}") from None
-    if math.isnan(number) or math.isinf(number) or number < 0 or (positive and number == 0):
-        bound = "greater than 0" if positive else "0 or more"
-        raise ConfigurationError(f"{what} must be a finite number {bound}, got {value!r}")
-    return number
-
-
-def check_ttl(value: float | str, what: str = "cache_ttl_seconds") -> float:
-    return _number(value, what, positive=False)
-
-
-def check_timeout(value: float | str, what: str = "fetch_timeout_seconds") -> float:
-    return _number(value, what, positive=True)
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        raise ConfigurationError(f"{what} is not a valid URL: {shown!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(
+            f"{what} must be an http(s) URL with a host, such as https://cloud.langfuse.com, "
+            f"got {shown!r}"
+        )
+    if "@" in parts.netloc:
+        raise ConfigurationError(
+            f"{what} must not hold credentials ({shown!r}): pass the Langfuse keys as "
+            "public_key and secret_key (or LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY)"
+        )
+    if "?" in url or "#" in url:
+        raise ConfigurationError(
+            f"{what} must not have a query or a fragment, got {shown!r}: request paths are "
+            "appended to it"
+        )
+    path = parts.path.rstrip("/")
+    if path.lower().endswith(_API_SUFFIXES):
+        raise ConfigurationError(
+            f"{what} must be the Langfuse host without the API path (the client adds "
+            f"/api/public/...), got {shown!r}"
+        )
+    return url.rstrip("/")
 
 
 def resolve_settings(
@@ -64,27 +107,29 @@ def resolve_settings(
             f"a Langfuse {given} key was given but no {missing} key "
             f"(argument {missing}_key or LANGFUSE_{missing.upper()}_KEY)"
         )
-    url = base_url or env.get("LANGFUSE_BASE_URL") or env.get("LANGFUSE_HOST") or DEFAULT_BASE_URL
-    if not url.startswith(("http://", "https://")):
-        raise ConfigurationError(f"the Langfuse base URL must start with http(s)://, got {url!r}")
+    if base_url:
+        url = check_base_url(base_url)
+    else:
+        var = next((v for v in ("LANGFUSE_BASE_URL", "LANGFUSE_HOST") if env.get(v)), None)
+        url = DEFAULT_BASE_URL if var is None else check_base_url(env[var], var)
 
     if cache_ttl_seconds is not None:
-        ttl = check_ttl(cache_ttl_seconds)
+        ttl = check_seconds(cache_ttl_seconds, "cache_ttl_seconds")
     else:
         ttl = DEFAULT_TTL_SECONDS
         # The second is the Langfuse SDK's own name for it.
         for var in _TTL_VARS:
             if env.get(var, "").strip():
-                ttl = check_ttl(env[var], var)
+                ttl = parse_seconds(env[var], var)
                 break
 
     if timeout_seconds is not None:
-        timeout = check_timeout(timeout_seconds, "timeout_seconds")
+        timeout = check_seconds(timeout_seconds, "fetch_timeout_seconds", positive=True)
     elif env.get("LANGFUSE_TIMEOUT", "").strip():
-        timeout = check_timeout(env["LANGFUSE_TIMEOUT"], "LANGFUSE_TIMEOUT")
+        timeout = parse_seconds(env["LANGFUSE_TIMEOUT"], "LANGFUSE_TIMEOUT", positive=True)
     else:
         timeout = DEFAULT_TIMEOUT_SECONDS
     return Settings(
-        public_key=public_key, secret_key=secret_key, base_url=url.rstrip("/"),
+        public_key=public_key, secret_key=secret_key, base_url=url,
         cache_ttl_seconds=ttl, timeout_seconds=timeout,
     )

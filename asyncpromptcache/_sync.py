@@ -29,9 +29,10 @@ import attrs
 from anyio.from_thread import BlockingPortal
 
 from ._cache import CacheStats, Clock
+from ._checks import check_seconds
 from ._client import AsyncPromptClient, ChatFallback, TextFallback
 from ._errors import ClientStateError, FetchError, InvalidArgumentError, PromptCacheError
-from ._keys import PromptKey
+from ._keys import PromptKey, prefetch_keys
 from ._models import ChatPrompt, Prompt, PromptType, TextPrompt
 from ._retry import RetryPolicy
 from ._source import PromptSource
@@ -156,8 +157,7 @@ class PromptClient:
         thread to end (a fetch hanging on a dead server is cancelled, not waited for); a thread
         still running then is left to finish as a daemon thread, with a warning logged.
         """
-        if timeout < 0:
-            raise InvalidArgumentError(f"timeout must be 0 or more, got {timeout!r}")
+        check_seconds(timeout, "timeout", error=InvalidArgumentError)
         loop = self._loop
         if loop is not None and loop.thread is threading.current_thread():
             # From a fallback or a source: the loop can end only once this returns. Ask it to,
@@ -344,7 +344,7 @@ class PromptClient:
 
     def prefetch(
         self,
-        names: Iterable[str | PromptKey],
+        names: Iterable[str | PromptKey] | str | PromptKey,
         *,
         label: str | None = None,
         cache_ttl_seconds: float | None = None,
@@ -353,9 +353,9 @@ class PromptClient:
     ) -> dict[PromptKey, Prompt | FetchError]:
         """Warm the cache with many prompts at once, fetched concurrently; never raises a
         FetchError. Returns, per key, the prompt or the error its fetch ended with."""
-        items = list(names)
+        keys = prefetch_keys(names, label)  # checked here, in the caller's thread
         return self._call(lambda client: client.prefetch(
-            items, label=label, cache_ttl_seconds=cache_ttl_seconds, max_retries=max_retries,
+            keys, label=label, cache_ttl_seconds=cache_ttl_seconds, max_retries=max_retries,
             fetch_timeout_seconds=fetch_timeout_seconds,
         ))
 

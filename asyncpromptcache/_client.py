@@ -28,7 +28,8 @@ from ._keys import PromptKey, make_key, prefetch_keys
 from ._langfuse import LangfuseSource
 from ._models import ChatPrompt, Prompt, PromptType, TextPrompt, prompt_from_value
 from ._retry import RetryPolicy
-from ._settings import check_timeout, check_ttl, resolve_settings
+from ._secret import Secret
+from ._settings import Environment, Settings, check_timeout, check_ttl, resolve_settings
 from ._source import FetchOptions, PromptSource
 
 __all__ = ["AsyncPromptClient", "ChatFallback", "TextFallback"]
@@ -58,6 +59,9 @@ class AsyncPromptClient:
     * ``source``: fetch from something other than Langfuse (see ``PromptSource``); the
       Langfuse settings are then unused and the source is not closed by the client.
     * ``session``: an ``aiohttp.ClientSession`` to use (never closed by the client).
+    * ``trust_env``: use the proxy the environment names (``HTTPS_PROXY``/``HTTP_PROXY``/
+      ``ALL_PROXY``, ``NO_PROXY``), as httpx and so the Langfuse SDK do; ``False`` connects
+      directly. The environment is read when the client is built; ``~/.netrc`` is not read.
     * ``max_size``: entries held; the least recently used is evicted past it.
     * ``max_stale_seconds``: how long past its TTL a prompt may still be served while it is
       refreshed (default: for ever, as Langfuse does).
@@ -79,15 +83,22 @@ class AsyncPromptClient:
         max_retries: int = 2,
         retry: RetryPolicy | None = None,
         verify_ssl: bool = True,
+        trust_env: bool = True,
         refresh_backoff_seconds: float = 1.0,
         refresh_backoff_max_seconds: float = 300.0,
         clock: Clock | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
+        # Error reporters record the locals of a frame that raises: from here on the secret
+        # is a Secret and the environment only the few variables read.
+        secret = None if secret_key is None else Secret(secret_key)
+        environment = Environment.read(os.environ if env is None else env)
+        del secret_key, env
         settings = resolve_settings(
-            os.environ if env is None else env,
-            public_key=public_key, secret_key=secret_key, base_url=base_url,
+            environment,
+            public_key=public_key, secret_key=secret, base_url=base_url,
             cache_ttl_seconds=cache_ttl_seconds, timeout_seconds=fetch_timeout_seconds,
+            trust_env=trust_env,
         )
         # The engine and RetryPolicy check the rest of their options the same way.
         check_count(max_retries, "max_retries")
@@ -98,9 +109,9 @@ class AsyncPromptClient:
         if source is None:
             self._source: PromptSource = LangfuseSource(
                 base_url=settings.base_url, public_key=settings.public_key,
-                secret_key=settings.secret_key, session=session,
-                timeout_seconds=settings.timeout_seconds, retry=self._retry,
-                verify_ssl=verify_ssl,
+                secret_key=None if settings.secret_key is None else settings.secret_key.reveal(),
+                session=session, timeout_seconds=settings.timeout_seconds, retry=self._retry,
+                verify_ssl=verify_ssl, trust_env=False, proxy=settings.proxy,
             )
             self._owns_source = True
         else:
@@ -119,6 +130,20 @@ class AsyncPromptClient:
         self._hits = 0
         self._tg: TaskGroup | None = None
         self._state = _NEW
+
+    @classmethod
+    def _from_settings(cls, settings: Settings, **options: Any) -> AsyncPromptClient:
+        """A client with ``settings`` as resolved by another (the sync facade's copy in a
+        forked child): the environment is not read again."""
+        secret = settings.secret_key
+        return cls(
+            public_key=settings.public_key,
+            secret_key=None if secret is None else secret.reveal(),
+            base_url=settings.base_url, cache_ttl_seconds=settings.cache_ttl_seconds,
+            fetch_timeout_seconds=settings.timeout_seconds,
+            # The proxy it resolved, as the one variable that names it.
+            env={"all_proxy": settings.proxy} if settings.proxy else {}, **options,
+        )
 
     def __repr__(self) -> str:
         return (

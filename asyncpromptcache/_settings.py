@@ -11,22 +11,28 @@ import attrs
 
 from ._checks import check_seconds, parse_seconds
 from ._errors import ConfigurationError, InvalidArgumentError
+from ._secret import Secret
 
-__all__ = ["Settings", "resolve_settings"]
+__all__ = ["Environment", "Settings", "resolve_settings"]
 
 DEFAULT_BASE_URL = "https://cloud.langfuse.com"
 DEFAULT_TTL_SECONDS = 60.0
 DEFAULT_TIMEOUT_SECONDS = 5.0
 _TTL_VARS = ("LANGFUSE_PROMPT_CACHE_TTL_SECONDS", "LANGFUSE_PROMPT_CACHE_DEFAULT_TTL_SECONDS")
+_READ = (
+    "LANGFUSE_PUBLIC_KEY", "LANGFUSE_BASE_URL", "LANGFUSE_HOST", "LANGFUSE_TIMEOUT", *_TTL_VARS,
+)
 
 
 @attrs.frozen
 class Settings:
     public_key: str | None
-    secret_key: str | None = attrs.field(repr=False)
+    secret_key: Secret | None = attrs.field(repr=False)
     base_url: str
     cache_ttl_seconds: float
     timeout_seconds: float
+    # The proxy the environment names for base_url (None: connect directly).
+    proxy: str | None = attrs.field(default=None, repr=lambda url: repr(url and redact_url(url)))
 
 
 def check_ttl(value: float, what: str = "cache_ttl_seconds") -> float:
@@ -89,18 +95,37 @@ def check_base_url(url: str, what: str = "base_url") -> str:
     return url.rstrip("/")
 
 
+@attrs.frozen
+class Environment:
+    """The variables a client reads, taken out of the environment when it is built: the
+    secret key wrapped, nothing else kept (a frame holding ``os.environ`` would show every
+    secret of the process to an error reporter)."""
+
+    values: Mapping[str, str]
+    secret_key: Secret | None = attrs.field(repr=False)
+
+    @classmethod
+    def read(cls, env: Mapping[str, str]) -> Environment:
+        return cls(
+            {var: env[var] for var in env if var in _READ or var.lower().endswith("_proxy")},
+            Secret(env["LANGFUSE_SECRET_KEY"]) if env.get("LANGFUSE_SECRET_KEY") else None,
+        )
+
+
 def resolve_settings(
-    env: Mapping[str, str],
+    environment: Environment,
     *,
     public_key: str | None = None,
-    secret_key: str | None = None,
+    secret_key: Secret | None = None,
     base_url: str | None = None,
     cache_ttl_seconds: float | None = None,
     timeout_seconds: float | None = None,
+    trust_env: bool = True,
 ) -> Settings:
     """Merge arguments and environment; a bad value raises ``ConfigurationError`` naming it."""
+    env = environment.values
     public_key = public_key if public_key is not None else env.get("LANGFUSE_PUBLIC_KEY") or None
-    secret_key = secret_key if secret_key is not None else env.get("LANGFUSE_SECRET_KEY") or None
+    secret_key = secret_key if secret_key is not None else environment.secret_key
     if (public_key is None) != (secret_key is None):
         given, missing = ("public", "secret") if secret_key is None else ("secret", "public")
         raise ConfigurationError(
@@ -132,4 +157,56 @@ def resolve_settings(
     return Settings(
         public_key=public_key, secret_key=secret_key, base_url=url,
         cache_ttl_seconds=ttl, timeout_seconds=timeout,
+        proxy=proxy_for(url, env) if trust_env else None,
     )
+
+
+def _bypassed(host: str, netloc: str, no_proxy: str) -> bool:
+    """Whether ``no_proxy`` (comma-separated host suffixes, or ``*``) covers the host."""
+    if no_proxy.strip() == "*":
+        return True
+    for name in no_proxy.split(","):
+        name = name.strip().lstrip(".").lower()
+        if name and any(h == name or h.endswith("." + name) for h in (host, netloc)):
+            return True
+    return False
+
+
+def proxy_for(url: str, env: Mapping[str, str]) -> str | None:
+    """The proxy ``env`` names for ``url``, read as urllib (and so httpx and requests) read
+    it: ``<scheme>_proxy`` in either case, lowercase winning, then ``all_proxy``; ``no_proxy``
+    lists hosts to reach directly. ``None``: connect directly."""
+    proxies: dict[str, str] = {}
+    for name, value in env.items():
+        if value and name.lower().endswith("_proxy"):
+            proxies[name.lower()[:-6]] = value
+    if "REQUEST_METHOD" in env:
+        # A CGI script: HTTP_PROXY may come from a client's "Proxy:" header (httpoxy).
+        proxies.pop("http", None)
+    for name, value in env.items():
+        if name.endswith("_proxy"):
+            if value:
+                proxies[name.lower()[:-6]] = value
+            else:
+                proxies.pop(name.lower()[:-6], None)
+    parts = urlsplit(url)
+    if _bypassed(parts.hostname or "", parts.netloc.lower(), proxies.get("no", "")):
+        return None
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if proxy is None:
+        return None
+    proxy = proxy.strip()
+    if "://" not in proxy:
+        proxy = "http://" + proxy  # "host:port", as curl and httpx take it
+    shown = redact_url(proxy)
+    try:
+        proxy_parts = urlsplit(proxy)
+        proxy_parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        raise ConfigurationError(f"the proxy for {url} is not a valid URL: {shown!r}") from None
+    if proxy_parts.scheme not in ("http", "https") or not proxy_parts.hostname:
+        raise ConfigurationError(
+            f"the proxy for {url} must be an http(s) URL with a host, got {shown!r} "
+            "(pass trust_env=False to ignore the proxy variables)"
+        )
+    return proxy

@@ -35,6 +35,7 @@ from ._errors import ClientStateError, FetchError, InvalidArgumentError, PromptC
 from ._keys import PromptKey, prefetch_keys
 from ._models import ChatPrompt, Prompt, PromptType, TextPrompt
 from ._retry import RetryPolicy
+from ._secret import Secret
 from ._source import PromptSource
 
 __all__ = ["PromptClient"]
@@ -101,23 +102,32 @@ class PromptClient:
         max_retries: int = 2,
         retry: RetryPolicy | None = None,
         verify_ssl: bool = True,
+        trust_env: bool = True,
         refresh_backoff_seconds: float = 1.0,
         refresh_backoff_max_seconds: float = 300.0,
         clock: Clock | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        # Kept to build the same client again in a forked child, with the same environment.
-        self._new_client = functools.partial(
-            AsyncPromptClient,
-            public_key=public_key, secret_key=secret_key, base_url=base_url, source=source,
-            cache_ttl_seconds=cache_ttl_seconds, max_size=max_size,
-            max_stale_seconds=max_stale_seconds, fetch_timeout_seconds=fetch_timeout_seconds,
-            max_retries=max_retries, retry=retry, verify_ssl=verify_ssl,
+        # A Secret from here on: error reporters record the locals of a frame that raises.
+        secret = None if secret_key is None else Secret(secret_key)
+        del secret_key
+        options: dict[str, Any] = dict(
+            source=source, max_size=max_size, max_stale_seconds=max_stale_seconds,
+            max_retries=max_retries, retry=retry, verify_ssl=verify_ssl, trust_env=trust_env,
             refresh_backoff_seconds=refresh_backoff_seconds,
             refresh_backoff_max_seconds=refresh_backoff_max_seconds, clock=clock,
-            env=dict(os.environ) if env is None else env,
         )
-        self._client = self._new_client()  # bad options fail here, in the caller's thread
+        # Bad options fail here, in the caller's thread.
+        self._client = AsyncPromptClient(
+            public_key=public_key, secret_key=None if secret is None else secret.reveal(),
+            base_url=base_url, cache_ttl_seconds=cache_ttl_seconds,
+            fetch_timeout_seconds=fetch_timeout_seconds, env=env, **options,
+        )
+        # To build the same client again in a forked child: the settings it resolved (the
+        # environment is not kept), and the other options.
+        self._new_client = functools.partial(
+            AsyncPromptClient._from_settings, self._client._settings, **options
+        )
         self._lock = threading.Lock()
         self._loop: _LoopThread | None = None
         self._closed = False

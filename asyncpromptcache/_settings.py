@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import attrs
 
@@ -54,6 +54,18 @@ def redact_url(url: str) -> str:
     return re.sub(r"(//)[^/?#]*@", r"\1***@", url)
 
 
+def _http_url(url: str, what: str, hint: str) -> SplitResult:
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        raise ConfigurationError(f"{what} is not a valid URL: {shown!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"{what} must be an http(s) URL with a host{hint}, got {shown!r}")
+    return parts
+
+
 def check_base_url(url: str, what: str = "base_url") -> str:
     """The Langfuse base URL without its trailing slash, or ``ConfigurationError``.
 
@@ -66,16 +78,7 @@ def check_base_url(url: str, what: str = "base_url") -> str:
         raise ConfigurationError(f"{what} must be a string, got {type(url).__name__}")
     url = url.strip()
     shown = redact_url(url)
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
-    except ValueError:
-        raise ConfigurationError(f"{what} is not a valid URL: {shown!r}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(
-            f"{what} must be an http(s) URL with a host, such as https://cloud.langfuse.com, "
-            f"got {shown!r}"
-        )
+    parts = _http_url(url, what, " (such as https://cloud.langfuse.com)")
     if "@" in parts.netloc:
         raise ConfigurationError(
             f"{what} must not hold credentials ({shown!r}): pass the Langfuse keys as "
@@ -198,15 +201,5 @@ def proxy_for(url: str, env: Mapping[str, str]) -> str | None:
     proxy = proxy.strip()
     if "://" not in proxy:
         proxy = "http://" + proxy  # "host:port", as curl and httpx take it
-    shown = redact_url(proxy)
-    try:
-        proxy_parts = urlsplit(proxy)
-        proxy_parts.port  # noqa: B018 - raises ValueError on a port that is not a number
-    except ValueError:
-        raise ConfigurationError(f"the proxy for {url} is not a valid URL: {shown!r}") from None
-    if proxy_parts.scheme not in ("http", "https") or not proxy_parts.hostname:
-        raise ConfigurationError(
-            f"the proxy for {url} must be an http(s) URL with a host, got {shown!r} "
-            "(pass trust_env=False to ignore the proxy variables)"
-        )
+    _http_url(proxy, f"the proxy for {url}", " (trust_env=False ignores the proxy variables)")
     return proxy

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-from anyio.from_thread import start_blocking_portal
 
 from asyncpromptcache import (
     AsyncPromptCache,
@@ -21,7 +20,7 @@ from asyncpromptcache import (
     RetryPolicy,
 )
 
-from .faultserver import FaultServer, fault_server
+from .faultserver import FaultServer, fault_server, fault_server_in_thread
 
 NAN, INF = math.nan, math.inf
 SECONDS_BAD = [NAN, INF, -INF, -1, "5", True, None, [1]]
@@ -139,10 +138,7 @@ async def test_prefetch_of_a_bare_string_is_one_name(server: FaultServer) -> Non
 @pytest.fixture
 def sync_server() -> Iterator[FaultServer]:
     """The fault server on a loop thread of its own, for tests of the sync facade."""
-    with (
-        start_blocking_portal("asyncio") as portal,
-        portal.wrap_async_context_manager(fault_server()) as s,
-    ):
+    with fault_server_in_thread() as s:
         s.put("greet", "Hello")
         yield s
 

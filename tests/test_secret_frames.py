@@ -17,12 +17,11 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
-from anyio.from_thread import start_blocking_portal
 
 from asyncpromptcache import AsyncPromptClient, FetchError, PromptCacheError, PromptClient
 from asyncpromptcache._secret import Secret
 
-from .faultserver import FaultServer, fault_server
+from .faultserver import FaultServer, fault_server, fault_server_in_thread
 from .test_secrets import NEEDLES, PUBLIC, SECRET, exception_texts
 
 MARKER = "unrelated-variable-marker-5e1f"  # a variable of the environment the SDK never reads
@@ -203,10 +202,7 @@ def test_configuration_errors_hold_no_secret_in_their_frames() -> None:
 
 @pytest.fixture
 def sync_server() -> Iterator[FaultServer]:
-    with (
-        start_blocking_portal("asyncio") as portal,
-        portal.wrap_async_context_manager(fault_server()) as s,
-    ):
+    with fault_server_in_thread() as s:
         s.put("greet", "Hello")
         yield s
 

@@ -339,19 +339,16 @@ class AsyncPromptClient:
         fallback: TextFallback | ChatFallback,
         error: FetchError,
     ) -> Prompt:
-        try:
-            value: Any = fallback() if callable(fallback) else fallback
-            if inspect.isawaitable(value):
-                value = await value
-        except Exception as exc:
-            raise InvalidArgumentError(
-                f"prompt {key.describe()}: the fetch failed ({error}) and the fallback raised "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        value = call_fallback(key, fallback, error)
+        if inspect.isawaitable(value):
+            value = await await_fallback(key, value, error)
         prompt = prompt_from_value(key.name, value, prompt_type, key.label)
+        self._fallback_served(key, error)
+        return prompt
+
+    def _fallback_served(self, key: PromptKey, error: FetchError) -> None:
         self._cache.record_fallback()
         logger.warning("prompt %s: serving the fallback: %s", key.describe(), error)
-        return prompt
 
     # -- other operations ------------------------------------------------------------------
 
@@ -410,6 +407,28 @@ class AsyncPromptClient:
     def stats(self) -> CacheStats:
         """Counters (hits, stale hits, misses, fetches, errors...) and per-key state."""
         return self._cache.stats(extra_hits=self._hits)
+
+
+def call_fallback(key: PromptKey, fallback: Any, error: FetchError) -> Any:
+    """The fallback's value (``fallback()`` when it is callable): maybe an awaitable."""
+    try:
+        return fallback() if callable(fallback) else fallback
+    except Exception as exc:
+        raise _fallback_failed(key, error, exc) from exc
+
+
+async def await_fallback(key: PromptKey, value: Awaitable[Any], error: FetchError) -> Any:
+    try:
+        return await value
+    except Exception as exc:
+        raise _fallback_failed(key, error, exc) from exc
+
+
+def _fallback_failed(key: PromptKey, error: FetchError, exc: Exception) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"prompt {key.describe()}: the fetch failed ({error}) and the fallback raised "
+        f"{type(exc).__name__}: {exc}"
+    )
 
 
 def _wrong_type(key: PromptKey, prompt: Prompt, asked: PromptType) -> InvalidResponseError:

@@ -15,6 +15,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import functools
+import inspect
 import logging
 import os
 import threading
@@ -30,10 +31,16 @@ from anyio.from_thread import BlockingPortal
 
 from ._cache import CacheStats, Clock
 from ._checks import check_seconds
-from ._client import AsyncPromptClient, ChatFallback, TextFallback
+from ._client import (
+    AsyncPromptClient,
+    ChatFallback,
+    TextFallback,
+    await_fallback,
+    call_fallback,
+)
 from ._errors import ClientStateError, FetchError, InvalidArgumentError, PromptCacheError
-from ._keys import PromptKey, prefetch_keys
-from ._models import ChatPrompt, Prompt, PromptType, TextPrompt
+from ._keys import PromptKey, make_key, prefetch_keys
+from ._models import ChatPrompt, Prompt, PromptType, TextPrompt, prompt_from_value
 from ._retry import RetryPolicy
 from ._secret import Secret
 from ._source import PromptSource
@@ -68,6 +75,11 @@ class PromptClient:
 
         with PromptClient() as client:
             prompt = client.get_prompt("movie-critic", version=3)
+
+    Interpreter exit closes it as soon as the main thread ends, before Python waits for
+    non-daemon threads (as ``concurrent.futures`` executors stop then): a thread still waiting
+    on a fetch gets ``ClientStateError`` at once instead of holding the exit for the whole
+    retry budget, and later calls from such threads raise it too.
 
     The async client runs on a background event-loop thread of its own, started on first use:
     its task group, its refreshes and its HTTP session live there. A fresh hit is served in the
@@ -218,8 +230,8 @@ class PromptClient:
                 loop = self._loop
         if loop.thread is threading.current_thread():
             raise ClientStateError(
-                "a PromptClient was called from its own event loop thread (from a fallback or "
-                "a source?): use the AsyncPromptClient there"
+                "a PromptClient was called from its own event loop thread (from a source?): "
+                "use the AsyncPromptClient there"
             )
         return loop
 
@@ -324,7 +336,7 @@ class PromptClient:
         As ``AsyncPromptClient.get_prompt``: fresh in the cache, returned at once from this
         thread; stale, returned at once while one refresh runs; missing, one fetch however many
         threads wait. A failed fetch serves the stale copy, else the ``fallback`` (a string, a
-        message list, or a callable returning one; it runs on the loop thread), else raises the
+        message list, or a callable returning one; it runs in the calling thread), else raises the
         ``FetchError``. ``cache_ttl_seconds=0`` always fetches.
         """
         if cache_ttl_seconds is None:
@@ -345,10 +357,32 @@ class PromptClient:
                 self._hits.cell[0] += 1
                 prompt: Prompt = entry.prompt
                 return prompt
-        return self._call(functools.partial(
-            _get_prompt, name, version, label, type, cache_ttl_seconds, fallback, max_retries,
-            fetch_timeout_seconds,
-        ))
+        try:
+            return self._call(functools.partial(
+                _get_prompt, name, version, label, type, cache_ttl_seconds, None, max_retries,
+                fetch_timeout_seconds,
+            ))
+        except FetchError as error:
+            if fallback is None:
+                raise
+            return self._fallback(make_key(name, version, label), type, fallback, error)
+
+    def _fallback(
+        self,
+        key: PromptKey,
+        prompt_type: PromptType,
+        fallback: TextFallback | ChatFallback,
+        error: FetchError,
+    ) -> Prompt:
+        """As ``AsyncPromptClient._fallback``, in the calling thread: a slow fallback must not
+        hold the loop thread, which serves every other thread's misses."""
+        value = call_fallback(key, fallback, error)
+        if inspect.isawaitable(value):  # an async fallback: awaited on the loop
+            awaitable = value
+            value = self._call(lambda _: await_fallback(key, awaitable, error))
+        prompt = prompt_from_value(key.name, value, prompt_type, key.label)
+        self._on_owner(lambda client: client._fallback_served(key, error))
+        return prompt
 
     # -- other operations ------------------------------------------------------------------
 
@@ -502,5 +536,11 @@ def _after_fork_in_child() -> None:
 
 
 atexit.register(_close_at_exit)
+# Also, and first, when the main thread ends: atexit hooks run only after the interpreter has
+# joined every non-daemon thread, and a thread waiting on a hung fetch would hold the exit for
+# its whole retry budget. concurrent.futures stops its executors at the same point.
+_before_joining_threads = getattr(threading, "_register_atexit", None)
+if _before_joining_threads is not None:
+    _before_joining_threads(_close_at_exit)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -13,12 +13,12 @@ from typing import Any, Literal, TypeAlias, overload
 
 import aiohttp
 import anyio
-from anyio.abc import TaskGroup
 
 from ._cache import AsyncPromptCache, CacheStats, Clock
 from ._checks import check_count
 from ._errors import (
     ClientStateError,
+    ConfigurationError,
     FetchError,
     FetchTimeoutError,
     InvalidArgumentError,
@@ -28,6 +28,7 @@ from ._keys import PromptKey, make_key, prefetch_keys
 from ._langfuse import LangfuseSource
 from ._models import ChatPrompt, Prompt, PromptType, TextPrompt, prompt_from_value
 from ._retry import RetryPolicy
+from ._runtime import current_backend, current_loop, spawn_detached
 from ._secret import Secret
 from ._settings import Environment, Settings, check_timeout, check_ttl, resolve_settings
 from ._source import FetchOptions, PromptSource
@@ -128,8 +129,12 @@ class AsyncPromptClient:
         self._hot, self._touched, self._clock = self._cache.hit_path()
         self._stale_hit = self._cache.stale_hit
         self._hits = 0
-        self._tg: TaskGroup | None = None
         self._state = _NEW
+        self._closed_reason = "the client is closed"
+        # Set on entry: the loop it runs on, and its host task's stop request and end.
+        self._loop: object = None
+        self._stop: anyio.Event | None = None
+        self._stopped: anyio.Event | None = None
 
     @classmethod
     def _from_settings(cls, settings: Settings, **options: Any) -> AsyncPromptClient:
@@ -154,14 +159,54 @@ class AsyncPromptClient:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> AsyncPromptClient:
+        """Start the client: its task group runs in a task of its own (see ``_host``), so
+        that it may be closed from any task of the loop, in any order of nested scopes."""
         if self._state != _NEW:
             raise ClientStateError(f"an AsyncPromptClient can be entered once; it is {self._state}")
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
-        self._cache.attach(tg)
+        backend = current_backend()
+        supported = getattr(self._source, "async_backends", None)
+        if supported is not None and backend not in supported:
+            raise ConfigurationError(
+                f"{type(self._source).__name__} runs on {' or '.join(supported)} only (aiohttp), "
+                f"not on {backend}: pass source= (a StoreSource, a DirectorySource, a "
+                "FunctionSource or your own PromptSource), or run the client on asyncio"
+            )
+        self._loop = current_loop()
+        self._stop, self._stopped = anyio.Event(), anyio.Event()
+        ready = anyio.Event()
         self._state = _OPEN
+        spawn_detached(functools.partial(self._host, ready))
+        with anyio.CancelScope(shield=True):  # set at the host's first step
+            await ready.wait()
+        if self._state != _OPEN:
+            raise ClientStateError(f"the client failed to start: {self._closed_reason}")
         return self
+
+    async def _host(self, ready: anyio.Event) -> None:
+        """The client's own task, from entry to close: the task group that runs fetches and
+        refreshes lives here. Ends when ``aclose`` asks, or when the loop shuts down."""
+        assert self._stop is not None and self._stopped is not None
+        try:
+            async with anyio.create_task_group() as tg:
+                self._cache.attach(tg)
+                ready.set()
+                await self._stop.wait()
+                tg.cancel_scope.cancel()
+        except Exception:  # the engine's tasks never raise; if one did, nobody else would see it
+            logger.exception("the task group of an AsyncPromptClient failed")
+        finally:
+            if not self._stop.is_set():  # cancelled from outside: the loop is shutting down
+                self._closed_reason = "the client was closed as the event loop that ran it ended"
+            self._state = _CLOSED
+            self._cache.detach(self._closed_reason)
+            self._cache.clear()
+            try:
+                if self._owns_source:
+                    with anyio.CancelScope(shield=True):
+                        await self._source.aclose()
+            finally:
+                ready.set()
+                self._stopped.set()
 
     async def __aexit__(
         self,
@@ -174,22 +219,36 @@ class AsyncPromptClient:
     async def aclose(self) -> None:
         """Cancel refreshes and fetches, close the HTTP session. Idempotent.
 
-        Call it from the task that entered the client (``async with`` does).
+        Any task of the event loop that entered the client may call it; from another event
+        loop it raises ``ClientStateError``.
         """
-        if self._state == _CLOSED:
-            return
-        self._state = _CLOSED
-        self._cache.detach("the client is closed")
-        tg, self._tg = self._tg, None
-        try:
-            if tg is not None:
-                tg.cancel_scope.cancel()
-                await tg.__aexit__(None, None, None)
-        finally:
+        if self._stopped is None:  # never entered
+            if self._state == _CLOSED:
+                return
+            self._state = _CLOSED
+            self._cache.detach(self._closed_reason)
             self._cache.clear()
             if self._owns_source:
                 with anyio.CancelScope(shield=True):
                     await self._source.aclose()
+            return
+        if self._stopped.is_set():
+            return
+        self._check_loop()
+        assert self._stop is not None
+        self._state = _CLOSED
+        self._cache.detach(self._closed_reason)
+        self._stop.set()
+        with anyio.CancelScope(shield=True):
+            await self._stopped.wait()
+
+    def _check_loop(self) -> None:
+        if current_loop() is not self._loop:
+            raise ClientStateError(
+                "this AsyncPromptClient was opened on another event loop; an aiohttp session "
+                "and the client's tasks belong to one loop: open a client on each loop (for "
+                "tests, one per test or a fixture with the test's loop scope)"
+            )
 
     @property
     def source(self) -> PromptSource:
@@ -291,6 +350,7 @@ class AsyncPromptClient:
     ) -> Prompt:
         if self._state != _OPEN:
             raise ClientStateError(self._cache_closed_reason())
+        self._check_loop()
         ttl = self._ttl if cache_ttl_seconds is None else check_ttl(cache_ttl_seconds)
         options = self._options(max_retries, fetch_timeout_seconds)
         fetch = functools.partial(self._fetch, key, prompt_type, options)
@@ -305,7 +365,7 @@ class AsyncPromptClient:
         return prompt
 
     def _cache_closed_reason(self) -> str:
-        return _NOT_OPEN if self._state == _NEW else "the client is closed"
+        return _NOT_OPEN if self._state == _NEW else self._closed_reason
 
     def _options(self, max_retries: int | None, timeout: float | None) -> FetchOptions:
         if max_retries is not None:

@@ -54,6 +54,9 @@ class LangfuseSource:
     included; failed attempts are retried as ``retry`` says.
     """
 
+    # aiohttp runs on asyncio only: a client refuses to start with this source elsewhere.
+    async_backends = ("asyncio",)
+
     def __init__(
         self,
         *,

@@ -51,7 +51,9 @@ class LangfuseSource:
 
     One ``aiohttp.ClientSession`` for the source's life, made on first use; a session passed
     in is used as is and never closed here. ``timeout_seconds`` bounds each attempt, body
-    included; failed attempts are retried as ``retry`` says.
+    included; failed attempts are retried as ``retry`` says. ``proxy`` is an http(s) proxy URL
+    (``user:password@`` in it is sent as ``Proxy-Authorization``); without one, ``trust_env``
+    takes it from ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` and ``NO_PROXY``, read here.
     """
 
     # aiohttp runs on asyncio only: a client refuses to start with this source elsewhere.

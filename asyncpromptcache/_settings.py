@@ -116,7 +116,7 @@ class Environment:
 
 
 def resolve_settings(
-    environment: Environment,
+    environment: Environment | Mapping[str, str],
     *,
     public_key: str | None = None,
     secret_key: Secret | None = None,
@@ -125,7 +125,13 @@ def resolve_settings(
     timeout_seconds: float | None = None,
     trust_env: bool = True,
 ) -> Settings:
-    """Merge arguments and environment; a bad value raises ``ConfigurationError`` naming it."""
+    """Merge arguments and environment; a bad value raises ``ConfigurationError`` naming it.
+
+    Pass ``Environment.read(os.environ)`` rather than the mapping itself where the caller's
+    own frame may raise: that keeps no copy of the environment and wraps the secret key.
+    """
+    if not isinstance(environment, Environment):
+        environment = Environment.read(environment)
     env = environment.values
     public_key = public_key if public_key is not None else env.get("LANGFUSE_PUBLIC_KEY") or None
     secret_key = secret_key if secret_key is not None else environment.secret_key

@@ -25,6 +25,7 @@ import attrs
 import cachetools
 from anyio.abc import TaskGroup
 
+from ._checks import check_count, check_seconds
 from ._errors import ClientStateError, FetchError, PromptCacheError, PromptNotFoundError
 from ._keys import PromptKey, make_key
 from ._models import Prompt
@@ -139,12 +140,13 @@ class AsyncPromptCache:
         refresh_backoff_seconds: float = 1.0,
         refresh_backoff_max_seconds: float = 300.0,
     ) -> None:
-        if max_size < 1:
-            raise ValueError("max_size must be at least 1")
+        check_count(max_size, "max_size", minimum=1)
         self._clock = clock
-        self._max_stale = math.inf if max_stale_seconds is None else float(max_stale_seconds)
-        self._backoff = refresh_backoff_seconds
-        self._backoff_max = refresh_backoff_max_seconds
+        self._max_stale = math.inf if max_stale_seconds is None else check_seconds(
+            max_stale_seconds, "max_stale_seconds", allow_inf=True)
+        self._backoff = check_seconds(refresh_backoff_seconds, "refresh_backoff_seconds")
+        self._backoff_max = check_seconds(
+            refresh_backoff_max_seconds, "refresh_backoff_max_seconds")
         self._store = _Store(max_size, self._evicted)
         # The hit path reads ``_hot`` (a plain dict, C speed) and notes each use in ``_touched``,
         # keyed by the entry (an identity hash costs less than re-hashing the key tuple), with

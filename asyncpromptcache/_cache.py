@@ -34,6 +34,7 @@ import attrs
 import cachetools
 from anyio.abc import TaskGroup
 
+from ._checks import check_count, check_seconds
 from ._errors import (
     ClientStateError,
     FetchError,
@@ -199,14 +200,14 @@ class AsyncPromptCache:
         negative_ttl_seconds: float = 0.0,
         inline_hits: bool = True,
     ) -> None:
-        if max_size < 1:
-            raise ValueError("max_size must be at least 1")
-        if not negative_ttl_seconds >= 0:
-            raise ValueError("negative_ttl_seconds must be 0 or more")
+        check_count(max_size, "max_size", minimum=1)
+        negative_ttl_seconds = check_seconds(negative_ttl_seconds, "negative_ttl_seconds")
         self._clock = clock
-        self._max_stale = math.inf if max_stale_seconds is None else float(max_stale_seconds)
-        self._backoff = refresh_backoff_seconds
-        self._backoff_max = refresh_backoff_max_seconds
+        self._max_stale = math.inf if max_stale_seconds is None else check_seconds(
+            max_stale_seconds, "max_stale_seconds", allow_inf=True)
+        self._backoff = check_seconds(refresh_backoff_seconds, "refresh_backoff_seconds")
+        self._backoff_max = check_seconds(
+            refresh_backoff_max_seconds, "refresh_backoff_max_seconds")
         self._store = _Store(max_size, self._evicted)
         # The hit path reads ``_hot`` (a plain dict, C speed) and notes each use in ``_touched``,
         # keyed by the entry (an identity hash costs less than re-hashing the key tuple), with

@@ -13,17 +13,18 @@ from typing import Any, Literal, TypeAlias, overload
 
 import aiohttp
 import anyio
-from anyio.abc import TaskGroup
 
 from ._cache import AsyncPromptCache, CacheStats, Clock
+from ._checks import check_count, check_seconds
 from ._errors import (
     ClientStateError,
+    ConfigurationError,
     FetchError,
     FetchTimeoutError,
     InvalidArgumentError,
     InvalidResponseError,
 )
-from ._keys import PromptKey, make_key
+from ._keys import PromptKey, make_key, prefetch_keys
 from ._langfuse import LangfuseSource
 from ._models import (
     ChatPrompt,
@@ -34,7 +35,9 @@ from ._models import (
     prompt_from_value,
 )
 from ._retry import RetryPolicy
-from ._settings import check_timeout, check_ttl, resolve_settings
+from ._runtime import current_backend, current_loop, spawn_detached
+from ._secret import Secret
+from ._settings import Environment, Settings, check_timeout, check_ttl, resolve_settings
 from ._source import FetchOptions, PromptSource
 
 __all__ = ["AsyncPromptClient", "ChatFallback", "TextFallback"]
@@ -67,6 +70,9 @@ class AsyncPromptClient:
     * ``source``: fetch from something other than Langfuse (see ``PromptSource``); the
       Langfuse settings are then unused and the source is not closed by the client.
     * ``session``: an ``aiohttp.ClientSession`` to use (never closed by the client).
+    * ``trust_env``: use the proxy the environment names (``HTTPS_PROXY``/``HTTP_PROXY``/
+      ``ALL_PROXY``, ``NO_PROXY``), as httpx and so the Langfuse SDK do; ``False`` connects
+      directly. The environment is read when the client is built; ``~/.netrc`` is not read.
     * ``max_size``: entries held; the least recently used is evicted past it.
     * ``max_stale_seconds``: how long past its TTL a prompt may still be served while it is
       refreshed (default: for ever, as Langfuse does).
@@ -91,23 +97,26 @@ class AsyncPromptClient:
         max_retries: int = 2,
         retry: RetryPolicy | None = None,
         verify_ssl: bool = True,
+        trust_env: bool = True,
         refresh_backoff_seconds: float = 1.0,
         refresh_backoff_max_seconds: float = 300.0,
         clock: Clock | None = None,
         env: Mapping[str, str] | None = None,
         negative_cache_seconds: float = DEFAULT_NEGATIVE_CACHE_SECONDS,
     ) -> None:
+        # Error reporters record the locals of a frame that raises: from here on the secret
+        # is a Secret and the environment only the few variables read.
+        secret = None if secret_key is None else Secret(secret_key)
+        environment = Environment.read(os.environ if env is None else env)
+        del secret_key, env
         settings = resolve_settings(
-            os.environ if env is None else env,
-            public_key=public_key, secret_key=secret_key, base_url=base_url,
+            environment,
+            public_key=public_key, secret_key=secret, base_url=base_url,
             cache_ttl_seconds=cache_ttl_seconds, timeout_seconds=fetch_timeout_seconds,
+            trust_env=trust_env,
         )
-        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
-            raise InvalidArgumentError(f"max_size must be a positive integer, got {max_size!r}")
-        if max_stale_seconds is not None:
-            check_ttl(max_stale_seconds, "max_stale_seconds")
-        if max_retries < 0:
-            raise InvalidArgumentError(f"max_retries must be 0 or more, got {max_retries!r}")
+        # The engine and RetryPolicy check the rest of their options the same way.
+        check_count(max_retries, "max_retries")
         self._settings = settings
         self._ttl = settings.cache_ttl_seconds
         self._timeout = settings.timeout_seconds
@@ -115,9 +124,9 @@ class AsyncPromptClient:
         if source is None:
             self._source: PromptSource = LangfuseSource(
                 base_url=settings.base_url, public_key=settings.public_key,
-                secret_key=settings.secret_key, session=session,
-                timeout_seconds=settings.timeout_seconds, retry=self._retry,
-                verify_ssl=verify_ssl,
+                secret_key=None if settings.secret_key is None else settings.secret_key.reveal(),
+                session=session, timeout_seconds=settings.timeout_seconds, retry=self._retry,
+                verify_ssl=verify_ssl, trust_env=False, proxy=settings.proxy,
             )
             self._owns_source = True
         else:
@@ -128,7 +137,7 @@ class AsyncPromptClient:
             clock=clock or time.monotonic,
             refresh_backoff_seconds=refresh_backoff_seconds,
             refresh_backoff_max_seconds=refresh_backoff_max_seconds,
-            negative_ttl_seconds=check_ttl(negative_cache_seconds, "negative_cache_seconds"),
+            negative_ttl_seconds=check_seconds(negative_cache_seconds, "negative_cache_seconds"),
             # A default TTL of 0 fetches on every call, as a call's cache_ttl_seconds=0 does.
             inline_hits=self._ttl > 0,
         )
@@ -137,8 +146,26 @@ class AsyncPromptClient:
         self._hot, self._touched, self._clock = self._cache.hit_path()
         self._stale_hit = self._cache.stale_hit
         self._hits = 0
-        self._tg: TaskGroup | None = None
         self._state = _NEW
+        self._closed_reason = "the client is closed"
+        # Set on entry: the loop it runs on, and its host task's stop request and end.
+        self._loop: object = None
+        self._stop: anyio.Event | None = None
+        self._stopped: anyio.Event | None = None
+
+    @classmethod
+    def _from_settings(cls, settings: Settings, **options: Any) -> AsyncPromptClient:
+        """A client with ``settings`` as resolved by another (the sync facade's copy in a
+        forked child): the environment is not read again."""
+        secret = settings.secret_key
+        return cls(
+            public_key=settings.public_key,
+            secret_key=None if secret is None else secret.reveal(),
+            base_url=settings.base_url, cache_ttl_seconds=settings.cache_ttl_seconds,
+            fetch_timeout_seconds=settings.timeout_seconds,
+            # The proxy it resolved, as the one variable that names it.
+            env={"all_proxy": settings.proxy} if settings.proxy else {}, **options,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -149,14 +176,54 @@ class AsyncPromptClient:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> AsyncPromptClient:
+        """Start the client: its task group runs in a task of its own (see ``_host``), so
+        that it may be closed from any task of the loop, in any order of nested scopes."""
         if self._state != _NEW:
             raise ClientStateError(f"an AsyncPromptClient can be entered once; it is {self._state}")
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
-        self._cache.attach(tg)
+        backend = current_backend()
+        supported = getattr(self._source, "async_backends", None)
+        if supported is not None and backend not in supported:
+            raise ConfigurationError(
+                f"{type(self._source).__name__} runs on {' or '.join(supported)} only (aiohttp), "
+                f"not on {backend}: pass source= (a StoreSource, a DirectorySource, a "
+                "FunctionSource or your own PromptSource), or run the client on asyncio"
+            )
+        self._loop = current_loop()
+        self._stop, self._stopped = anyio.Event(), anyio.Event()
+        ready = anyio.Event()
         self._state = _OPEN
+        spawn_detached(functools.partial(self._host, ready))
+        with anyio.CancelScope(shield=True):  # set at the host's first step
+            await ready.wait()
+        if self._state != _OPEN:
+            raise ClientStateError(f"the client failed to start: {self._closed_reason}")
         return self
+
+    async def _host(self, ready: anyio.Event) -> None:
+        """The client's own task, from entry to close: the task group that runs fetches and
+        refreshes lives here. Ends when ``aclose`` asks, or when the loop shuts down."""
+        assert self._stop is not None and self._stopped is not None
+        try:
+            async with anyio.create_task_group() as tg:
+                self._cache.attach(tg)
+                ready.set()
+                await self._stop.wait()
+                tg.cancel_scope.cancel()
+        except Exception:  # the engine's tasks never raise; if one did, nobody else would see it
+            logger.exception("the task group of an AsyncPromptClient failed")
+        finally:
+            if not self._stop.is_set():  # cancelled from outside: the loop is shutting down
+                self._closed_reason = "the client was closed as the event loop that ran it ended"
+            self._state = _CLOSED
+            self._cache.detach(self._closed_reason)
+            self._cache.clear()
+            try:
+                if self._owns_source:
+                    with anyio.CancelScope(shield=True):
+                        await self._source.aclose()
+            finally:
+                ready.set()
+                self._stopped.set()
 
     async def __aexit__(
         self,
@@ -169,22 +236,36 @@ class AsyncPromptClient:
     async def aclose(self) -> None:
         """Cancel refreshes and fetches, close the HTTP session. Idempotent.
 
-        Call it from the task that entered the client (``async with`` does).
+        Any task of the event loop that entered the client may call it; from another event
+        loop it raises ``ClientStateError``.
         """
-        if self._state == _CLOSED:
-            return
-        self._state = _CLOSED
-        self._cache.detach("the client is closed")
-        tg, self._tg = self._tg, None
-        try:
-            if tg is not None:
-                tg.cancel_scope.cancel()
-                await tg.__aexit__(None, None, None)
-        finally:
+        if self._stopped is None:  # never entered
+            if self._state == _CLOSED:
+                return
+            self._state = _CLOSED
+            self._cache.detach(self._closed_reason)
             self._cache.clear()
             if self._owns_source:
                 with anyio.CancelScope(shield=True):
                     await self._source.aclose()
+            return
+        if self._stopped.is_set():
+            return
+        self._check_loop()
+        assert self._stop is not None
+        self._state = _CLOSED
+        self._cache.detach(self._closed_reason)
+        self._stop.set()
+        with anyio.CancelScope(shield=True):
+            await self._stopped.wait()
+
+    def _check_loop(self) -> None:
+        if current_loop() is not self._loop:
+            raise ClientStateError(
+                "this AsyncPromptClient was opened on another event loop; an aiohttp session "
+                "and the client's tasks belong to one loop: open a client on each loop (for "
+                "tests, one per test or a fixture with the test's loop scope)"
+            )
 
     @property
     def source(self) -> PromptSource:
@@ -286,6 +367,7 @@ class AsyncPromptClient:
     ) -> Prompt:
         if self._state != _OPEN:
             raise ClientStateError(self._cache_closed_reason())
+        self._check_loop()
         ttl = self._ttl if cache_ttl_seconds is None else check_ttl(cache_ttl_seconds)
         options = self._options(max_retries, fetch_timeout_seconds)
         # The fetch is shared by every caller of the key: it knows nothing of this caller's
@@ -302,11 +384,11 @@ class AsyncPromptClient:
         return prompt
 
     def _cache_closed_reason(self) -> str:
-        return _NOT_OPEN if self._state == _NEW else "the client is closed"
+        return _NOT_OPEN if self._state == _NEW else self._closed_reason
 
     def _options(self, max_retries: int | None, timeout: float | None) -> FetchOptions:
-        if max_retries is not None and max_retries < 0:
-            raise InvalidArgumentError(f"max_retries must be 0 or more, got {max_retries!r}")
+        if max_retries is not None:
+            check_count(max_retries, "max_retries", error=InvalidArgumentError)
         if timeout is not None:
             check_timeout(timeout)
         return FetchOptions(max_retries=max_retries, timeout_seconds=timeout)
@@ -336,25 +418,22 @@ class AsyncPromptClient:
         fallback: TextFallback | ChatFallback,
         error: FetchError,
     ) -> Prompt:
-        try:
-            value: Any = fallback() if callable(fallback) else fallback
-            if inspect.isawaitable(value):
-                value = await value
-        except Exception as exc:
-            raise InvalidArgumentError(
-                f"prompt {key.describe()}: the fetch failed ({error}) and the fallback raised "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        value = call_fallback(key, fallback, error)
+        if inspect.isawaitable(value):
+            value = await await_fallback(key, value, error)
         prompt = prompt_from_value(key.name, value, prompt_type, key.label)
+        self._fallback_served(key, error)
+        return prompt
+
+    def _fallback_served(self, key: PromptKey, error: FetchError) -> None:
         self._cache.record_fallback()
         logger.warning("prompt %s: serving the fallback: %s", key.describe(), error)
-        return prompt
 
     # -- other operations ------------------------------------------------------------------
 
     async def prefetch(
         self,
-        names: Iterable[str | PromptKey],
+        names: Iterable[str | PromptKey] | str | PromptKey,
         *,
         label: str | None = None,
         cache_ttl_seconds: float | None = None,
@@ -363,14 +442,15 @@ class AsyncPromptClient:
     ) -> dict[PromptKey, Prompt | FetchError]:
         """Warm the cache with many prompts at once (for start-up); never raises a FetchError.
 
-        Each item is a name (fetched at ``label``, default ``production``) or a ``PromptKey``.
+        Each item is a name (fetched at ``label``, default ``production``) or a ``PromptKey``;
+        a single name (a string) or key may be given alone.
         Returns, per key, the prompt or the error its fetch ended with.
         """
-        keys = [
-            make_key(item.name, item.version, item.label) if isinstance(item, PromptKey)
-            else make_key(item, None, label)
-            for item in names
-        ]
+        keys = prefetch_keys(names, label)
+        # Checked once here: raised in the task group below, it would come as an ExceptionGroup.
+        if cache_ttl_seconds is not None:
+            check_ttl(cache_ttl_seconds)
+        self._options(max_retries, fetch_timeout_seconds)
         results: dict[PromptKey, Prompt | FetchError] = {}
 
         async def one(key: PromptKey) -> None:
@@ -382,7 +462,7 @@ class AsyncPromptClient:
                 results[key] = exc
 
         async with anyio.create_task_group() as tg:
-            for key in dict.fromkeys(keys):
+            for key in keys:
                 tg.start_soon(one, key)
         return results
 
@@ -406,6 +486,28 @@ class AsyncPromptClient:
     def stats(self) -> CacheStats:
         """Counters (hits, stale hits, misses, fetches, errors...) and per-key state."""
         return self._cache.stats(extra_hits=self._hits)
+
+
+def call_fallback(key: PromptKey, fallback: Any, error: FetchError) -> Any:
+    """The fallback's value (``fallback()`` when it is callable): maybe an awaitable."""
+    try:
+        return fallback() if callable(fallback) else fallback
+    except Exception as exc:
+        raise _fallback_failed(key, error, exc) from exc
+
+
+async def await_fallback(key: PromptKey, value: Awaitable[Any], error: FetchError) -> Any:
+    try:
+        return await value
+    except Exception as exc:
+        raise _fallback_failed(key, error, exc) from exc
+
+
+def _fallback_failed(key: PromptKey, error: FetchError, exc: Exception) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"prompt {key.describe()}: the fetch failed ({error}) and the fallback raised "
+        f"{type(exc).__name__}: {exc}"
+    )
 
 
 def _wrong_type(key: PromptKey, prompt: Prompt, asked: PromptType) -> InvalidResponseError:

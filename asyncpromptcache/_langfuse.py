@@ -7,6 +7,8 @@ import asyncio
 import base64
 import json
 import logging
+import os
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -16,8 +18,10 @@ import anyio
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from ._checks import check_count, check_seconds
 from ._errors import (
     AuthenticationError,
+    ConfigurationError,
     FetchError,
     FetchTimeoutError,
     InvalidResponseError,
@@ -30,6 +34,8 @@ from ._errors import (
 from ._keys import PromptKey
 from ._models import Prompt, parse_prompt
 from ._retry import RetryPolicy, parse_retry_after
+from ._secret import Secret
+from ._settings import check_base_url, proxy_for
 from ._source import FetchOptions
 
 __all__ = ["LangfuseSource"]
@@ -37,6 +43,7 @@ __all__ = ["LangfuseSource"]
 logger = logging.getLogger("asyncpromptcache")
 
 _USER_AGENT = "asyncpromptcache/0.1"
+_HEADERS = {"Accept": "application/json", "User-Agent": _USER_AGENT}
 
 
 class LangfuseSource:
@@ -45,8 +52,14 @@ class LangfuseSource:
     One ``aiohttp.ClientSession`` for the source's life, made on first use; a session passed
     in is used as is and never closed here. ``timeout_seconds`` bounds each attempt, body
     included; failed attempts are retried as ``retry`` says, within one deadline per fetch
-    (``retry.budget_seconds(timeout)`` on ``clock``, the event loop's by default).
+    (``retry.budget_seconds(timeout)`` on ``clock``, the event loop's by default). ``proxy`` is
+    an http(s) proxy URL (``user:password@`` in it is sent as ``Proxy-Authorization``); without
+    one, ``trust_env`` takes it from ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` and
+    ``NO_PROXY``, read here.
     """
+
+    # aiohttp runs on asyncio only: a client refuses to start with this source elsewhere.
+    async_backends = ("asyncio",)
 
     def __init__(
         self,
@@ -59,24 +72,25 @@ class LangfuseSource:
         retry: RetryPolicy | None = None,
         max_response_bytes: int = 4 * 1024 * 1024,
         verify_ssl: bool = True,
+        trust_env: bool = True,
+        proxy: str | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         clock: Callable[[], float] = anyio.current_time,
     ) -> None:
-        url = yarl.URL(base_url)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
-        self._base = str(url).rstrip("/")
+        # Secrets from the first statement on: error reporters record the locals of frames.
+        self.__auth = _basic_auth(public_key, None if secret_key is None else Secret(secret_key))
+        del secret_key
+        self._base = check_base_url(base_url)
+        self._tls = self._base.startswith("https:")
         self._public_key = public_key
-        # Only the encoded header is kept, never an aiohttp.BasicAuth (its repr shows the password).
-        self.__auth_header = (
-            "Basic " + base64.b64encode(f"{public_key}:{secret_key}".encode()).decode()
-            if public_key is not None and secret_key is not None else None
-        )
+        if proxy is None and trust_env:
+            proxy = proxy_for(self._base, os.environ)
+        self._proxy, self.__proxy_auth = _split_proxy(proxy)
         self._session = session
         self._owns_session = session is None
-        self._timeout = timeout_seconds
+        self._timeout = check_seconds(timeout_seconds, "timeout_seconds", positive=True)
         self._retry = retry or RetryPolicy()
-        self._max_bytes = max_response_bytes
+        self._max_bytes = check_count(max_response_bytes, "max_response_bytes", minimum=1)
         self._verify_ssl = verify_ssl
         self._sleep = sleep
         self._clock = clock
@@ -85,7 +99,7 @@ class LangfuseSource:
     def __repr__(self) -> str:
         return (
             f"LangfuseSource(base_url={self._base!r}, public_key={self._public_key!r}, "
-            f"secret_key={'***' if self.__auth_header else None})"
+            f"secret_key={'***' if self.__auth else None})"
         )
 
     async def aclose(self) -> None:
@@ -97,6 +111,8 @@ class LangfuseSource:
         if self._session is None or (self._owns_session and self._session.closed):
             # ssl=True: aiohttp's default verified context; False only when asked by name.
             connector = aiohttp.TCPConnector(ssl=self._verify_ssl)
+            # The proxy is resolved once, when the source is built (see proxy_for), not by
+            # aiohttp's trust_env: that also reads ~/.netrc, whose credentials clash with ours.
             self._session = aiohttp.ClientSession(connector=connector)
             self._owns_session = True
         return self._session
@@ -135,20 +151,19 @@ class LangfuseSource:
                 await self._sleep(delay)
 
     async def _attempt(self, key: PromptKey, timeout: float) -> Prompt:  # noqa: ASYNC109
-        headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
-        if self.__auth_header is not None:
-            headers["Authorization"] = self.__auth_header
         session = self._get_session()
         self.requests_sent += 1
         try:
             with anyio.fail_after(timeout):
                 async with session.get(
-                    self.url_for(key), headers=headers, allow_redirects=False
+                    self.url_for(key), allow_redirects=False, proxy=self._proxy,
+                    headers=self._headers(), proxy_headers=self._proxy_headers(),
                 ) as response:
                     status = response.status
                     retry_after = response.headers.get("Retry-After")
                     body = await self._read_body(response, key)
         except TimeoutError as exc:
+            _forget_credentials(exc)
             raise FetchTimeoutError(
                 f"prompt {key.describe()}: no complete answer within {timeout:.3g}s",
                 name=key.name, key=key,
@@ -161,6 +176,23 @@ class LangfuseSource:
         if status == 200:
             return self._parse(key, body)
         raise self._status_error(key, status, body, retry_after)
+
+    # The two below build temporaries that the request consumes, so that no frame that may
+    # raise holds the credentials in a local. The proxy's go in the request itself to an
+    # http:// target (sent to the proxy whole), in the CONNECT to an https:// one.
+
+    def _headers(self) -> dict[str, str]:
+        return {
+            **_HEADERS,
+            **({"Authorization": self.__auth.reveal()} if self.__auth else {}),
+            **({"Proxy-Authorization": self.__proxy_auth.reveal()}
+               if self.__proxy_auth and not self._tls else {}),
+        }
+
+    def _proxy_headers(self) -> dict[str, str] | None:
+        if self.__proxy_auth is None or not self._tls:
+            return None
+        return {"Proxy-Authorization": self.__proxy_auth.reveal()}
 
     async def _read_body(self, response: aiohttp.ClientResponse, key: PromptKey) -> bytes:
         length = response.content_length
@@ -235,14 +267,47 @@ class LangfuseSource:
         return UnexpectedStatusError(what, status=status, name=key.name, key=key)
 
 
+def _basic_auth(login: str | None, password: Secret | None) -> Secret | None:
+    """The ``Authorization`` value for HTTP Basic, or ``None`` without both parts."""
+    if login is None or password is None:
+        return None
+    try:
+        return Secret(
+            "Basic " + base64.b64encode(f"{login}:{password.reveal()}".encode()).decode()
+        )
+    except UnicodeEncodeError:
+        raise ConfigurationError("the Langfuse keys must be valid Unicode text") from None
+
+
+def _split_proxy(proxy: str | None) -> tuple[yarl.URL | None, Secret | None]:
+    """The proxy's URL without its credentials, and them as a ``Proxy-Authorization``."""
+    if proxy is None:
+        return None, None
+    url = yarl.URL(proxy)
+    if url.user is None:
+        return url, None
+    return url.with_user(None), _basic_auth(url.user, Secret(url.password or ""))
+
+
 def _forget_credentials(exc: BaseException) -> None:
-    """aiohttp's ``ClientResponseError`` (raised for an answer it cannot parse) keeps the
-    request's headers in ``request_info``, and its repr shows them: drop ``Authorization``
-    before the error is chained to ours, where any error reporter may print it."""
+    """Remove the credentials from an aiohttp error before it is chained to ours, where any
+    error reporter may print it: its frames' locals (aiohttp's hold the auth and the request
+    headers), and the request headers a ``ClientResponseError`` keeps in ``request_info``."""
+    chain: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while chain:
+        current = chain.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        # Those frames have finished (the error left them); the one running is skipped.
+        traceback.clear_frames(current.__traceback__)
+        chain += [current.__cause__, current.__context__]
     if isinstance(exc, aiohttp.ClientResponseError):
         info = exc.request_info
         headers = CIMultiDict(info.headers)
         headers.popall("Authorization", None)
+        headers.popall("Proxy-Authorization", None)
         exc.request_info = aiohttp.RequestInfo(
             info.url, info.method, CIMultiDictProxy(headers), info.real_url
         )

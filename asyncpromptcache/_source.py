@@ -29,6 +29,9 @@ class PromptSource(Protocol):
     which the cache treats as "stop serving this key". Any other exception is wrapped in a
     ``FetchError``. ``aclose`` releases what the source holds; the client calls it on exit
     for sources it made, never for one the user passed in.
+
+    A source that runs only on some async backends says so with an optional class attribute,
+    ``async_backends = ("asyncio",)``: the client refuses to start elsewhere.
     """
 
     async def fetch(self, key: PromptKey, options: FetchOptions) -> Prompt: ...

@@ -24,7 +24,7 @@ FAULTS = (
     "wrong-name", "401",
     # Added for tests/test_faults.py:
     "html-502", "oversized-chunked", "latin1",
-    # Added for tests/test_contained.py: a 404 from something in front of the server (an HTML
+    # Added for tests/test_containment.py: a 404 from something in front of the server (an HTML
     # page, or JSON without Langfuse's "error" name), and bodies nested deeper than Python's
     # recursion limit, as an answer and as an error body.
     "html-404", "json-404", "deep-200", "deep-404", "deep-503",

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from asyncpromptcache import (
@@ -146,6 +147,8 @@ async def test_a_fault_in_the_engine_bookkeeping_is_contained(
         with pytest.raises(PromptNotFoundError):
             await client.get_prompt("missing")
         monkeypatch.undo()
+        for _ in range(20):  # time for a failed task group to tear the client down
+            await anyio.lowlevel.checkpoint()
         assert (await client.get_prompt("greet")).version == 1
         assert client.cache.in_flight == 0
 

@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeAlias, overload
 
 import aiohttp
 import anyio
+import attrs
 from anyio.abc import TaskGroup
 
 from ._cache import AsyncPromptCache, CacheStats, Clock
@@ -26,8 +27,10 @@ from ._errors import (
 from ._keys import PromptKey, make_key
 from ._langfuse import LangfuseSource
 from ._models import ChatPrompt, Prompt, PromptType, TextPrompt, prompt_from_value
+from ._redis import RedisTier, _Link, resolve_shared
 from ._retry import RetryPolicy
 from ._settings import check_timeout, check_ttl, resolve_settings
+from ._shared import Change
 from ._source import FetchOptions, PromptSource
 
 __all__ = ["AsyncPromptClient", "ChatFallback", "TextFallback"]
@@ -61,6 +64,8 @@ class AsyncPromptClient:
     * ``max_stale_seconds``: how long past its TTL a prompt may still be served while it is
       refreshed (default: for ever, as Langfuse does).
     * ``clock``: a monotonic ``() -> float`` in seconds, for tests.
+    * ``shared``: a Redis URL or a ``RedisTier``, to share one cache among every process of
+      a fleet (default: ``ASYNCPROMPTCACHE_REDIS_URL`` when set). See ``RedisTier``.
     """
 
     def __init__(
@@ -82,9 +87,11 @@ class AsyncPromptClient:
         refresh_backoff_max_seconds: float = 300.0,
         clock: Clock | None = None,
         env: Mapping[str, str] | None = None,
+        shared: str | RedisTier | None = None,
     ) -> None:
+        environ = os.environ if env is None else env
         settings = resolve_settings(
-            os.environ if env is None else env,
+            environ,
             public_key=public_key, secret_key=secret_key, base_url=base_url,
             cache_ttl_seconds=cache_ttl_seconds, timeout_seconds=fetch_timeout_seconds,
         )
@@ -95,6 +102,9 @@ class AsyncPromptClient:
         if max_retries < 0:
             raise InvalidArgumentError(f"max_retries must be 0 or more, got {max_retries!r}")
         self._settings = settings
+        self._tier = resolve_shared(shared, environ)
+        self._max_stale = max_stale_seconds
+        self._link: _Link | None = None
         self._ttl = settings.cache_ttl_seconds
         self._timeout = settings.timeout_seconds
         self._retry = retry or RetryPolicy(max_retries=max_retries)
@@ -138,6 +148,18 @@ class AsyncPromptClient:
         await tg.__aenter__()
         self._tg = tg
         self._cache.attach(tg)
+        if self._tier is not None:
+            link = self._tier._open(
+                host=self._settings.base_url, public_key=self._settings.public_key,
+                max_stale=self._max_stale, apply=self._apply_change,
+            )
+            try:
+                await link.start(tg)  # bounded: Redis down means L1-only, not a failure
+            except BaseException:
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(None, None, None)
+                raise
+            self._link = link
         self._state = _OPEN
         return self
 
@@ -165,6 +187,9 @@ class AsyncPromptClient:
                 await tg.__aexit__(None, None, None)
         finally:
             self._cache.clear()
+            link, self._link = self._link, None
+            if link is not None:
+                await link.aclose()
             if self._owns_source:
                 with anyio.CancelScope(shield=True):
                     await self._source.aclose()
@@ -271,7 +296,13 @@ class AsyncPromptClient:
             raise ClientStateError(self._cache_closed_reason())
         ttl = self._ttl if cache_ttl_seconds is None else check_ttl(cache_ttl_seconds)
         options = self._options(max_retries, fetch_timeout_seconds)
-        fetch = functools.partial(self._fetch, key, prompt_type, options)
+        fetch: Callable[[], Awaitable[Any]] = functools.partial(
+            self._fetch, key, prompt_type, options)
+        if self._link is not None and ttl > 0:
+            fetch = functools.partial(
+                self._link.fetch_through, key, ttl, fetch, self._budget(options),
+                self._cache.holds(key),
+            )
         try:
             prompt = await self._cache.get(key, fetch, ttl=ttl)
             if prompt_type is not None and prompt.type != prompt_type:
@@ -292,13 +323,16 @@ class AsyncPromptClient:
             check_timeout(timeout)
         return FetchOptions(max_retries=max_retries, timeout_seconds=timeout)
 
+    def _budget(self, options: FetchOptions) -> float:
+        """How long one fetch may take at most, retries included."""
+        timeout = self._timeout if options.timeout_seconds is None else options.timeout_seconds
+        return self._retry.for_call(options.max_retries).worst_case_seconds(timeout) + 1.0
+
     async def _fetch(
         self, key: PromptKey, prompt_type: PromptType | None, options: FetchOptions
     ) -> Prompt:
-        timeout = self._timeout if options.timeout_seconds is None else options.timeout_seconds
-        retry = self._retry.for_call(options.max_retries)
         # A safety net for any source: no fetch outlives its whole retry budget.
-        budget = retry.worst_case_seconds(timeout) + 1.0
+        budget = self._budget(options)
         try:
             with anyio.fail_after(budget):
                 prompt = await self._source.fetch(key, options)
@@ -375,18 +409,47 @@ class AsyncPromptClient:
         Returns how many entries were dropped.
         """
         if label is not None or version is not None:
-            key = make_key(name, version, label)
-            return self._cache.invalidate(key.name, label=key.label, version=key.version)
-        make_key(name)
-        return self._cache.invalidate(name)
+            change = Change.invalidate(keys=[make_key(name, version, label)])
+        else:
+            make_key(name)
+            change = Change.invalidate(names=[name])
+        return self._change(change)
 
     def clear(self) -> int:
-        """Drop every cached prompt. Returns how many."""
-        return self._cache.clear()
+        """Drop every cached prompt (in every process, with a shared tier). Returns how many
+        this process dropped."""
+        return self._change(Change("clear"))
+
+    def _change(self, change: Change) -> int:
+        dropped = self._apply_change(change)
+        if self._link is not None:
+            self._link.propagate_soon(change)
+        return dropped
+
+    def _apply_change(self, change: Change) -> int:
+        """Apply a change set to this process's cache: the one path for local calls and for
+        changes other processes publish through the shared tier. Returns entries affected."""
+        if change.kind == "invalidate":
+            dropped = 0
+            for key in change.keys:
+                dropped += self._cache.invalidate(key.name, label=key.label,
+                                                  version=key.version)
+            for name in change.names:
+                dropped += self._cache.invalidate(name)
+            return dropped
+        if change.kind == "clear":
+            return self._cache.clear()
+        if change.kind == "expire":
+            return self._cache.expire_all()
+        return 0
 
     def stats(self) -> CacheStats:
-        """Counters (hits, stale hits, misses, fetches, errors...) and per-key state."""
-        return self._cache.stats(extra_hits=self._hits)
+        """Counters (hits, stale hits, misses, fetches, errors...) and per-key state; with a
+        shared tier, its state and counters in ``shared``."""
+        stats = self._cache.stats(extra_hits=self._hits)
+        if self._link is not None:
+            stats = attrs.evolve(stats, shared=self._link.stats())
+        return stats
 
 
 def _wrong_type(key: PromptKey, prompt: Prompt, asked: PromptType) -> InvalidResponseError:

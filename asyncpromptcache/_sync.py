@@ -33,6 +33,7 @@ from ._client import AsyncPromptClient, ChatFallback, TextFallback
 from ._errors import ClientStateError, FetchError, InvalidArgumentError, PromptCacheError
 from ._keys import PromptKey
 from ._models import ChatPrompt, Prompt, PromptType, TextPrompt
+from ._redis import RedisTier
 from ._retry import RetryPolicy
 from ._source import PromptSource
 
@@ -79,7 +80,9 @@ class PromptClient:
 
     After ``os.fork`` (gunicorn ``--preload``, ``multiprocessing``) the child keeps the prompts
     the parent had cached and starts its own loop thread and HTTP session on first use. A
-    ``source`` you pass is shared with the child as it is.
+    ``source`` you pass is shared with the child as it is; with ``shared=``, the child opens
+    its own Redis connections (a ``redis.asyncio`` client you pass is reset by redis-py in
+    the child).
 
     Options are ``AsyncPromptClient``'s, except ``session``: an aiohttp session belongs to the
     event loop it was made on, and this client's loop is private. The environment is read once,
@@ -104,6 +107,7 @@ class PromptClient:
         refresh_backoff_max_seconds: float = 300.0,
         clock: Clock | None = None,
         env: Mapping[str, str] | None = None,
+        shared: str | RedisTier | None = None,
     ) -> None:
         # Kept to build the same client again in a forked child, with the same environment.
         self._new_client = functools.partial(
@@ -114,7 +118,7 @@ class PromptClient:
             max_retries=max_retries, retry=retry, verify_ssl=verify_ssl,
             refresh_backoff_seconds=refresh_backoff_seconds,
             refresh_backoff_max_seconds=refresh_backoff_max_seconds, clock=clock,
-            env=dict(os.environ) if env is None else env,
+            env=dict(os.environ) if env is None else env, shared=shared,
         )
         self._client = self._new_client()  # bad options fail here, in the caller's thread
         self._lock = threading.Lock()

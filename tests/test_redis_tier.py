@@ -1,0 +1,334 @@
+"""The shared tier against a real redis-server (started here on a free port), with several
+clients in one process standing for the processes of a fleet: each has its own connections,
+subscription and identity. The multi-process runs are in test_redis_fleet.py."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+
+from asyncpromptcache import (
+    AsyncPromptClient,
+    ConfigurationError,
+    PromptClient,
+    PromptKey,
+    RedisTier,
+    ServerError,
+    TextPrompt,
+)
+from asyncpromptcache._shared import Names, encode_value, namespace_id
+from asyncpromptcache.testing import FakeClock, StaticSource
+
+from .redisserver import RedisServer, free_port
+
+pytestmark = pytest.mark.anyio
+
+HOST = "https://cloud.langfuse.com"
+
+
+def text(name: str, version: int = 1, body: str | None = None) -> TextPrompt:
+    return TextPrompt(name=name, version=version, prompt=body or f"{name} v{version}",
+                      labels=["production"])
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    redis_server.command("FLUSHALL")
+    return redis_server.url
+
+
+class Fleet:
+    """Clients sharing one source and one fake clock (their monotonic and wall clock)."""
+
+    def __init__(self, url: str, source: StaticSource, clock: FakeClock) -> None:
+        self.url, self.source, self.clock = url, source, clock
+        self.stack = AsyncExitStack()
+
+    async def client(self, *, namespace: str = "test", ttl: float = 60.0,
+                     signing_key: str | None = None, url: str | None = None,
+                     **options: Any) -> AsyncPromptClient:
+        tier = RedisTier(url or self.url, namespace=namespace, signing_key=signing_key,
+                         wall_clock=self.clock)
+        client = AsyncPromptClient(source=self.source, cache_ttl_seconds=ttl,
+                                   clock=self.clock, shared=tier, **options)
+        return await self.stack.enter_async_context(client)
+
+
+@asynccontextmanager
+async def fleet(url: str, *prompts: TextPrompt) -> AsyncIterator[Fleet]:
+    made = Fleet(url, StaticSource(prompts), FakeClock())
+    async with made.stack:
+        yield made
+
+
+async def wait_until(check: Callable[[], bool], limit: float = 5.0) -> None:
+    with anyio.fail_after(limit):
+        for _ in itertools.count():
+            if check():
+                return
+            await anyio.sleep(0.005)  # another client's subscriber task applies the change
+
+
+async def gather(client: AsyncPromptClient, names: list[str], callers: int) -> list[Any]:
+    results: list[Any] = []
+
+    async def one(name: str) -> None:
+        try:
+            results.append(await client.get_prompt(name))
+        except Exception as exc:  # collected: the tests count them
+            results.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(callers):
+            tg.start_soon(one, names[i % len(names)])
+    return results
+
+
+async def test_one_fetch_for_the_fleet_and_l1_gets_the_remaining_freshness(
+    redis_url: str,
+) -> None:
+    async with fleet(redis_url, text("a"), text("b")) as f:
+        clients = [await f.client(ttl=10) for _ in range(4)]
+        f.source.hold()  # every client's callers arrive while the first fetch runs
+        async with anyio.create_task_group() as tg:
+            for client in clients:
+                tg.start_soon(gather, client, ["a", "b"], 50)
+            await wait_until(lambda: f.source.waiting == 2)
+            await anyio.sleep(0.05)  # the others are waiting on the lock by now
+            f.source.release()
+        assert f.source.total_fetches == 2
+        shared = [c.stats().shared for c in clients]
+        assert all(s is not None and s.state == "up" for s in shared)
+        assert sum(s.upstream_fetches for s in shared if s) == 2
+
+        f.clock.advance(4)
+        late = await f.client(ttl=10)
+        assert (await late.get_prompt("a")).prompt == "a v1"
+        assert f.source.total_fetches == 2
+        (entry,) = [k for k in late.stats().keys if k.key.name == "a"]
+        assert entry.age_seconds == pytest.approx(4)  # fresh for 6 s more, not 10
+        f.clock.advance(6.5)
+        assert late.stats().keys[0].fresh is False
+
+
+async def test_a_stale_key_is_refreshed_once_for_the_fleet(redis_url: str) -> None:
+    async with fleet(redis_url, text("a")) as f:
+        clients = [await f.client(ttl=10) for _ in range(5)]
+        for client in clients:
+            await client.get_prompt("a")
+        assert f.source.total_fetches == 1
+        f.source.add(text("a", 2))
+        f.clock.advance(11)
+        for client in clients:  # each serves its stale copy at once and asks for a refresh
+            assert (await client.get_prompt("a")).version == 1
+        await wait_until(lambda: all(c.cache.in_flight == 0 for c in clients))
+        assert f.source.total_fetches == 2
+        for client in clients:
+            assert (await client.get_prompt("a")).version == 2
+
+
+async def test_a_process_started_during_an_outage_serves_last_known_good(
+    redis_url: str,
+) -> None:
+    async with fleet(redis_url, text("a"), text("b")) as f:
+        first = await f.client(ttl=10)
+        await first.prefetch(["a", "b"])
+        f.source.fail_with = ServerError("503", status=503, name=None)
+        f.clock.advance(3600)  # long past the TTL: only a stale copy is left
+        newcomer = await f.client(ttl=10)
+        assert [(await newcomer.get_prompt(n)).prompt for n in ("a", "b")] == ["a v1", "b v1"]
+        # Its refreshes fail; it goes on serving the stale copies without an error.
+        assert (await newcomer.get_prompt("a")).prompt == "a v1"
+        await wait_until(lambda: newcomer.cache.in_flight == 0)
+        assert (await newcomer.get_prompt("a")).prompt == "a v1"
+        stats = newcomer.stats()
+        assert stats.shared is not None and stats.shared.l2_stale_served == 2
+
+
+async def test_invalidate_and_clear_reach_every_client_exactly(redis_url: str) -> None:
+    async with fleet(redis_url, text("greet"), text("greeting")) as f:
+        a, b = await f.client(), await f.client()
+        for client in (a, b):
+            await client.get_prompt("greet")
+            await client.get_prompt("greeting")
+        assert f.source.total_fetches == 2
+        f.source.add(text("greet", 2))
+        assert a.invalidate("greet") == 1
+        await wait_until(lambda: len(b.cache) == 1)  # "greeting" stays: never by prefix
+        assert (await b.get_prompt("greet")).version == 2  # L2 was dropped too
+        assert (await a.get_prompt("greet")).version == 2
+        assert f.source.total_fetches == 3  # one fetch of the new version for both
+
+        b.invalidate("greeting", label="production")
+        await wait_until(lambda: len(a.cache) == 1)
+        b.clear()
+        await wait_until(lambda: len(a.cache) == 0)
+        c = await f.client()
+        await c.get_prompt("greet")  # clear() dropped L2 as well: no L2 hit of version 2
+        assert f.source.total_fetches == 4
+        shared = a.stats().shared
+        assert shared is not None and shared.changes_received == 2
+
+
+async def test_corrupt_foreign_and_unsigned_values_are_never_served(
+    redis_url: str, redis_server: RedisServer,
+) -> None:
+    names = Names(namespace_id("test", HOST, None))
+    key = PromptKey("a", "production", None)
+    evil = text("a", 666, "evil")
+    bad_values = [
+        b"garbage",
+        encode_value(key, evil, 1000.0, None)[:-5],  # truncated
+        encode_value(PromptKey("b", "production", None), text("b"), 1000.0, None),  # foreign
+        b'apc1.-.{"key":["a","production",null],"fetched_at":1000.0,"prompt":{"name":"a"}}',
+    ]
+    async with fleet(redis_url, text("a")) as f:
+        for raw in bad_values:
+            await set_raw(redis_server, names.value(key), raw)
+            client = await f.client()
+            assert (await client.get_prompt("a")).prompt == "a v1"
+            stats = client.stats().shared
+            assert stats is not None and stats.rejected_values == 1
+        fetches = f.source.total_fetches
+        assert fetches == len(bad_values)
+
+        # Signed: an unsigned or wrongly signed value is ignored, a rightly signed one served.
+        for raw in (encode_value(key, evil, f.clock(), None),
+                    encode_value(key, evil, f.clock(), b"not the key")):
+            await set_raw(redis_server, names.value(key), raw)
+            signed = await f.client(signing_key="the key")
+            assert (await signed.get_prompt("a")).prompt == "a v1"
+        await set_raw(redis_server, names.value(key),
+                      encode_value(key, text("a", 7), f.clock(), b"the key"))
+        signed = await f.client(signing_key="the key")
+        assert (await signed.get_prompt("a")).version == 7
+        assert f.source.total_fetches == fetches + 2
+
+
+async def set_raw(server: RedisServer, key: str, raw: bytes) -> None:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(server.url)
+    try:
+        await client.set(key, raw)
+    finally:
+        await client.aclose()
+
+
+async def test_two_namespaces_side_by_side(redis_url: str) -> None:
+    async with fleet(redis_url, text("a")) as f:
+        one, two = await f.client(namespace="one"), await f.client(namespace="two")
+        await one.get_prompt("a")
+        await two.get_prompt("a")
+        assert f.source.total_fetches == 2
+        one_more = await f.client(namespace="one")
+        await one_more.get_prompt("a")
+        assert f.source.total_fetches == 2
+        one.invalidate("a")
+        await wait_until(lambda: len(one_more.cache) == 0)
+        await anyio.sleep(0.05)
+        assert len(two.cache) == 1
+
+
+async def test_fresh_hits_send_no_command_to_redis(
+    redis_url: str, redis_server: RedisServer,
+) -> None:
+    async with fleet(redis_url, text("a"), text("b")) as f:
+        client = await f.client()
+        await client.prefetch(["a", "b"])
+        before = redis_server.command_counts()
+        for _ in range(1000):
+            await client.get_prompt("a")
+            await client.get_prompt("b")
+        assert redis_server.command_counts() == before
+        assert client.stats().hits == 2000
+
+
+async def test_redis_killed_and_restarted_mid_run() -> None:
+    server = RedisServer().start()
+    try:
+        async with fleet(server.url, *[text(f"p{i}") for i in range(6)]) as f:
+            a, b = await f.client(), await f.client()
+            assert not [r for r in await gather(a, ["p0", "p1"], 40) if isinstance(r, Exception)]
+            server.kill()
+            # Hits, misses and a stale refresh while Redis is gone: no caller error.
+            for client in (a, b):
+                results = await gather(client, ["p0", "p1", "p2", "p3"], 40)
+                assert not [r for r in results if isinstance(r, Exception)]
+            f.clock.advance(120)
+            assert not [r for r in await gather(a, ["p0"], 10) if isinstance(r, Exception)]
+            stats = a.stats().shared
+            assert stats is not None and stats.state == "down" and stats.outages == 1
+            server.start()  # the same port
+            await wait_until(lambda: a.stats().shared.state == "up"  # type: ignore[union-attr]
+                             and b.stats().shared.state == "up", limit=15)  # type: ignore[union-attr]
+            fetches = f.source.total_fetches
+            await a.get_prompt("p4")
+            await b.get_prompt("p4")
+            assert f.source.total_fetches == fetches + 1  # shared again, without a restart
+            # L1 was unconfirmed while unsubscribed: entries were marked stale to revalidate.
+            assert not [k for k in b.stats().keys if k.key.name == "p2" and k.fresh]
+    finally:
+        server.kill()
+
+
+async def test_redis_absent_from_the_start_is_not_an_error() -> None:
+    async with fleet(f"redis://127.0.0.1:{free_port()}/0", text("a")) as f:
+        client = await f.client()
+        assert (await client.get_prompt("a")).prompt == "a v1"
+        stats = client.stats().shared
+        assert stats is not None and stats.state == "down"
+
+
+def test_configuration() -> None:
+    with pytest.raises(ConfigurationError, match="redis://"):
+        RedisTier("http://localhost")
+    with pytest.raises(ConfigurationError, match="namespace"):
+        RedisTier("redis://localhost", namespace="")
+    tier = RedisTier("redis://user:hunter2@localhost:1/0", signing_key="s3cret")
+    assert "hunter2" not in repr(tier) and "s3cret" not in repr(tier)
+    env = {"ASYNCPROMPTCACHE_REDIS_URL": "redis://127.0.0.1:1/0"}
+    client = AsyncPromptClient(source=StaticSource(), env=env)
+    assert client._tier is not None
+    assert AsyncPromptClient(source=StaticSource(), env={})._tier is None
+
+
+def test_without_redis_installed() -> None:
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "import asyncpromptcache as apc\n"
+        "apc.AsyncPromptClient(source=apc.FunctionSource(None))\n"
+        "try:\n"
+        "    apc.AsyncPromptClient(source=apc.FunctionSource(None), shared='redis://x')\n"
+        "except apc.ConfigurationError as exc:\n"
+        "    print('ConfigurationError:', exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert "pip install 'asyncpromptcache[redis]'" in out
+
+
+def test_sync_facade_shares_the_tier(redis_url: str) -> None:
+    source = StaticSource([text("a")])
+    with PromptClient(source=source, shared=RedisTier(redis_url, namespace="sync")) as one, \
+            PromptClient(source=source, shared=redis_url) as other, \
+            PromptClient(source=source, shared=RedisTier(redis_url, namespace="sync")) as two:
+        assert one.get_prompt("a").prompt == "a v1"
+        assert two.get_prompt("a").prompt == "a v1"
+        assert other.get_prompt("a").prompt == "a v1"  # another namespace: its own fetch
+        assert source.total_fetches == 2
+        stats = two.stats().shared
+        assert stats is not None and stats.l2_hits == 1

@@ -385,6 +385,12 @@ class _Link:
                 lock, token = names.lock(key), secrets.token_hex(16)
                 if await self._call(self._redis.set(lock, token, nx=True,
                                                     px=max(1, int(budget * 1000)))):
+                    # The previous holder may have written it between our read and our lock.
+                    again = await self._read(names, key)
+                    if again is not None and self._wall() - again[1] < ttl:
+                        await self._call(self._redis.eval(_RELEASE, 1, lock, token))
+                        self._n["l2_hits"] += 1
+                        return Fetched(again[0], max(0.0, self._wall() - again[1]))
                     return await self._fetch_locked(names, key, ttl, upstream, lock, token)
                 if anyio.current_time() >= deadline:
                     return await upstream()

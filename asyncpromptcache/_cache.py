@@ -283,6 +283,7 @@ class AsyncPromptCache:
 
     async def _run(self, key: Hashable, flight: _Flight, fetch: FetchFunc, ttl: float) -> None:
         # Never raises: an exception here would cancel the client's whole task group.
+        stale_on_arrival = False
         try:
             result = await fetch()
         except anyio.get_cancelled_exc_class():
@@ -307,10 +308,14 @@ class AsyncPromptCache:
             flight.result = prompt
             if flight.writes_back:
                 self._put(key, prompt, ttl, age)
+                stale_on_arrival = 0 < ttl <= age
         finally:
             if self._inflight.get(key) is flight:
                 del self._inflight[key]
             flight.event.set()
+        if stale_on_arrival:
+            # Already past its TTL (another process's copy, served at once): refresh it now.
+            self._maybe_refresh(key, fetch, ttl, self._clock())
 
     def _failed(self, key: Hashable, flight: _Flight, error: PromptCacheError) -> None:
         now = self._clock()

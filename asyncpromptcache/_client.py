@@ -301,7 +301,7 @@ class AsyncPromptClient:
         if self._link is not None and ttl > 0:
             fetch = functools.partial(
                 self._link.fetch_through, key, ttl, fetch, self._budget(options),
-                self._cache.holds(key),
+                functools.partial(self._cache.holds, key),
             )
         try:
             prompt = await self._cache.get(key, fetch, ttl=ttl)

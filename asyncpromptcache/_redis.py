@@ -61,6 +61,7 @@ _RELEASE = (
     "else return 0 end"
 )
 _CONNECT_GRACE = 1.0  # how long opening a client waits for Redis before starting L1-only
+_MAX_UNSENT = 1000  # past this many changes kept while Redis is down, send one clear()
 
 
 class _Down(Exception):
@@ -207,6 +208,8 @@ class _Link:
         self._ever_up = False
         self._waiters: dict[PromptKey, list[anyio.Event]] = {}
         self._pending = 0
+        # Changes made while Redis was unreachable, sent once it answers again.
+        self._unsent: list[Change] = []
         self._settled = anyio.Event()
         self._settled.set()
         self._wake = anyio.Event()
@@ -285,6 +288,9 @@ class _Link:
                     self._apply(Change("expire"))
                 self._ever_up = True
                 self._recovered()
+                unsent, self._unsent = self._unsent, []
+                for change in unsent:
+                    self.propagate_soon(change)
                 backoff = 0.05
                 if not started:
                     started = True
@@ -352,7 +358,7 @@ class _Link:
 
     async def fetch_through(
         self, key: PromptKey, ttl: float, upstream: Callable[[], Awaitable[Prompt]],
-        budget: float, have_stale: bool,
+        budget: float, have_stale: Callable[[], bool],
     ) -> Prompt | Fetched:
         """The engine's fetch of ``key`` through L2 (see the module docstring)."""
         if not self._up or os.getpid() != self._pid:
@@ -369,13 +375,15 @@ class _Link:
             waiters.append(event)  # before reading: a fill published meanwhile is not missed
             try:
                 found = await self._read(names, key)
+                if found is not None and self._wall() - found[1] >= ttl + self._retain:
+                    found = None  # written with a longer TTL: past what this client serves
                 if found is not None:
                     prompt, fetched_at = found
                     age = max(0.0, self._wall() - fetched_at)
                     if age < ttl:
                         self._n["l2_hits"] += 1
                         return Fetched(prompt, age)
-                    if not have_stale:
+                    if not have_stale():
                         # Served at once, held stale in L1: its next use refreshes it.
                         self._n["l2_stale_served"] += 1
                         return Fetched(prompt, age)
@@ -426,7 +434,7 @@ class _Link:
         value = encode_value(key, prompt, self._wall(), self._sign)
         px = max(1, int((ttl + self._retain) * 1000))
         try:
-            pipe = self._redis.pipeline(transaction=True)
+            pipe = self._redis.pipeline(transaction=False)  # one slot; Cluster-safe
             pipe.set(names.value(key), value, px=px)
             pipe.sadd(names.index(key.name), names.key_id(key))
             pipe.pexpire(names.index(key.name), px)
@@ -456,7 +464,7 @@ class _Link:
     async def _propagate(self, change: Change) -> None:
         try:
             if not self._up:
-                return
+                raise _Down
             names = self._names
             if change.kind == "invalidate":
                 by_name: dict[str, list[str]] = {}
@@ -477,7 +485,10 @@ class _Link:
             await self._publish(change)
             self._n["changes_sent"] += 1
         except _Down:
-            pass
+            if change.kind == "clear" or len(self._unsent) >= _MAX_UNSENT:
+                self._unsent = [Change("clear")]  # clear() supersedes everything before it
+            else:
+                self._unsent.append(change)
         finally:
             self._pending -= 1
             if not self._pending:

@@ -5,8 +5,11 @@ subscription and identity. The multi-process runs are in test_redis_fleet.py."""
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import subprocess
 import sys
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -138,6 +141,20 @@ async def test_a_stale_key_is_refreshed_once_for_the_fleet(redis_url: str) -> No
         assert f.source.total_fetches == 2
         for client in clients:
             assert (await client.get_prompt("a")).version == 2
+
+
+async def test_a_stale_shared_copy_is_served_at_once_and_refreshed(redis_url: str) -> None:
+    async with fleet(redis_url, text("a")) as f:
+        first = await f.client(ttl=10)
+        await first.get_prompt("a")
+        f.source.add(text("a", 2))
+        f.clock.advance(30)
+        newcomer = await f.client(ttl=10)
+        assert (await newcomer.get_prompt("a")).version == 1  # at once, not after a fetch
+        # Its refresh started by itself: no second call was needed to notice the staleness.
+        await wait_until(lambda: newcomer.cache.in_flight == 0)
+        assert [k.version for k in newcomer.stats().keys] == [2]
+        assert f.source.total_fetches == 2
 
 
 async def test_a_process_started_during_an_outage_serves_last_known_good(
@@ -273,7 +290,7 @@ async def test_redis_killed_and_restarted_mid_run() -> None:
             assert not [r for r in await gather(a, ["p0"], 10) if isinstance(r, Exception)]
             stats = a.stats().shared
             assert stats is not None and stats.state == "down" and stats.outages == 1
-            server.start()  # the same port
+            server.start()  # the same port, empty: the fleet re-fills it
             await wait_until(lambda: a.stats().shared.state == "up"  # type: ignore[union-attr]
                              and b.stats().shared.state == "up", limit=15)  # type: ignore[union-attr]
             fetches = f.source.total_fetches
@@ -282,6 +299,28 @@ async def test_redis_killed_and_restarted_mid_run() -> None:
             assert f.source.total_fetches == fetches + 1  # shared again, without a restart
             # L1 was unconfirmed while unsubscribed: entries were marked stale to revalidate.
             assert not [k for k in b.stats().keys if k.key.name == "p2" and k.fresh]
+    finally:
+        server.kill()
+
+
+async def test_changes_made_while_redis_is_down_are_sent_when_it_is_back() -> None:
+    server = RedisServer().start()
+    try:
+        async with fleet(server.url, text("a")) as f:
+            a, b = await f.client(), await f.client()
+            await a.get_prompt("a")
+            await b.get_prompt("a")
+            server.command("CLIENT", "KILL", "TYPE", "pubsub")  # a's and b's subscriptions
+            server.command("CLIENT", "PAUSE", "300", "ALL")  # and nothing answers for a while
+            await wait_until(lambda: a.stats().shared.state == "down")  # type: ignore[union-attr]
+            f.source.add(text("a", 2))
+            a.invalidate("a")
+            await wait_until(lambda: a.stats().shared.changes_sent == 1  # type: ignore[union-attr]
+                             and b.stats().shared.state == "up", limit=15)  # type: ignore[union-attr]
+            # b's copy was dropped (or marked stale on reconnect), and L2 no longer has v1.
+            assert (await b.get_prompt("a")).version in (1, 2)
+            await wait_until(lambda: b.cache.in_flight == 0)
+            assert (await b.get_prompt("a")).version == 2
     finally:
         server.kill()
 
@@ -320,6 +359,42 @@ def test_without_redis_installed() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert "pip install 'asyncpromptcache[redis]'" in out
+
+
+def test_a_forked_sync_client_uses_its_own_connections(redis_url: str) -> None:
+    source = StaticSource([text("a"), text("b")])
+    with PromptClient(source=source, shared=redis_url) as client:
+        assert client.get_prompt("a").prompt == "a v1"
+        read_end, write_end = os.pipe()
+        with warnings.catch_warnings():  # 3.12+ warns about forking a threaded process
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: report over the pipe, never return into pytest
+            code = 1
+            try:
+                os.close(read_end)
+                # The source object was copied: its counts are the child's own from here.
+                before = source.total_fetches
+                b = client.get_prompt("b").prompt
+                stats = client.stats().shared
+                report = {"b": b, "fetches": source.total_fetches - before,
+                          "state": stats and stats.state,
+                          "upstream": stats and stats.upstream_fetches}
+                client.close()
+                os.write(write_end, json.dumps(report).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            report = json.loads(pipe.read())
+        os.waitpid(pid, 0)
+        assert report == {"b": "b v1", "fetches": 1, "state": "up", "upstream": 1}
+        # The child wrote "b" to L2 over its own connection: the parent reads it from there.
+        assert client.get_prompt("b").prompt == "b v1"
+        assert source.total_fetches == 1
+        stats = client.stats().shared
+        assert stats is not None and stats.l2_hits == 1
 
 
 def test_sync_facade_shares_the_tier(redis_url: str) -> None:

@@ -30,6 +30,7 @@ from asyncpromptcache._shared import Names, encode_value, namespace_id
 from asyncpromptcache.testing import FakeClock, StaticSource
 
 from .redisserver import RedisServer, free_port
+from .test_sync import read_until_eof
 
 pytestmark = pytest.mark.anyio
 
@@ -361,35 +362,43 @@ def test_without_redis_installed() -> None:
     assert "pip install 'asyncpromptcache[redis]'" in out
 
 
+def in_forked_child(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``work()`` run in a forked child; its JSON report, read over a pipe."""
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():  # 3.12+ warns about forking a threaded process
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid != 0:
+        os.close(write_end)
+        data = read_until_eof(read_end, pid)
+        os.waitpid(pid, 0)
+        report: dict[str, Any] = json.loads(data)
+        return report
+    status = 1  # the child never returns into pytest
+    try:
+        os.close(read_end)
+        os.write(write_end, json.dumps(work()).encode())
+        status = 0
+    finally:
+        os._exit(status)
+
+
 def test_a_forked_sync_client_uses_its_own_connections(redis_url: str) -> None:
     source = StaticSource([text("a"), text("b")])
     with PromptClient(source=source, shared=redis_url) as client:
         assert client.get_prompt("a").prompt == "a v1"
-        read_end, write_end = os.pipe()
-        with warnings.catch_warnings():  # 3.12+ warns about forking a threaded process
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-        if pid == 0:  # the child: report over the pipe, never return into pytest
-            code = 1
-            try:
-                os.close(read_end)
-                # The source object was copied: its counts are the child's own from here.
-                before = source.total_fetches
-                b = client.get_prompt("b").prompt
-                stats = client.stats().shared
-                report = {"b": b, "fetches": source.total_fetches - before,
-                          "state": stats and stats.state,
-                          "upstream": stats and stats.upstream_fetches}
-                client.close()
-                os.write(write_end, json.dumps(report).encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as pipe:
-            report = json.loads(pipe.read())
-        os.waitpid(pid, 0)
-        assert report == {"b": "b v1", "fetches": 1, "state": "up", "upstream": 1}
+
+        def child() -> dict[str, Any]:
+            # The source object was copied: its counts are the child's own from here.
+            before = source.total_fetches
+            b = client.get_prompt("b").prompt
+            stats = client.stats().shared
+            client.close()
+            return {"b": b, "fetches": source.total_fetches - before,
+                    "state": stats and stats.state, "upstream": stats and stats.upstream_fetches}
+
+        assert in_forked_child(child) == {"b": "b v1", "fetches": 1, "state": "up",
+                                          "upstream": 1}
         # The child wrote "b" to L2 over its own connection: the parent reads it from there.
         assert client.get_prompt("b").prompt == "b v1"
         assert source.total_fetches == 1

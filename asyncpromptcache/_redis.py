@@ -169,6 +169,13 @@ class RedisTier:
                      max_stale, apply)
 
 
+def _generation(raw: Any) -> int:
+    try:
+        return max(0, int(raw or 0))
+    except (TypeError, ValueError):  # a Redis others write to: never trust its contents
+        return 0
+
+
 def resolve_shared(
     shared: str | RedisTier | None, env: Any
 ) -> RedisTier | None:
@@ -212,7 +219,6 @@ class _Link:
         self._unsent: list[Change] = []
         self._settled = anyio.Event()
         self._settled.set()
-        self._wake = anyio.Event()
         self._tg: TaskGroup | None = None
         self._n: Counter[str] = Counter()  # SharedStats' counters, by field name
         self._pid = os.getpid()
@@ -237,10 +243,6 @@ class _Link:
     def stats(self) -> SharedStats:
         return SharedStats(state=self._state, **self._n)
 
-    @property
-    def up(self) -> bool:
-        return self._up
-
     # -- health ----------------------------------------------------------------------------
 
     def _trouble(self, exc: BaseException) -> None:
@@ -253,7 +255,6 @@ class _Link:
             )
         self._up = False
         self._state = "down"
-        self._wake.set()
 
     def _recovered(self) -> None:
         if not self._up:
@@ -282,7 +283,7 @@ class _Link:
                 with anyio.fail_after(max(self._timeout, _CONNECT_GRACE)):
                     await pubsub.subscribe(self._names.channel)
                     generation = await self._redis.get(self._names.generation_key)
-                self._names = attrs.evolve(self._names, generation=int(generation or 0))
+                self._names = attrs.evolve(self._names, generation=_generation(generation))
                 if self._ever_up:
                     # Invalidations may have been missed while unsubscribed: revalidate.
                     self._apply(Change("expire"))

@@ -42,7 +42,7 @@ from .scenarios import (
     hit_sync_and_threads,
     silence_loggers,
 )
-from .shared_tier import shared
+from .shared_tier import shared, shared_targets
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The order of the report; "sync" runs 1b and 7 together.
@@ -164,7 +164,7 @@ def run(smoke: bool, only: set[str], out: Path, log: Any = print) -> dict[str, A
         load_note += (" Absolute figures are noisier for it; ratios are measured within the "
                       "same rounds.")
     ordered = {key: results[key] for key in ORDER if key in results}
-    targets = evaluate_targets(ordered, load_note)
+    targets = evaluate_targets(ordered, load_note) + shared_targets(ordered, load_note)
     argv = ["python", "-m", "benchmarks"] + (["--smoke"] if smoke else [])
     if only:
         argv += ["--only", ",".join(sorted(only))]

@@ -262,6 +262,25 @@ async def test_two_namespaces_side_by_side(redis_url: str) -> None:
         assert len(two.cache) == 1
 
 
+async def test_the_secret_key_never_reaches_redis(redis_url: str) -> None:
+    from redis.asyncio import Redis
+
+    source = StaticSource([text("a")])
+    async with AsyncPromptClient(public_key="pk-lf-visible", secret_key="sk-lf-SECRET",
+                                 source=source, shared=redis_url) as client:
+        await client.get_prompt("a")
+        client.invalidate("b")
+        await wait_until(lambda: client.stats().shared.changes_sent == 1)  # type: ignore[union-attr]
+    redis = Redis.from_url(redis_url)
+    try:
+        keys = await redis.keys("*")
+        values = [await redis.get(k) for k in keys if await redis.type(k) == b"string"]
+    finally:
+        await redis.aclose()
+    assert keys and not [b for b in [*keys, *values] if b and b"SECRET" in b]
+    assert not [b for b in [*keys, *values] if b and b"pk-lf-visible" in b]  # hashed
+
+
 async def test_fresh_hits_send_no_command_to_redis(
     redis_url: str, redis_server: RedisServer,
 ) -> None:

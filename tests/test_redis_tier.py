@@ -345,6 +345,42 @@ async def test_changes_made_while_redis_is_down_are_sent_when_it_is_back() -> No
         server.kill()
 
 
+async def test_a_full_redis_is_not_an_error(
+    redis_url: str, redis_server: RedisServer,
+) -> None:
+    async with fleet(redis_url, text("a"), text("b")) as f:
+        client = await f.client()
+        redis_server.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        redis_server.command("CONFIG", "SET", "maxmemory", "1")  # every write: OOM
+        try:
+            assert (await client.get_prompt("a")).prompt == "a v1"
+            stats = client.stats().shared
+            assert stats is not None and stats.redis_errors >= 1
+        finally:
+            redis_server.command("CONFIG", "SET", "maxmemory", "0")
+        await wait_until(lambda: client.stats().shared.state == "up")  # type: ignore[union-attr]
+        other = await f.client()
+        await client.get_prompt("b")
+        await other.get_prompt("b")
+        assert f.source.total_fetches == 2  # "b" shared again once writes succeed
+
+
+async def test_your_own_redis_client_is_used_and_left_open(redis_url: str) -> None:
+    from redis.asyncio import Redis
+
+    mine = Redis.from_url(redis_url)
+    try:
+        async with fleet(redis_url, text("a")) as f:
+            source = f.source
+            for _ in range(2):
+                async with AsyncPromptClient(source=source, shared=RedisTier(mine)) as client:
+                    assert (await client.get_prompt("a")).prompt == "a v1"
+            assert source.total_fetches == 1
+            assert await mine.ping()  # not closed by the tier
+    finally:
+        await mine.aclose()
+
+
 async def test_redis_absent_from_the_start_is_not_an_error() -> None:
     async with fleet(f"redis://127.0.0.1:{free_port()}/0", text("a")) as f:
         client = await f.client()

@@ -68,6 +68,10 @@ class _Down(Exception):
     """A Redis call failed; the tier is now down. Never leaves this module."""
 
 
+class _Superseded(Exception):
+    """The key was invalidated while its fetch ran. Never leaves this module."""
+
+
 def _redacted(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
@@ -215,6 +219,10 @@ class _Link:
         self._ever_up = False
         self._waiters: dict[PromptKey, list[anyio.Event]] = {}
         self._pending = 0
+        # How often each name was invalidated (and the cache cleared), here or elsewhere: a
+        # fetch that saw its name dropped meanwhile may hold the old version, not for L2.
+        self._dropped: Counter[str] = Counter()
+        self._clears = 0
         # Changes made while Redis was unreachable, sent once it answers again.
         self._unsent: list[Change] = []
         self._settled = anyio.Event()
@@ -335,6 +343,7 @@ class _Link:
                     event.set()
             return
         self._n["changes_received"] += 1
+        self._note_dropped(change)
         if change.kind == "clear" and change.generation is not None \
                 and change.generation > self._names.generation:
             self._names = attrs.evolve(self._names, generation=change.generation)
@@ -422,15 +431,18 @@ class _Link:
         upstream: Callable[[], Awaitable[Prompt]], lock: str, token: str,
     ) -> Prompt | Fetched:
         self._n["upstream_fetches"] += 1
+        seen = (self._clears, self._dropped[key.name])
         try:
             prompt = await upstream()
+            if (self._clears, self._dropped[key.name]) != seen:
+                raise _Superseded
+        except _Superseded:
+            # Invalidated while fetching: the caller gets what was fetched, L2 does not.
+            await self._release(key, lock, token)
+            return Fetched(prompt, 0.0)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                try:
-                    await self._call(self._redis.eval(_RELEASE, 1, lock, token))
-                    await self._publish(Change("released", (key,)))
-                except _Down:
-                    pass
+                await self._release(key, lock, token)
             raise
         value = encode_value(key, prompt, self._wall(), self._sign)
         px = max(1, int((ttl + self._retain) * 1000))
@@ -446,6 +458,13 @@ class _Link:
             pass
         return Fetched(prompt, 0.0)
 
+    async def _release(self, key: PromptKey, lock: str, token: str) -> None:
+        try:
+            await self._call(self._redis.eval(_RELEASE, 1, lock, token))
+            await self._publish(Change("released", (key,)))
+        except _Down:
+            pass
+
     async def _publish(self, change: Change) -> None:
         change = attrs.evolve(change, origin=self.id)
         await self._call(self._redis.publish(self._names.channel, encode_change(change)))
@@ -457,10 +476,17 @@ class _Link:
         background; this process's fetches wait for it to land in L2 first."""
         if self._tg is None or os.getpid() != self._pid:
             return
+        self._note_dropped(change)
         self._pending += 1
         if self._settled.is_set():
             self._settled = anyio.Event()
         self._tg.start_soon(self._propagate, change)
+
+    def _note_dropped(self, change: Change) -> None:
+        if change.kind == "clear":
+            self._clears += 1
+        elif change.kind == "invalidate":
+            self._dropped.update({*change.names, *(key.name for key in change.keys)})
 
     async def _propagate(self, change: Change) -> None:
         try:

@@ -20,6 +20,7 @@ import pytest
 from asyncpromptcache import (
     AsyncPromptClient,
     ConfigurationError,
+    FunctionSource,
     PromptClient,
     PromptKey,
     RedisTier,
@@ -199,6 +200,41 @@ async def test_invalidate_and_clear_reach_every_client_exactly(redis_url: str) -
         assert f.source.total_fetches == 4
         shared = a.stats().shared
         assert shared is not None and shared.changes_received == 2
+
+
+async def test_a_fetch_overtaken_by_an_invalidation_is_not_written_to_l2(
+    redis_url: str,
+) -> None:
+    gate, fetched = anyio.Event(), anyio.Event()
+    calls: list[PromptKey] = []
+
+    async def slow_old_version(key: PromptKey) -> TextPrompt:
+        calls.append(key)
+        if len(calls) == 1:  # the first fetch reads version 1, then is slow to answer
+            fetched.set()
+            await gate.wait()
+            return text("a", 1)
+        return text("a", 2)
+
+    async with AsyncExitStack() as stack:
+        clock = FakeClock()
+
+        async def client() -> AsyncPromptClient:
+            return await stack.enter_async_context(AsyncPromptClient(
+                source=FunctionSource(slow_old_version), clock=clock,
+                shared=RedisTier(redis_url, namespace="race", wall_clock=clock)))
+
+        a, b = await client(), await client()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(b.get_prompt, "a")
+            await fetched.wait()
+            a.invalidate("a")  # version 2 is published while b's fetch of version 1 runs
+            await wait_until(lambda: a.stats().shared.changes_sent == 1  # type: ignore[union-attr]
+                             and b.stats().shared.changes_received == 1)  # type: ignore[union-attr]
+            gate.set()
+        c = await client()
+        assert (await c.get_prompt("a")).version == 2  # not b's late version 1 from L2
+        assert len(calls) == 2
 
 
 async def test_corrupt_foreign_and_unsigned_values_are_never_served(

@@ -39,7 +39,9 @@ from ._models import (
     TextPrompt as TextPrompt,
     parse_prompt as parse_prompt,
 )
+from ._redis import RedisTier as RedisTier
 from ._retry import RetryPolicy as RetryPolicy
+from ._shared import SharedStats as SharedStats
 from ._source import (
     FetchOptions as FetchOptions,
     PromptSource as PromptSource,
@@ -79,8 +81,10 @@ __all__ = [
     "PromptSource",
     "PromptType",
     "RateLimitError",
+    "RedisTier",
     "RetryPolicy",
     "ServerError",
+    "SharedStats",
     "StoreSource",
     "TemplateError",
     "TextFallback",

@@ -29,13 +29,28 @@ from ._checks import check_count, check_seconds
 from ._errors import ClientStateError, FetchError, PromptCacheError, PromptNotFoundError
 from ._keys import PromptKey, make_key
 from ._models import Prompt
+from ._shared import SharedStats
 
-__all__ = ["AsyncPromptCache", "CacheStats", "KeyStats"]
+__all__ = ["AsyncPromptCache", "CacheStats", "Fetched", "KeyStats"]
 
 logger = logging.getLogger("asyncpromptcache")
 
 Clock = Callable[[], float]
-FetchFunc = Callable[[], Awaitable[Prompt]]
+
+
+@attrs.frozen(slots=True)
+class Fetched:
+    """What a fetch function may return instead of a bare prompt: the prompt with its age.
+
+    A prompt another process fetched ``age`` seconds ago (a shared tier's copy) is fresh for
+    the rest of its TTL only, not for a whole TTL from now; past its TTL it is held as stale.
+    """
+
+    prompt: Prompt
+    age: float = 0.0
+
+
+FetchFunc = Callable[[], Awaitable[Prompt | Fetched]]
 
 
 @attrs.frozen(slots=True, eq=False)  # eq=False: hashed by identity, for the recency notes
@@ -106,6 +121,8 @@ class CacheStats:
     entries: int
     in_flight: int
     keys: tuple[KeyStats, ...]
+    #: The shared tier's state and counters, when the client has one.
+    shared: SharedStats | None = None
 
 
 class _Store(cachetools.LRUCache[Hashable, _Entry]):
@@ -221,6 +238,10 @@ class AsyncPromptCache:
             return entry
         return None
 
+    def holds(self, key: Hashable) -> bool:
+        """Whether an entry for ``key`` may still be served (fresh or stale)."""
+        return self._servable(key) is not None
+
     def stale_hit(self, entry: Any, now: float) -> Prompt | None:
         """Serve ``entry`` (from ``hit_path()``'s index, past its TTL at ``now``) at once when
         that needs nothing started: its refresh is already running or the key is backing off.
@@ -264,8 +285,9 @@ class AsyncPromptCache:
 
     async def _run(self, key: Hashable, flight: _Flight, fetch: FetchFunc, ttl: float) -> None:
         # Never raises: an exception here would cancel the client's whole task group.
+        stale_on_arrival = False
         try:
-            prompt = await fetch()
+            result = await fetch()
         except anyio.get_cancelled_exc_class():
             flight.error = ClientStateError(
                 f"the fetch of {_describe(key)} was cancelled: {self._closed_error}"
@@ -281,13 +303,21 @@ class AsyncPromptCache:
             flight.error = error
             self._failed(key, flight, error)
         else:
+            if isinstance(result, Fetched):
+                prompt, age = result.prompt, max(0.0, result.age)
+            else:
+                prompt, age = result, 0.0
             flight.result = prompt
             if flight.writes_back:
-                self._put(key, prompt, ttl)
+                self._put(key, prompt, ttl, age)
+                stale_on_arrival = 0 < ttl <= age
         finally:
             if self._inflight.get(key) is flight:
                 del self._inflight[key]
             flight.event.set()
+        if stale_on_arrival:
+            # Already past its TTL (another process's copy, served at once): refresh it now.
+            self._maybe_refresh(key, fetch, ttl, self._clock())
 
     def _failed(self, key: Hashable, flight: _Flight, error: PromptCacheError) -> None:
         now = self._clock()
@@ -322,10 +352,11 @@ class AsyncPromptCache:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def _put(self, key: Hashable, prompt: Prompt, ttl: float) -> None:
+    def _put(self, key: Hashable, prompt: Prompt, ttl: float, age: float = 0.0) -> None:
         now = self._clock()
-        expires = now + ttl
-        entry = _Entry(key, prompt, now, expires, expires + self._max_stale)
+        fetched_at = now - age
+        expires = fetched_at + ttl
+        entry = _Entry(key, prompt, fetched_at, expires, expires + self._max_stale)
         self._apply_touches()
         self._store[key] = entry  # may evict the least recently used key first
         self._hot[key] = entry
@@ -418,6 +449,23 @@ class AsyncPromptCache:
         self._touched.clear()
         self._info.clear()
         return dropped
+
+    def expire_all(self) -> int:
+        """Mark every entry stale (still servable until its max staleness), so that the next
+        use of each revalidates: for when the cache may have missed an invalidation. Returns
+        how many entries were marked."""
+        now = self._clock()
+        marked = 0
+        for key, entry in list(self._hot.items()):
+            if entry.expires_at <= now:
+                continue
+            stale = _Entry(key, entry.prompt, entry.fetched_at, now,
+                           now + (entry.stale_until - entry.expires_at))
+            self._touched.pop(entry, None)
+            self._store[key] = stale  # replaces in place: no eviction
+            self._hot[key] = stale
+            marked += 1
+        return marked
 
     # -- stats -----------------------------------------------------------------------------
 

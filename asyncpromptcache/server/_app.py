@@ -35,7 +35,7 @@ from ._schema import (
 )
 from ._store import PromptConflictError, PromptStore
 
-__all__ = ["DEFAULT_PROJECT_ID", "MAX_BODY_BYTES", "create_app"]
+__all__ = ["DEFAULT_PROJECT_ID", "MAX_BODY_BYTES", "check_keys", "create_app"]
 
 logger = logging.getLogger("asyncpromptcache.server")
 
@@ -113,6 +113,20 @@ class _State:
 _STATE = web.AppKey("asyncpromptcache_server", _State)
 
 
+def check_keys(public_key: str | None, secret_key: str | None) -> bool:
+    """Whether the server has keys; ``ConfigurationError`` unless they make a usable pair.
+
+    Keys come in pairs, and an empty or whitespace-only key is refused: it would be a
+    password anyone can guess (and ``--public-key ""`` is more likely a slip than a wish).
+    """
+    if (public_key is None) != (secret_key is None):
+        raise ConfigurationError("give both a public key and a secret key, or neither")
+    for what, key in (("public", public_key), ("secret", secret_key)):
+        if key is not None and not key.strip():
+            raise ConfigurationError(f"the {what} key must not be empty or whitespace")
+    return public_key is not None
+
+
 def create_app(
     store: PromptStore,
     *,
@@ -128,11 +142,8 @@ def create_app(
     user = ``public_key`` and password = ``secret_key``. Give both keys or neither. Whether
     serving without keys is safe depends on where it is bound; ``run_server`` checks that.
     """
-    if (public_key is None) != (secret_key is None):
-        raise ConfigurationError("give both public_key and secret_key, or neither")
-    if public_key is not None and secret_key is not None:
-        if not public_key or not secret_key:
-            raise ConfigurationError("public_key and secret_key must not be empty")
+    if check_keys(public_key, secret_key):
+        assert public_key is not None and secret_key is not None
         credentials: tuple[bytes, bytes] | None = (
             public_key.encode("utf-8"), secret_key.encode("utf-8")
         )
@@ -192,30 +203,39 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def _count_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count the request as it arrives, before auth, so a 401 counts too."""
+    """Count the request as it arrives, before auth, so a 401 counts too.
+
+    Only an authorized request is counted per prompt name: names in requests without valid
+    keys are made up by whoever sent them, and would grow the counter without bound.
+    """
     kind = _route_kind(request)
     if kind is not None:
-        request.app[_STATE].counter.record(*kind)
+        route, name = kind
+        request.app[_STATE].counter.record(route, name if _authorized(request) else None)
     return await handler(request)
 
 
 @web.middleware
 async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    credentials = request.app[_STATE].credentials
-    if credentials is not None and request.match_info.route.name != "health":
-        header = request.headers.get("Authorization")
-        if header is None:
-            raise _ApiError(
-                401, "Missing authorization header: use HTTP Basic auth with the public key "
-                "as user and the secret key as password",
-                headers={"WWW-Authenticate": 'Basic realm="asyncpromptcache"'},
-            )
-        if not _basic_auth_matches(header, credentials):
-            raise _ApiError(
-                401, "Invalid credentials: check the public and secret key",
-                headers={"WWW-Authenticate": 'Basic realm="asyncpromptcache"'},
-            )
+    if not _authorized(request):
+        message = (
+            "Invalid credentials: check the public and secret key"
+            if "Authorization" in request.headers
+            else "Missing authorization header: use HTTP Basic auth with the public key "
+            "as user and the secret key as password"
+        )
+        raise _ApiError(
+            401, message, headers={"WWW-Authenticate": 'Basic realm="asyncpromptcache"'}
+        )
     return await handler(request)
+
+
+def _authorized(request: web.Request) -> bool:
+    credentials = request.app[_STATE].credentials
+    if credentials is None or request.match_info.route.name == "health":
+        return True
+    header = request.headers.get("Authorization")
+    return header is not None and _basic_auth_matches(header, credentials)
 
 
 def _basic_auth_matches(header: str, credentials: tuple[bytes, bytes]) -> bool:

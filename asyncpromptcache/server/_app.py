@@ -32,6 +32,7 @@ from ._schema import (
     PromptValidationError,
     parse_json_body,
     parse_new_labels,
+    parse_updated_at,
 )
 from ._store import PromptConflictError, PromptStore
 
@@ -320,6 +321,16 @@ def _int_query(query: MultiMapping[str], key: str, default: int, maximum: int = 
     return default if value is None else _parse_int(value, f"{key!r}", maximum=maximum)
 
 
+def _datetime_query(query: MultiMapping[str], key: str) -> str | None:
+    value = _query_value(query, key)
+    if value is None:
+        return None
+    try:
+        return parse_updated_at(value)
+    except PromptValidationError as exc:
+        _bad_request(f"{key!r}: {exc}")
+
+
 def _version_and_label(query: MultiMapping[str]) -> tuple[int | None, str | None]:
     version = _query_value(query, "version")
     label = _query_value(query, "label")
@@ -362,6 +373,8 @@ async def _list_prompts(request: web.Request) -> web.Response:
         tag=_query_value(query, "tag"),
         page=_int_query(query, "page", 1, maximum=10**9),
         limit=_int_query(query, "limit", 50, maximum=100),
+        from_updated_at=_datetime_query(query, "fromUpdatedAt"),
+        to_updated_at=_datetime_query(query, "toUpdatedAt"),
     )
     return web.json_response(page.to_dict())
 

@@ -74,6 +74,8 @@ matching AS (
            OR (:label = 'latest' AND p.version = w.version)
            OR EXISTS (SELECT 1 FROM json_each(p.labels) j WHERE j.value = :label))
       AND (:tag IS NULL OR EXISTS (SELECT 1 FROM json_each(n.tags) j WHERE j.value = :tag))
+      AND (:from_updated_at IS NULL OR p.updated_at >= :from_updated_at)
+      AND (:to_updated_at IS NULL OR p.updated_at < :to_updated_at)
 )
 """
 
@@ -86,8 +88,8 @@ class PromptConflictError(ValueError):
     """A create that contradicts the name's existing versions (a different prompt type)."""
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 @attrs.frozen
@@ -171,8 +173,12 @@ class PromptStore:
     caller's to close.
     """
 
-    def __init__(self, path: str | os.PathLike[str] = ":memory:") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str] = ":memory:", *,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
         self._path = os.fspath(path)
+        self._clock = clock  # when versions are created and updated (tests set it)
         self._lock = threading.Lock()
         self._closed = False
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE), never implicit.
@@ -259,11 +265,20 @@ class PromptStore:
         tag: str | None = None,
         page: int = 1,
         limit: int = 50,
+        from_updated_at: str | None = None,
+        to_updated_at: str | None = None,
     ) -> PromptPage:
-        """Names with at least one version matching all filters, by name, one page of them."""
+        """Names with at least one version matching all filters, by name, one page of them.
+
+        ``from_updated_at`` (inclusive) and ``to_updated_at`` (exclusive) keep the versions
+        updated in that span, as Langfuse does; give them as ``parse_updated_at`` returns.
+        """
         if page < 1 or limit < 1:
             raise ValueError("page and limit start at 1")
-        return await self._run(functools.partial(self._list, name, label, tag, page, limit))
+        span = (from_updated_at, to_updated_at)
+        return await self._run(
+            functools.partial(self._list, name, label, tag, page, limit, span)
+        )
 
     async def set_labels(
         self, name: str, version: int, new_labels: Sequence[str]
@@ -310,6 +325,10 @@ class PromptStore:
             raise
         self._conn.execute("COMMIT")
 
+    def _now(self) -> str:
+        moment = self._clock().astimezone(UTC)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
     def _create_all(
         self, drafts: list[PromptDraft], *, skip_existing: bool = False
     ) -> list[StoredPrompt]:
@@ -331,7 +350,7 @@ class PromptStore:
                 f"not '{draft.type}'. Create a prompt with a different name."
             )
         version = 1 if newest is None else newest["version"] + 1
-        now = _now()
+        now = self._now()
         if draft.tags is None:
             db.execute("INSERT OR IGNORE INTO prompt_names (name) VALUES (?)", (draft.name,))
         else:
@@ -407,10 +426,12 @@ class PromptStore:
             return None if found is None else self._load(db, name, version)
 
     def _list(
-        self, name: str | None, label: str | None, tag: str | None, page: int, limit: int
+        self, name: str | None, label: str | None, tag: str | None, page: int, limit: int,
+        span: tuple[str | None, str | None] = (None, None),
     ) -> PromptPage:
         params = {"name": name, "label": label, "tag": tag, "limit": limit,
-                  "offset": (page - 1) * limit}
+                  "offset": (page - 1) * limit, "from_updated_at": span[0],
+                  "to_updated_at": span[1]}
         with self._transaction(write=False) as db:
             total = db.execute(
                 _MATCHING + "SELECT COUNT(DISTINCT name) FROM matching", params
@@ -438,7 +459,7 @@ class PromptStore:
             ).fetchone()
             if row is None:
                 return None
-            now = _now()
+            now = self._now()
             self._take_labels(db, name, new_labels, keep_version=version, now=now)
             current: list[str] = json.loads(row["labels"])
             # Langfuse's order: the new labels first, then the ones the version already had.

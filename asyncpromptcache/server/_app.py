@@ -25,6 +25,7 @@ from aiohttp.typedefs import Handler
 from multidict import MultiMapping
 
 from .._errors import ConfigurationError
+from ._compose import ResolutionError
 from ._controls import RequestCounter, ServerControls
 from ._schema import (
     PRODUCTION_LABEL,
@@ -34,7 +35,7 @@ from ._schema import (
     parse_new_labels,
     parse_updated_at,
 )
-from ._store import PromptConflictError, PromptStore
+from ._store import PromptConflictError, PromptReferenceError, PromptStore
 
 __all__ = ["DEFAULT_PROJECT_ID", "MAX_BODY_BYTES", "check_keys", "create_app"]
 
@@ -385,7 +386,7 @@ async def _create_prompt(request: web.Request) -> web.Response:
     try:
         draft = PromptDraft.from_json(body)
         stored = await state.store.create(draft)
-    except (PromptValidationError, PromptConflictError) as exc:
+    except (PromptValidationError, PromptConflictError, PromptReferenceError) as exc:
         _bad_request(str(exc))
     return web.json_response(stored.to_wire(state.project_id), status=201)
 
@@ -417,6 +418,9 @@ async def _get_prompt(request: web.Request, name: str) -> web.Response:
     version, label = _version_and_label(request.query)
     if version is not None and label is not None:
         _bad_request("give either 'version' or 'label', not both")
+    resolve = _query_value(request.query, "resolve")
+    if resolve not in (None, "true", "false"):
+        _bad_request(f"'resolve' must be 'true' or 'false', got {resolve[:100]!r}")
     controls = state.controls
     if controls.get_delay_seconds > 0:
         await anyio.sleep(controls.get_delay_seconds)
@@ -424,7 +428,12 @@ async def _get_prompt(request: web.Request, name: str) -> web.Response:
         raise _ApiError(controls.get_fail_status, "Failure injected by the server controls")
     if version is None and label is None:
         label = PRODUCTION_LABEL
-    stored = await state.store.get(name, version=version, label=label)
+    try:
+        stored = await state.store.get(
+            name, version=version, label=label, resolve=resolve != "false"
+        )
+    except ResolutionError as exc:
+        raise _ApiError(409, str(exc), error="LangfuseConflictError") from None
     if stored is None:
         raise _ApiError(404, f"Prompt not found: {_describe(name, version, label)}")
     return web.json_response(stored.to_wire(state.project_id))
@@ -446,7 +455,10 @@ async def _patch_labels(request: web.Request, name: str, version: int) -> web.Re
 async def _delete_prompt(request: web.Request, name: str) -> web.Response:
     state = request.app[_STATE]
     version, label = _version_and_label(request.query)
-    deleted = await state.store.delete(name, version=version, label=label)
+    try:
+        deleted = await state.store.delete(name, version=version, label=label)
+    except PromptReferenceError as exc:
+        _bad_request(str(exc))
     if not deleted:
         raise _ApiError(404, f"Prompt not found: {_describe(name, version, label)}")
     return web.Response(status=204)

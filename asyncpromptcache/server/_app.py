@@ -27,6 +27,7 @@ from multidict import MultiMapping
 from .._errors import ConfigurationError
 from ._compose import ResolutionError
 from ._controls import RequestCounter, ServerControls
+from ._outbox import WebhookSender
 from ._schema import (
     PRODUCTION_LABEL,
     PromptDraft,
@@ -137,13 +138,20 @@ def create_app(
     counter: RequestCounter | None = None,
     controls: ServerControls | None = None,
     project_id: str = DEFAULT_PROJECT_ID,
+    webhook_url: str | None = None,
+    webhook_secret: str | None = None,
 ) -> web.Application:
     """The server as an ``aiohttp.web.Application`` (run it with ``run_server`` or aiohttp).
 
     With keys, every request except ``GET /api/public/health`` needs HTTP Basic auth with
     user = ``public_key`` and password = ``secret_key``. Give both keys or neither. Whether
     serving without keys is safe depends on where it is bound; ``run_server`` checks that.
+
+    With ``webhook_url`` and ``webhook_secret``, every change to a prompt version is posted
+    there as Langfuse's signed prompt-version webhook (see ``_outbox``), in the background.
     """
+    if (webhook_url is None) != (webhook_secret is None):
+        raise ConfigurationError("give both a webhook URL and a webhook secret, or neither")
     if check_keys(public_key, secret_key):
         assert public_key is not None and secret_key is not None
         credentials: tuple[bytes, bytes] | None = (
@@ -162,6 +170,8 @@ def create_app(
         credentials=credentials,
         project_id=project_id,
     )
+    if webhook_url is not None and webhook_secret is not None:
+        WebhookSender(webhook_url, webhook_secret, project_id=project_id).attach(app, store)
     app.router.add_get(_HEALTH_PATH, _health, name="health")
     app.router.add_get(_PROMPTS_PATH, _list_prompts)
     app.router.add_post(_PROMPTS_PATH, _create_prompt)

@@ -61,6 +61,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "idle longer between requests (default: %(default)s)",
     )
     parser.add_argument(
+        "--webhook-url", metavar="URL",
+        help="post Langfuse's signed prompt-version webhook here on every create, label "
+        "change and delete (needs --webhook-secret)",
+    )
+    parser.add_argument(
+        "--webhook-secret", metavar="SECRET",
+        default=os.environ.get("LANGFUSE_WEBHOOK_SECRET") or None,
+        help="sign the webhooks with this secret (default: $LANGFUSE_WEBHOOK_SECRET)",
+    )
+    parser.add_argument(
         "--access-log", action="store_true", help="log every request to stderr"
     )
 
@@ -104,7 +114,8 @@ async def _serve(args: argparse.Namespace, store: PromptStore) -> int:
             async with run_server(
                 store, args.host, args.port, args.public_key, args.secret_key, args.seed,
                 access_log=args.access_log, max_connections=args.max_connections,
-                header_timeout=args.header_timeout,
+                header_timeout=args.header_timeout, webhook_url=args.webhook_url,
+                webhook_secret=args.webhook_secret if args.webhook_url else None,
             ) as server:
                 server.controls.get_delay_seconds = args.delay_ms / 1000
                 auth = "HTTP Basic auth" if server.public_key else "no auth, loopback only"

@@ -113,6 +113,8 @@ async def run_server(
     access_log: bool = False,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    webhook_url: str | None = None,
+    webhook_secret: str | None = None,
 ) -> AsyncIterator[RunningServer]:
     """Serve the prompt API on ``host:port`` (``port=0``: a free port) for the ``async with``.
 
@@ -120,7 +122,8 @@ async def run_server(
     open. ``seed_dir`` is imported first, all or nothing. Without keys, a non-loopback
     ``host`` raises ``ConfigurationError``. At most ``max_connections`` connections are
     open at once, and a client gets ``header_timeout`` seconds to send a request's headers
-    (see ``ConnectionGuard``).
+    (see ``ConnectionGuard``). With ``webhook_url`` and ``webhook_secret``, every change
+    to a prompt version is sent there as Langfuse's signed prompt-version webhook.
     """
     check_bind(host, public_key, secret_key)
     try:
@@ -136,7 +139,8 @@ async def run_server(
         controls = controls if controls is not None else ServerControls()
         app = create_app(
             store, public_key=public_key, secret_key=secret_key, counter=counter,
-            controls=controls, project_id=project_id,
+            controls=controls, project_id=project_id, webhook_url=webhook_url,
+            webhook_secret=webhook_secret,
         )
         runner_options: dict[str, Any] = {} if access_log else {"access_log": None}
         runner = web.AppRunner(
@@ -187,6 +191,8 @@ class ServerThread:
         project_id: str = DEFAULT_PROJECT_ID,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
     ) -> None:
         check_bind(host, public_key, secret_key)  # fail in the caller's thread, early
         self._options: dict[str, Any] = {
@@ -194,6 +200,7 @@ class ServerThread:
             "secret_key": secret_key, "seed_dir": seed_dir, "counter": counter,
             "controls": controls, "project_id": project_id,
             "max_connections": max_connections, "header_timeout": header_timeout,
+            "webhook_url": webhook_url, "webhook_secret": webhook_secret,
         }
         self._portal_cm: AbstractContextManager[anyio.from_thread.BlockingPortal] | None = None
         self._portal: anyio.from_thread.BlockingPortal | None = None

@@ -174,5 +174,5 @@ def test_composed_prompts_arrive_resolved(server: ServerThread, sdk: Any) -> Non
     sdk.create_prompt(name="tone", prompt="Be {{mood}}, always.", labels=["production"])
     persona = sdk.get_prompt("persona", cache_ttl_seconds=0)
     assert persona.compile(name="Bo", mood="brief") == "You are Bo. Be brief, always."
-    with pytest.raises(langfuse_api.BadRequestError, match="dependency not found: nope"):
+    with pytest.raises(langfuse_api.Error, match=r"status_code: 400.*dependency not found: nope"):
         sdk.create_prompt(name="broken", prompt="@@@langfusePrompt:name=nope|label=production@@@")

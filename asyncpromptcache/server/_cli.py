@@ -58,8 +58,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT, metavar="SECONDS",
-        help="close a connection that takes longer to send a request's headers, or stays "
-        "idle longer between requests (default: %(default)s)",
+        help="close a new connection that takes longer to send its first request's "
+        "headers (default: %(default)s)",
     )
     parser.add_argument(
         "--webhook-url", metavar="URL",

@@ -6,8 +6,9 @@ sent a byte at a time, or never finished) could hold the server. The guard sits 
 listening socket and aiohttp's protocol:
 
 - a connection that has not finished its first request's headers within ``header_timeout``
-  seconds is closed (later requests on a kept-alive connection are bounded by aiohttp's
-  keep-alive timeout, which ``run_server`` sets to the same value);
+  seconds is closed (a kept-alive connection that goes quiet after a request is closed by
+  aiohttp's keep-alive timeout, 75 s, left as it is: a shorter one would race clients that
+  reuse connections idle for up to 15 s, aiohttp's client default);
 - at most ``max_connections`` are open: a new connection beyond that closes the oldest one
   still waiting for its first headers, or, when every connection is past that point, is
   itself closed at once.

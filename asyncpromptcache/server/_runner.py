@@ -122,9 +122,10 @@ async def run_server(
     Without ``store`` an in-memory one is made (and closed on exit); a given store is left
     open. ``seed_dir`` is imported first, all or nothing. Without keys, a non-loopback
     ``host`` raises ``ConfigurationError``. At most ``max_connections`` connections are
-    open at once, and a client gets ``header_timeout`` seconds to send a request's headers
-    (see ``ConnectionGuard``). With ``webhook_url`` and ``webhook_secret``, every change
-    to a prompt version is sent there as Langfuse's signed prompt-version webhook.
+    open at once, and a new connection gets ``header_timeout`` seconds to send its first
+    request's headers (see ``ConnectionGuard``). With ``webhook_url`` and
+    ``webhook_secret``, every change to a prompt version is sent there as Langfuse's signed
+    prompt-version webhook.
     """
     check_bind(host, public_key, secret_key)
     try:
@@ -144,10 +145,7 @@ async def run_server(
             webhook_secret=webhook_secret,
         )
         runner_options: dict[str, Any] = {} if access_log else {"access_log": None}
-        runner = web.AppRunner(
-            app, shutdown_timeout=_SHUTDOWN_TIMEOUT, keepalive_timeout=header_timeout,
-            **runner_options,
-        )
+        runner = web.AppRunner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT, **runner_options)
         await runner.setup()
         try:
             # Our own listener instead of web.TCPSite: the guard wraps aiohttp's protocol.

@@ -30,6 +30,7 @@ from ._errors import (
 )
 from ._keys import PromptKey as PromptKey
 from ._langfuse import LangfuseSource as LangfuseSource
+from ._logging import install_default_handler as _install_default_handler
 from ._models import (
     ChatMessage as ChatMessage,
     ChatPrompt as ChatPrompt,
@@ -95,3 +96,5 @@ __all__ = [
     "WebhookSignatureError",
     "parse_prompt",
 ]
+
+_install_default_handler()

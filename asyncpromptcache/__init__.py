@@ -30,6 +30,7 @@ from ._errors import (
 )
 from ._keys import PromptKey as PromptKey
 from ._langfuse import LangfuseSource as LangfuseSource
+from ._logging import install_default_handler as _install_default_handler
 from ._models import (
     ChatMessage as ChatMessage,
     ChatPrompt as ChatPrompt,
@@ -39,7 +40,9 @@ from ._models import (
     TextPrompt as TextPrompt,
     parse_prompt as parse_prompt,
 )
+from ._redis import RedisTier as RedisTier
 from ._retry import RetryPolicy as RetryPolicy
+from ._shared import SharedStats as SharedStats
 from ._source import (
     FetchOptions as FetchOptions,
     PromptSource as PromptSource,
@@ -79,8 +82,10 @@ __all__ = [
     "PromptSource",
     "PromptType",
     "RateLimitError",
+    "RedisTier",
     "RetryPolicy",
     "ServerError",
+    "SharedStats",
     "StoreSource",
     "TemplateError",
     "TextFallback",
@@ -91,3 +96,5 @@ __all__ = [
     "WebhookSignatureError",
     "parse_prompt",
 ]
+
+_install_default_handler()

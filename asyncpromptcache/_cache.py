@@ -45,13 +45,28 @@ from ._errors import (
 )
 from ._keys import PromptKey, make_key
 from ._models import ChatPrompt, Prompt, TextPrompt
+from ._shared import SharedStats
 
-__all__ = ["AsyncPromptCache", "CacheStats", "KeyStats"]
+__all__ = ["AsyncPromptCache", "CacheStats", "Fetched", "KeyStats"]
 
 logger = logging.getLogger("asyncpromptcache")
 
 Clock = Callable[[], float]
-FetchFunc = Callable[[], Awaitable[Prompt]]
+
+
+@attrs.frozen(slots=True)
+class Fetched:
+    """What a fetch function may return instead of a bare prompt: the prompt with its age.
+
+    A prompt another process fetched ``age`` seconds ago (a shared tier's copy) is fresh for
+    the rest of its TTL only, not for a whole TTL from now; past its TTL it is held as stale.
+    """
+
+    prompt: Prompt
+    age: float = 0.0
+
+
+FetchFunc = Callable[[], Awaitable[Prompt | Fetched]]
 
 
 @attrs.frozen(slots=True, eq=False)  # eq=False: hashed by identity, for the recency notes
@@ -138,6 +153,8 @@ class CacheStats:
     negative_hits: int = 0
     negative_entries: int = 0
     wait_timeouts: int = 0
+    #: The shared tier's state and counters, when the client has one.
+    shared: SharedStats | None = None
     _snapshot: _KeySnapshot | None = attrs.field(
         default=None, eq=False, repr=False, alias="snapshot")
 
@@ -311,6 +328,10 @@ class AsyncPromptCache:
             return entry
         return None
 
+    def holds(self, key: Hashable) -> bool:
+        """Whether an entry for ``key`` may still be served (fresh or stale)."""
+        return self._servable(key) is not None
+
     def stale_hit(self, entry: Any, now: float) -> Prompt | None:
         """Serve ``entry`` (from ``hit_path()``'s index, past its TTL at ``now``) at once when
         that needs nothing started: its refresh is already running or the key is backing off.
@@ -355,9 +376,14 @@ class AsyncPromptCache:
     async def _run(self, key: Hashable, flight: _Flight, fetch: FetchFunc, ttl: float) -> None:
         # Never raises but cancellation: an exception here would cancel the client's whole
         # task group, and with it every fetch and refresh of every other caller.
+        stale_on_arrival = False
         try:
             try:
-                prompt = _checked(key, await fetch())
+                result = await fetch()
+                if isinstance(result, Fetched):
+                    prompt, age = _checked(key, result.prompt), max(0.0, result.age)
+                else:
+                    prompt, age = _checked(key, result), 0.0
             except anyio.get_cancelled_exc_class():
                 flight.error = ClientStateError(
                     f"the fetch of {_describe(key)} was cancelled: {self._closed_error}"
@@ -375,9 +401,10 @@ class AsyncPromptCache:
             else:
                 flight.result = prompt
                 if flight.writes_back:
-                    self._put(key, prompt, ttl)
+                    self._put(key, prompt, ttl, age)
+                    stale_on_arrival = 0 < ttl <= age
         except Exception as exc:  # a fault of the engine's own (or an error that cannot print)
-            logger.error("internal error in the fetch of a prompt", exc_info=True)
+            _internal_error()
             if flight.result is None and flight.error is None:
                 flight.error = FetchError(
                     f"fetching a prompt failed: internal error ({type(exc).__name__})",
@@ -388,6 +415,12 @@ class AsyncPromptCache:
             if self._inflight.get(key) is flight:
                 del self._inflight[key]
             flight.event.set()
+        if stale_on_arrival:
+            # Already past its TTL (another process's copy, served at once): refresh it now.
+            try:
+                self._maybe_refresh(key, fetch, ttl, self._clock())
+            except Exception:
+                _internal_error()
 
     def _failed(self, key: Hashable, flight: _Flight, error: PromptCacheError) -> None:
         now = self._clock()
@@ -430,10 +463,11 @@ class AsyncPromptCache:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def _put(self, key: Hashable, prompt: Prompt, ttl: float) -> None:
+    def _put(self, key: Hashable, prompt: Prompt, ttl: float, age: float = 0.0) -> None:
         now = self._clock()
-        expires = now + ttl
-        entry = _Entry(key, prompt, now, expires, expires + self._max_stale)
+        fetched_at = now - age
+        expires = fetched_at + ttl
+        entry = _Entry(key, prompt, fetched_at, expires, expires + self._max_stale)
         self._apply_touches()
         self._store[key] = entry  # may evict the least recently used key first
         self._hot[key] = entry
@@ -535,6 +569,23 @@ class AsyncPromptCache:
             self._negative.clear()
         return dropped
 
+    def expire_all(self) -> int:
+        """Mark every entry stale (still servable until its max staleness), so that the next
+        use of each revalidates: for when the cache may have missed an invalidation. Returns
+        how many entries were marked."""
+        now = self._clock()
+        marked = 0
+        for key, entry in list(self._hot.items()):
+            if entry.expires_at <= now:
+                continue
+            stale = _Entry(key, entry.prompt, entry.fetched_at, now,
+                           now + (entry.stale_until - entry.expires_at))
+            self._touched.pop(entry, None)
+            self._store[key] = stale  # replaces in place: no eviction
+            self._hot[key] = stale
+            marked += 1
+        return marked
+
     # -- stats -----------------------------------------------------------------------------
 
     def record_fallback(self) -> None:
@@ -588,6 +639,10 @@ class AsyncPromptCache:
 
 def _reading(note: tuple[_Entry, float]) -> float:
     return note[1]
+
+
+def _internal_error() -> None:
+    logger.error("internal error in the fetch of a prompt", exc_info=True)
 
 
 def _checked(key: Any, value: object) -> Prompt:

@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeAlias, overload
 
 import aiohttp
 import anyio
+import attrs
 
 from ._cache import AsyncPromptCache, CacheStats, Clock
 from ._checks import check_count, check_seconds
@@ -34,10 +35,12 @@ from ._models import (
     check_prompt_type,
     prompt_from_value,
 )
+from ._redis import RedisTier, _Link, resolve_shared
 from ._retry import RetryPolicy
 from ._runtime import current_backend, current_loop, spawn_detached
 from ._secret import Secret
 from ._settings import Environment, Settings, check_timeout, check_ttl, resolve_settings
+from ._shared import Change
 from ._source import FetchOptions, PromptSource
 
 __all__ = ["AsyncPromptClient", "ChatFallback", "TextFallback"]
@@ -80,6 +83,8 @@ class AsyncPromptClient:
       nothing cached is answered with that failure again (its fallback, else the error)
       without asking the source; ``0`` turns it off. Default 5 seconds.
     * ``clock``: a monotonic ``() -> float`` in seconds, for tests.
+    * ``shared``: a Redis URL or a ``RedisTier``, to share one cache among every process of
+      a fleet (default: ``ASYNCPROMPTCACHE_REDIS_URL`` when set). See ``RedisTier``.
     """
 
     def __init__(
@@ -103,6 +108,7 @@ class AsyncPromptClient:
         clock: Clock | None = None,
         env: Mapping[str, str] | None = None,
         negative_cache_seconds: float = DEFAULT_NEGATIVE_CACHE_SECONDS,
+        shared: str | RedisTier | None = None,
     ) -> None:
         # Error reporters record the locals of a frame that raises: from here on the secret
         # is a Secret and the environment only the few variables read.
@@ -118,6 +124,9 @@ class AsyncPromptClient:
         # The engine and RetryPolicy check the rest of their options the same way.
         check_count(max_retries, "max_retries")
         self._settings = settings
+        self._tier = resolve_shared(shared, environment.values)
+        self._max_stale = max_stale_seconds
+        self._link: _Link | None = None
         self._ttl = settings.cache_ttl_seconds
         self._timeout = settings.timeout_seconds
         self._retry = retry or RetryPolicy(max_retries=max_retries)
@@ -206,6 +215,13 @@ class AsyncPromptClient:
         try:
             async with anyio.create_task_group() as tg:
                 self._cache.attach(tg)
+                if self._tier is not None:
+                    link = self._tier._open(
+                        host=self._settings.base_url, public_key=self._settings.public_key,
+                        max_stale=self._max_stale, apply=self._apply_change,
+                    )
+                    await link.start(tg)  # bounded: Redis down means L1-only, not a failure
+                    self._link = link
                 ready.set()
                 await self._stop.wait()
                 tg.cancel_scope.cancel()
@@ -218,8 +234,11 @@ class AsyncPromptClient:
             self._cache.detach(self._closed_reason)
             self._cache.clear()
             try:
-                if self._owns_source:
-                    with anyio.CancelScope(shield=True):
+                held, self._link = self._link, None
+                with anyio.CancelScope(shield=True):
+                    if held is not None:
+                        await held.aclose()
+                    if self._owns_source:
                         await self._source.aclose()
             finally:
                 ready.set()
@@ -245,6 +264,9 @@ class AsyncPromptClient:
             self._state = _CLOSED
             self._cache.detach(self._closed_reason)
             self._cache.clear()
+            link, self._link = self._link, None
+            if link is not None:
+                await link.aclose()
             if self._owns_source:
                 with anyio.CancelScope(shield=True):
                     await self._source.aclose()
@@ -372,7 +394,12 @@ class AsyncPromptClient:
         options = self._options(max_retries, fetch_timeout_seconds)
         # The fetch is shared by every caller of the key: it knows nothing of this caller's
         # type, which is checked below for this caller only.
-        fetch = functools.partial(self._fetch, key, options)
+        fetch: Callable[[], Awaitable[Any]] = functools.partial(self._fetch, key, options)
+        if self._link is not None and ttl > 0:
+            fetch = functools.partial(
+                self._link.fetch_through, key, ttl, fetch, self._budget(options),
+                functools.partial(self._cache.holds, key),
+            )
         try:
             prompt = await self._cache.get(key, fetch, ttl=ttl, wait=self._budget(options))
             if prompt_type is not None and prompt.type != prompt_type:
@@ -474,18 +501,47 @@ class AsyncPromptClient:
         Returns how many entries were dropped.
         """
         if label is not None or version is not None:
-            key = make_key(name, version, label)
-            return self._cache.invalidate(key.name, label=key.label, version=key.version)
-        make_key(name)
-        return self._cache.invalidate(name)
+            change = Change.invalidate(keys=[make_key(name, version, label)])
+        else:
+            make_key(name)
+            change = Change.invalidate(names=[name])
+        return self._change(change)
 
     def clear(self) -> int:
-        """Drop every cached prompt. Returns how many."""
-        return self._cache.clear()
+        """Drop every cached prompt (in every process, with a shared tier). Returns how many
+        this process dropped."""
+        return self._change(Change("clear"))
+
+    def _change(self, change: Change) -> int:
+        dropped = self._apply_change(change)
+        if self._link is not None:
+            self._link.propagate_soon(change)
+        return dropped
+
+    def _apply_change(self, change: Change) -> int:
+        """Apply a change set to this process's cache: the one path for local calls and for
+        changes other processes publish through the shared tier. Returns entries affected."""
+        if change.kind == "invalidate":
+            dropped = 0
+            for key in change.keys:
+                dropped += self._cache.invalidate(key.name, label=key.label,
+                                                  version=key.version)
+            for name in change.names:
+                dropped += self._cache.invalidate(name)
+            return dropped
+        if change.kind == "clear":
+            return self._cache.clear()
+        if change.kind == "expire":
+            return self._cache.expire_all()
+        return 0
 
     def stats(self) -> CacheStats:
-        """Counters (hits, stale hits, misses, fetches, errors...) and per-key state."""
-        return self._cache.stats(extra_hits=self._hits)
+        """Counters (hits, stale hits, misses, fetches, errors...) and per-key state; with a
+        shared tier, its state and counters in ``shared``."""
+        stats = self._cache.stats(extra_hits=self._hits)
+        if self._link is not None:
+            stats = attrs.evolve(stats, shared=self._link.stats())
+        return stats
 
 
 def call_fallback(key: PromptKey, fallback: Any, error: FetchError) -> Any:

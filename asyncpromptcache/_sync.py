@@ -49,6 +49,7 @@ from ._models import (
     check_prompt_type,
     prompt_from_value,
 )
+from ._redis import RedisTier
 from ._retry import RetryPolicy
 from ._secret import Secret
 from ._source import PromptSource
@@ -101,7 +102,9 @@ class PromptClient:
 
     After ``os.fork`` (gunicorn ``--preload``, ``multiprocessing``) the child keeps the prompts
     the parent had cached and starts its own loop thread and HTTP session on first use. A
-    ``source`` you pass is shared with the child as it is.
+    ``source`` you pass is shared with the child as it is; with ``shared=``, the child opens
+    its own Redis connections (a ``redis.asyncio`` client you pass is reset by redis-py in
+    the child).
 
     Options are ``AsyncPromptClient``'s, except ``session``: an aiohttp session belongs to the
     event loop it was made on, and this client's loop is private. The environment is read once,
@@ -128,6 +131,7 @@ class PromptClient:
         clock: Clock | None = None,
         env: Mapping[str, str] | None = None,
         negative_cache_seconds: float = DEFAULT_NEGATIVE_CACHE_SECONDS,
+        shared: str | RedisTier | None = None,
     ) -> None:
         # A Secret from here on: error reporters record the locals of a frame that raises.
         secret = None if secret_key is None else Secret(secret_key)
@@ -138,6 +142,7 @@ class PromptClient:
             refresh_backoff_seconds=refresh_backoff_seconds,
             refresh_backoff_max_seconds=refresh_backoff_max_seconds, clock=clock,
             negative_cache_seconds=negative_cache_seconds,
+            shared=shared,
         )
         # Bad options fail here, in the caller's thread.
         self._client = AsyncPromptClient(
@@ -146,7 +151,8 @@ class PromptClient:
             fetch_timeout_seconds=fetch_timeout_seconds, env=env, **options,
         )
         # To build the same client again in a forked child: the settings it resolved (the
-        # environment is not kept), and the other options.
+        # environment is not kept), the shared tier it resolved, and the other options.
+        options["shared"] = self._client._tier
         self._new_client = functools.partial(
             AsyncPromptClient._from_settings, self._client._settings, **options
         )

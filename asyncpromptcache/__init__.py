@@ -26,8 +26,11 @@ from ._errors import (
     TransportError as TransportError,
     UnexpectedStatusError as UnexpectedStatusError,
     WebhookError as WebhookError,
+    WebhookReplayError as WebhookReplayError,
     WebhookSignatureError as WebhookSignatureError,
+    WritesNotSupportedError as WritesNotSupportedError,
 )
+from ._events import PromptVersionEvent as PromptVersionEvent
 from ._keys import PromptKey as PromptKey
 from ._langfuse import LangfuseSource as LangfuseSource
 from ._models import (
@@ -42,7 +45,9 @@ from ._models import (
 from ._retry import RetryPolicy as RetryPolicy
 from ._source import (
     FetchOptions as FetchOptions,
+    NewPrompt as NewPrompt,
     PromptSource as PromptSource,
+    PromptWriter as PromptWriter,
 )
 from ._sources import (
     DirectorySource as DirectorySource,
@@ -70,6 +75,7 @@ __all__ = [
     "InvalidResponseError",
     "KeyStats",
     "LangfuseSource",
+    "NewPrompt",
     "Placeholder",
     "Prompt",
     "PromptCacheError",
@@ -78,6 +84,8 @@ __all__ = [
     "PromptNotFoundError",
     "PromptSource",
     "PromptType",
+    "PromptVersionEvent",
+    "PromptWriter",
     "RateLimitError",
     "RetryPolicy",
     "ServerError",
@@ -88,6 +96,8 @@ __all__ = [
     "TransportError",
     "UnexpectedStatusError",
     "WebhookError",
+    "WebhookReplayError",
     "WebhookSignatureError",
+    "WritesNotSupportedError",
     "parse_prompt",
 ]

@@ -13,22 +13,29 @@ from typing import Any, Literal, TypeAlias, overload
 
 import aiohttp
 import anyio
+import attrs
 from anyio.abc import TaskGroup
 
 from ._cache import AsyncPromptCache, CacheStats, Clock
+from ._changes import CacheChange, dependents, version_change
 from ._errors import (
     ClientStateError,
     FetchError,
     FetchTimeoutError,
     InvalidArgumentError,
     InvalidResponseError,
+    WebhookError,
+    WebhookReplayError,
+    WritesNotSupportedError,
 )
+from ._events import PromptVersionEvent, SeenIds, parse_event
 from ._keys import PromptKey, make_key
 from ._langfuse import LangfuseSource
 from ._models import ChatPrompt, Prompt, PromptType, TextPrompt, prompt_from_value
 from ._retry import RetryPolicy
 from ._settings import check_timeout, check_ttl, resolve_settings
-from ._source import FetchOptions, PromptSource
+from ._source import FetchOptions, NewPrompt, PromptSource, PromptWriter
+from ._webhooks import verify_signature
 
 __all__ = ["AsyncPromptClient", "ChatFallback", "TextFallback"]
 
@@ -61,6 +68,8 @@ class AsyncPromptClient:
     * ``max_stale_seconds``: how long past its TTL a prompt may still be served while it is
       refreshed (default: for ever, as Langfuse does).
     * ``clock``: a monotonic ``() -> float`` in seconds, for tests.
+    * ``webhook_secret``: the signing secret of Langfuse's webhooks, for ``handle_webhook``
+      (default: ``LANGFUSE_WEBHOOK_SECRET``). Never shown in a repr or a message.
     """
 
     def __init__(
@@ -82,9 +91,19 @@ class AsyncPromptClient:
         refresh_backoff_max_seconds: float = 300.0,
         clock: Clock | None = None,
         env: Mapping[str, str] | None = None,
+        webhook_secret: str | None = None,
     ) -> None:
+        environ = os.environ if env is None else env
+        self.__webhook_secret = (
+            environ.get("LANGFUSE_WEBHOOK_SECRET") or None
+            if webhook_secret is None else webhook_secret
+        )
+        # Event ids of applied webhooks, and the keys written through from a webhook without
+        # knowing what their prompt includes (see CacheChange.composition_known).
+        self._seen_events = SeenIds()
+        self._unknown_parts: dict[PromptKey, Prompt] = {}
         settings = resolve_settings(
-            os.environ if env is None else env,
+            environ,
             public_key=public_key, secret_key=secret_key, base_url=base_url,
             cache_ttl_seconds=cache_ttl_seconds, timeout_seconds=fetch_timeout_seconds,
         )
@@ -370,19 +389,170 @@ class AsyncPromptClient:
     def invalidate(
         self, name: str, *, label: str | None = None, version: int | None = None
     ) -> int:
-        """Drop one key (``label`` or ``version`` given) or every key of ``name``, exactly.
+        """Drop one key (``label`` or ``version`` given) or every key of ``name``, exactly,
+        and every cached prompt composed of ``name`` (at any depth).
 
         Returns how many entries were dropped.
         """
         if label is not None or version is not None:
-            key = make_key(name, version, label)
-            return self._cache.invalidate(key.name, label=key.label, version=key.version)
-        make_key(name)
-        return self._cache.invalidate(name)
+            change = CacheChange(
+                drops=(make_key(name, version, label),), changed_names=frozenset({name})
+            )
+        else:
+            make_key(name)
+            change = CacheChange(drop_names=frozenset({name}), changed_names=frozenset({name}))
+        return self._apply_change(change)
 
     def clear(self) -> int:
         """Drop every cached prompt. Returns how many."""
         return self._cache.clear()
+
+    # -- writes and webhooks ---------------------------------------------------------------
+
+    @overload
+    async def create_prompt(
+        self,
+        *,
+        name: str,
+        prompt: str,
+        type: Literal["text"] = "text",
+        labels: list[str] | None = None,
+        tags: list[str] | None = None,
+        config: Any | None = None,
+        commit_message: str | None = None,
+    ) -> TextPrompt: ...
+
+    @overload
+    async def create_prompt(
+        self,
+        *,
+        name: str,
+        prompt: list[dict[str, Any]],
+        type: Literal["chat"],
+        labels: list[str] | None = None,
+        tags: list[str] | None = None,
+        config: Any | None = None,
+        commit_message: str | None = None,
+    ) -> ChatPrompt: ...
+
+    async def create_prompt(
+        self,
+        *,
+        name: str,
+        prompt: str | list[dict[str, Any]],
+        type: PromptType = "text",
+        labels: list[str] | None = None,
+        tags: list[str] | None = None,
+        config: Any | None = None,
+        commit_message: str | None = None,
+    ) -> Prompt:
+        """Create a new version of ``name`` (Langfuse's ``create_prompt``); returns it.
+
+        ``labels`` move to it from the versions that had them, and so does ``latest``. Those
+        keys then serve it from this cache without a fetch; no other key is touched (prompts
+        composed of ``name`` are dropped). Not retried unless the request surely did not
+        reach the server: a create repeated after a timeout could make two versions.
+        """
+        new = _new_prompt(name, prompt, type, labels, tags, config, commit_message)
+        writer = self._writer()
+        created = await writer.create_prompt(new, FetchOptions())
+        if created.type != type:
+            raise _wrong_type(PromptKey(name, None, created.version), created, type)
+        self._apply_change(version_change("created", created, self._held()))
+        return created
+
+    async def update_prompt(self, *, name: str, version: int, new_labels: list[str]) -> Prompt:
+        """Add ``new_labels`` to version ``version`` of ``name`` (Langfuse's ``update_prompt``):
+        each moves from the version that had it. Returns the version as updated; its labels'
+        keys then serve it from this cache without a fetch, and no other key is touched."""
+        key = make_key(name, version)
+        labels = _labels(new_labels, "new_labels")
+        writer = self._writer()
+        updated = await writer.update_prompt_labels(key.name, version, labels, FetchOptions())
+        self._apply_change(version_change("updated", updated, self._held()))
+        return updated
+
+    def _writer(self) -> PromptWriter:
+        if self._state != _OPEN:
+            raise ClientStateError(self._cache_closed_reason())
+        if not isinstance(self._source, PromptWriter):
+            raise WritesNotSupportedError(
+                f"the source {type(self._source).__name__} cannot write prompts: it does not "
+                "implement PromptWriter (create_prompt and update_prompt_labels)"
+            )
+        return self._source
+
+    async def handle_webhook(self, body: bytes, signature: str | None) -> PromptVersionEvent:
+        """Apply one Langfuse prompt-version webhook: ``body`` as received (raw bytes) and the
+        value of its ``x-langfuse-signature`` header.
+
+        The signature is checked first (HMAC-SHA256 with the webhook secret, compared in
+        constant time, timestamp within 5 minutes), then the body, strictly. The prompt it
+        carries is written through, with no fetch, to the keys it now serves (its labels, its
+        version, ``latest`` when created); keys it no longer serves are dropped (all of them
+        when deleted), and so is every cached prompt composed of it. Returns the event.
+
+        Raises, having changed nothing: ``WebhookSignatureError`` (missing, wrong or stale
+        signature), ``WebhookReplayError`` (an event id already applied: answer it with a
+        2xx), ``WebhookError`` (no secret configured, or a body that is not such an event).
+        """
+        secret = self.__webhook_secret
+        if secret is None:
+            raise WebhookError(
+                "no webhook secret: pass webhook_secret= or set LANGFUSE_WEBHOOK_SECRET"
+            )
+        verify_signature(secret, body, signature, now=time.time())
+        event = parse_event(body)
+        if event.id in self._seen_events:
+            raise WebhookReplayError(f"webhook event {event.id!r} was already applied")
+        if self._state != _OPEN:
+            raise ClientStateError(self._cache_closed_reason())
+        prompt, known = event.prompt, event.composition_known
+        if not known:
+            prompt, known = self._with_known_parts(prompt)
+        self._apply_change(version_change(event.action, prompt, self._held(),
+                                          composition_known=known))
+        self._seen_events.add(event.id)
+        return event
+
+    def _held(self) -> list[tuple[PromptKey, Prompt]]:
+        return [(PromptKey._make(key), entry.prompt)  # type: ignore[arg-type]
+                for key, entry in self._cache.snapshot()]
+
+    def _with_known_parts(self, prompt: Prompt) -> tuple[Prompt, bool]:
+        """``prompt`` with the resolution graph of the same version held here, if any is
+        (a version's references never change: it is immutable in Langfuse)."""
+        for key, held in self._held():
+            if held.name == prompt.name and held.version == prompt.version \
+                    and self._unknown_parts.get(key) is not held:
+                return attrs.evolve(prompt, resolution_graph=held.resolution_graph), True
+        return prompt, False
+
+    def _apply_change(self, change: CacheChange) -> int:
+        """Apply one change to this process's cache: the one place every local change goes
+        through (writes, webhooks, ``invalidate``). Drops ``change.drops`` and every key of
+        ``change.drop_names``, holds ``change.puts`` (a fetch in flight for such a key does
+        not write back), then drops every held prompt composed of ``change.changed_names``,
+        transitively. Returns how many entries were dropped."""
+        cache = self._cache
+        dropped = sum(
+            cache.invalidate(key.name, label=key.label, version=key.version)
+            for key in change.drops
+        )
+        dropped += sum(cache.invalidate(name) for name in change.drop_names)
+        for key, prompt in change.puts:
+            cache.put(key, prompt, ttl=self._ttl)
+            if change.composition_known:
+                self._unknown_parts.pop(key, None)
+            else:
+                self._unknown_parts[key] = prompt
+        held = self._held()
+        unknown = {key for key, prompt in held if self._unknown_parts.get(key) is prompt}
+        self._unknown_parts = {key: self._unknown_parts[key] for key in unknown}
+        written = {key for key, _ in change.puts}
+        for key in dependents(change.changed_names, held, suspects=unknown) - written:
+            dropped += cache.invalidate(key.name, label=key.label, version=key.version)
+        return dropped
 
     def stats(self) -> CacheStats:
         """Counters (hits, stale hits, misses, fetches, errors...) and per-key state."""
@@ -393,4 +563,38 @@ def _wrong_type(key: PromptKey, prompt: Prompt, asked: PromptType) -> InvalidRes
     return InvalidResponseError(
         f"prompt {key.describe()} is a {prompt.type} prompt, but type={asked!r} was asked for",
         field="type", name=key.name, key=key,
+    )
+
+
+def _labels(labels: Any, what: str) -> list[str]:
+    if isinstance(labels, str) or not isinstance(labels, list | tuple) \
+            or not all(isinstance(label, str) and label for label in labels):
+        raise InvalidArgumentError(f"{what} must be a list of non-empty strings, got {labels!r}")
+    return list(labels)
+
+
+def _new_prompt(
+    name: str, prompt: Any, prompt_type: Any, labels: list[str] | None,
+    tags: list[str] | None, config: Any, commit_message: str | None,
+) -> NewPrompt:
+    make_key(name)
+    if prompt_type == "text":
+        if not isinstance(prompt, str):
+            raise InvalidArgumentError(
+                f"a text prompt must be a string, got {type(prompt).__name__}"
+            )
+    elif prompt_type == "chat":
+        # The messages are checked as a chat fallback is, before anything is sent.
+        prompt_from_value(name, prompt, "chat")
+    else:
+        raise InvalidArgumentError(f"type must be 'text' or 'chat', got {prompt_type!r}")
+    if commit_message is not None and not isinstance(commit_message, str):
+        raise InvalidArgumentError(
+            f"commit_message must be a string, got {type(commit_message).__name__}"
+        )
+    return NewPrompt(
+        name=name, type=prompt_type, prompt=prompt,
+        labels=tuple(_labels(labels or [], "labels")),
+        tags=None if tags is None else tuple(_labels(tags, "tags")),
+        config=config, commit_message=commit_message,
     )

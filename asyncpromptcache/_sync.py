@@ -31,6 +31,7 @@ from anyio.from_thread import BlockingPortal
 from ._cache import CacheStats, Clock
 from ._client import AsyncPromptClient, ChatFallback, TextFallback
 from ._errors import ClientStateError, FetchError, InvalidArgumentError, PromptCacheError
+from ._events import PromptVersionEvent
 from ._keys import PromptKey
 from ._models import ChatPrompt, Prompt, PromptType, TextPrompt
 from ._retry import RetryPolicy
@@ -104,6 +105,7 @@ class PromptClient:
         refresh_backoff_max_seconds: float = 300.0,
         clock: Clock | None = None,
         env: Mapping[str, str] | None = None,
+        webhook_secret: str | None = None,
     ) -> None:
         # Kept to build the same client again in a forked child, with the same environment.
         self._new_client = functools.partial(
@@ -114,7 +116,7 @@ class PromptClient:
             max_retries=max_retries, retry=retry, verify_ssl=verify_ssl,
             refresh_backoff_seconds=refresh_backoff_seconds,
             refresh_backoff_max_seconds=refresh_backoff_max_seconds, clock=clock,
-            env=dict(os.environ) if env is None else env,
+            env=dict(os.environ) if env is None else env, webhook_secret=webhook_secret,
         )
         self._client = self._new_client()  # bad options fail here, in the caller's thread
         self._lock = threading.Lock()
@@ -377,6 +379,68 @@ class PromptClient:
         stats = self._on_owner(AsyncPromptClient.stats)
         hits = sum(cell[0] for cell in list(self._hit_cells.values()))
         return attrs.evolve(stats, hits=stats.hits + hits)
+
+    # -- writes and webhooks ---------------------------------------------------------------
+
+    @overload
+    def create_prompt(
+        self,
+        *,
+        name: str,
+        prompt: str,
+        type: Literal["text"] = "text",
+        labels: list[str] | None = None,
+        tags: list[str] | None = None,
+        config: Any | None = None,
+        commit_message: str | None = None,
+    ) -> TextPrompt: ...
+
+    @overload
+    def create_prompt(
+        self,
+        *,
+        name: str,
+        prompt: list[dict[str, Any]],
+        type: Literal["chat"],
+        labels: list[str] | None = None,
+        tags: list[str] | None = None,
+        config: Any | None = None,
+        commit_message: str | None = None,
+    ) -> ChatPrompt: ...
+
+    def create_prompt(
+        self,
+        *,
+        name: str,
+        prompt: str | list[dict[str, Any]],
+        type: PromptType = "text",
+        labels: list[str] | None = None,
+        tags: list[str] | None = None,
+        config: Any | None = None,
+        commit_message: str | None = None,
+    ) -> Prompt:
+        """Create a new version of ``name``; as ``AsyncPromptClient.create_prompt``."""
+
+        def create(client: AsyncPromptClient) -> Awaitable[Prompt]:
+            # Past the overloads, which want ``type`` as a literal: forwarded as it was given.
+            call: Callable[..., Awaitable[Prompt]] = client.create_prompt
+            return call(
+                name=name, prompt=prompt, type=type, labels=labels, tags=tags, config=config,
+                commit_message=commit_message,
+            )
+
+        return self._call(create)
+
+    def update_prompt(self, *, name: str, version: int, new_labels: list[str]) -> Prompt:
+        """Add ``new_labels`` to a version; as ``AsyncPromptClient.update_prompt``."""
+        return self._call(lambda client: client.update_prompt(
+            name=name, version=version, new_labels=new_labels,
+        ))
+
+    def handle_webhook(self, body: bytes, signature: str | None) -> PromptVersionEvent:
+        """Apply one Langfuse prompt-version webhook; as ``AsyncPromptClient.handle_webhook``
+        (the same errors, raised having changed nothing)."""
+        return self._call(lambda client: client.handle_webhook(body, signature))
 
 
 async def _get_prompt(

@@ -92,8 +92,9 @@ def dependents(
     """Keys of ``held`` prompts that include a prompt named in ``names``, at any depth.
 
     Closed transitively over what is held: a prompt dropped here changes in turn, so what
-    includes it is dropped too. ``suspects`` (keys whose parts are unknown) are dropped by any
-    change. A prompt whose graph cannot be read counts as a suspect.
+    includes it is dropped too. ``suspects`` (keys whose parts are unknown) are dropped by a
+    change to any other name (a prompt never includes its own name: Langfuse refuses that
+    cycle). A prompt whose graph cannot be read counts as a suspect.
     """
     uses: dict[PromptKey, frozenset[str] | None] = {}
     for key, prompt in held:
@@ -110,7 +111,10 @@ def dependents(
     while True:
         more = {
             key for key, used in uses.items()
-            if key not in found and (used is None or not used.isdisjoint(changed))
+            if key not in found and (
+                not changed.isdisjoint(used) if used is not None
+                else bool(changed - {key.name})
+            )
         }
         if not more:
             return found

@@ -113,6 +113,7 @@ def test_dependents_are_transitive_and_exact() -> None:
     # A prompt whose parts are unknown is dropped by any change.
     unknown = PromptKey("greeting", "production", None)
     assert dependents({"zzz"}, held, suspects={unknown}) == {unknown}
+    assert dependents({"greeting"}, held, suspects={unknown}) == set()  # not its own name
 
 
 def test_version_change_writes_through_what_it_serves() -> None:

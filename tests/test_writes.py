@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import assert_type
 
 import anyio
 import pytest
@@ -65,6 +66,7 @@ async def test_create_prompt_of_greet_leaves_a_cached_greeting_untouched(
         await client.get_prompt("greet")
         entry = dict(client.cache.snapshot())[("greeting", "production", None)]
         created = await client.create_prompt(name="greet", prompt="Hi v2", labels=["production"])
+        assert_type(created, TextPrompt)
         assert isinstance(created, TextPrompt)
         assert (created.version, created.labels) == (2, ("production", "latest"))
         assert dict(client.cache.snapshot())[("greeting", "production", None)] is entry
@@ -113,6 +115,7 @@ async def test_chat_prompts_are_typed(server: RunningServer) -> None:
                     {"type": "placeholder", "name": "history"}],
             config={"model": "x"}, tags=["t"], commit_message="first",
         )
+        assert_type(chat, ChatPrompt)
         assert isinstance(chat, ChatPrompt)
         assert chat.placeholders == ["history"]
         assert (chat.config, chat.tags, chat.commit_message) == ({"model": "x"}, ("t",), "first")
@@ -228,8 +231,10 @@ async def test_the_sync_client_writes(server: RunningServer) -> None:
             cache_ttl_seconds=3600,
         ) as client:
             created = client.create_prompt(name="s", prompt="one", labels=["production"])
+            assert_type(created, TextPrompt)
             assert isinstance(created, TextPrompt)
             chat = client.create_prompt(name="sc", type="chat", prompt=[])
+            assert_type(chat, ChatPrompt)
             assert isinstance(chat, ChatPrompt)
             client.create_prompt(name="s", prompt="two")
             updated = client.update_prompt(name="s", version=2, new_labels=["production"])

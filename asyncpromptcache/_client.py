@@ -28,7 +28,7 @@ from ._errors import (
     WebhookReplayError,
     WritesNotSupportedError,
 )
-from ._events import PromptVersionEvent, SeenIds, parse_event
+from ._events import PromptVersionEvent, SeenIds, VersionStates, parse_event
 from ._keys import PromptKey, make_key
 from ._langfuse import LangfuseSource
 from ._models import ChatPrompt, Prompt, PromptType, TextPrompt, prompt_from_value
@@ -101,6 +101,7 @@ class AsyncPromptClient:
         # Event ids of applied webhooks, and the keys written through from a webhook without
         # knowing what their prompt includes (see CacheChange.composition_known).
         self._seen_events = SeenIds()
+        self._version_states = VersionStates()
         self._unknown_parts: dict[PromptKey, Prompt] = {}
         settings = resolve_settings(
             environ,
@@ -490,7 +491,9 @@ class AsyncPromptClient:
         constant time, timestamp within 5 minutes), then the body, strictly. The prompt it
         carries is written through, with no fetch, to the keys it now serves (its labels, its
         version, ``latest`` when created); keys it no longer serves are dropped (all of them
-        when deleted), and so is every cached prompt composed of it. Returns the event.
+        when deleted), and so is every cached prompt composed of it. A state of a version
+        older (by ``updatedAt``) than one already applied is not applied: Langfuse retries
+        failed deliveries, so events can arrive out of order. Returns the event.
 
         Raises, having changed nothing: ``WebhookSignatureError`` (missing, wrong or stale
         signature), ``WebhookReplayError`` (an event id already applied: answer it with a
@@ -507,11 +510,19 @@ class AsyncPromptClient:
             raise WebhookReplayError(f"webhook event {event.id!r} was already applied")
         if self._state != _OPEN:
             raise ClientStateError(self._cache_closed_reason())
-        prompt, known = event.prompt, event.composition_known
-        if not known:
-            prompt, known = self._with_known_parts(prompt)
-        self._apply_change(version_change(event.action, prompt, self._held(),
-                                          composition_known=known))
+        prompt, known, at = event.prompt, event.composition_known, event.updated_at
+        if at is not None and self._version_states.is_outdated(prompt.name, prompt.version, at):
+            logger.info(
+                "webhook %s: prompt %r version %d has changed since; not applied",
+                event.id, prompt.name, prompt.version,
+            )
+        else:
+            if not known:
+                prompt, known = self._with_known_parts(prompt)
+            self._apply_change(version_change(event.action, prompt, self._held(),
+                                              composition_known=known))
+            if at is not None:
+                self._version_states.record(prompt.name, prompt.version, at)
         self._seen_events.add(event.id)
         return event
 

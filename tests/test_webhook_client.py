@@ -38,7 +38,7 @@ SECRET = "whsec-for-tests"
 
 def event(
     action: str, version: int, labels: list[str], *, event_id: str = "evt-1",
-    prompt: str | None = None, name: str = "p",
+    prompt: str | None = None, name: str = "p", updated_at: str = "2026-11-30T06:59:59.000Z",
 ) -> bytes:
     """A body shaped as Langfuse's worker sends it (prompt key last, no resolutionGraph)."""
     return json.dumps({
@@ -50,7 +50,7 @@ def event(
             "createdBy": "user-1", "labels": labels,
             "prompt": prompt if prompt is not None else f"text v{version}", "type": "text",
             "config": {}, "commitMessage": None, "tags": [],
-            "createdAt": "2026-11-30T06:59:00.000Z", "updatedAt": "2026-11-30T06:59:59.000Z",
+            "createdAt": "2026-11-30T06:59:00.000Z", "updatedAt": updated_at,
         },
     }).encode()
 
@@ -141,6 +141,24 @@ async def test_a_label_move_is_served_at_once_without_a_fetch(
     assert requests_sent(client) == before
 
 
+async def test_a_late_delivery_of_an_older_state_is_not_applied(
+    client: AsyncPromptClient, receiver: Receiver
+) -> None:
+    # v2 was created (at :01), then v3 took its labels (at :02); the first delivery of v2's
+    # "created" failed and Langfuse retried it last.
+    for body in (
+        event("created", 3, ["production", "latest"], event_id="v3",
+              updated_at="2026-11-30T07:00:02.000Z"),
+        event("updated", 2, [], event_id="v2-lost-labels", updated_at="2026-11-30T07:00:02Z"),
+        event("created", 2, ["production", "latest"], event_id="v2-created-retried",
+              updated_at="2026-11-30T07:00:01.000Z"),
+    ):
+        assert (await receiver.deliver(body, signed(body)))[0] == 200
+    held = versions(client)
+    assert held[PromptKey("p", "production", None)] == 3
+    assert held[PromptKey("p", "latest", None)] == 3
+
+
 async def test_a_label_that_left_a_version_is_dropped(
     client: AsyncPromptClient, receiver: Receiver
 ) -> None:
@@ -161,7 +179,8 @@ async def test_a_deleted_version_stops_being_served(
 @pytest.mark.parametrize(("case", "status"), [
     ("forged", 401), ("stale", 401), ("future", 401), ("missing", 401), ("malformed-header", 401),
     ("tampered-body", 401), ("not-json", 400), ("wrong-type", 400), ("wrong-api-version", 400),
-    ("unknown-action", 400), ("bad-prompt", 400),
+    ("unknown-action", 400), ("bad-prompt", 400), ("bad-updated-at", 400),
+    ("no-prompt", 400), ("no-id", 400),
 ])
 async def test_bad_webhooks_change_nothing(
     client: AsyncPromptClient, receiver: Receiver, case: str, status: int
@@ -193,6 +212,12 @@ async def test_bad_webhooks_change_nothing(
                 data["action"] = "moved"
             elif case == "bad-prompt":
                 data["prompt"]["version"] = "2"
+            elif case == "bad-updated-at":
+                data["prompt"]["updatedAt"] = "yesterday"
+            elif case == "no-prompt":
+                del data["prompt"]
+            elif case == "no-id":
+                data["id"] = ""
             body = json.dumps(data).encode()
         signature = signed(body)
     held = client.cache.snapshot()

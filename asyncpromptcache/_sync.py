@@ -364,7 +364,8 @@ class PromptClient:
     def invalidate(
         self, name: str, *, label: str | None = None, version: int | None = None
     ) -> int:
-        """Drop one key (``label`` or ``version`` given) or every key of ``name``, exactly.
+        """Drop one key (``label`` or ``version`` given) or every key of ``name``, exactly,
+        and every cached prompt composed of ``name`` (at any depth).
 
         Returns how many entries were dropped.
         """

@@ -28,7 +28,7 @@ from asyncpromptcache import (
 )
 from asyncpromptcache._langfuse import LangfuseSource
 from asyncpromptcache.server import RunningServer, run_server
-from asyncpromptcache.testing import FakeClock
+from asyncpromptcache.testing import FakeClock, StaticSource
 from tests.composeserver import compose_server
 
 pytestmark = pytest.mark.anyio
@@ -242,3 +242,16 @@ async def test_the_sync_client_writes(server: RunningServer) -> None:
 
     await anyio.to_thread.run_sync(run)
 
+
+
+async def test_static_source_takes_writes_for_users_tests() -> None:
+    source = StaticSource([TextPrompt(name="p", version=1, prompt="one", labels=["production"])])
+    async with AsyncPromptClient(source=source, env={}) as client:
+        assert (await client.get_prompt("p")).version == 1
+        created = await client.create_prompt(name="p", prompt="two", labels=["staging"])
+        assert (created.version, created.labels) == (2, ("staging", "latest"))
+        updated = await client.update_prompt(name="p", version=2, new_labels=["production"])
+        assert set(updated.labels) == {"staging", "latest", "production"}
+        assert await client.get_prompt("p") is updated
+        assert source.total_fetches == 1
+        assert (await client.get_prompt("p", cache_ttl_seconds=0)).version == 2

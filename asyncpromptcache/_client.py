@@ -544,7 +544,8 @@ class AsyncPromptClient:
         through (writes, webhooks, ``invalidate``). Drops ``change.drops`` and every key of
         ``change.drop_names``, holds ``change.puts`` (a fetch in flight for such a key does
         not write back), then drops every held prompt composed of ``change.changed_names``,
-        transitively. Returns how many entries were dropped."""
+        transitively, and keeps no first fetch then in flight of another name (it may have
+        been resolved from an old part). Returns how many entries were dropped."""
         cache = self._cache
         dropped = sum(
             cache.invalidate(key.name, label=key.label, version=key.version)
@@ -563,6 +564,14 @@ class AsyncPromptClient:
         written = {key for key, _ in change.puts}
         for key in dependents(change.changed_names, held, suspects=unknown) - written:
             dropped += cache.invalidate(key.name, label=key.label, version=key.version)
+        if change.changed_names:
+            # A first fetch in flight may have been resolved from the old part, and what it
+            # includes is known only once it answers: it answers its waiters but is not kept.
+            held_keys = {key for key, _ in held}
+            for raw in cache.in_flight_keys():
+                key = PromptKey._make(raw)  # type: ignore[arg-type]
+                if key not in held_keys and key.name not in change.changed_names:
+                    cache.invalidate(key.name, label=key.label, version=key.version)
         return dropped
 
     def stats(self) -> CacheStats:

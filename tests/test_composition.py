@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import anyio
 import pytest
 
 from asyncpromptcache import AsyncPromptClient, InvalidResponseError, PromptKey, TextPrompt
@@ -208,3 +209,21 @@ async def test_a_webhook_for_a_part_reaches_the_top(
     assert (await client.get_prompt("c")).prompt == "C4"
     assert (await client.get_prompt("a")).prompt == "A[B[C4]]"
     assert server.gets - gets == {"a": 1}
+
+
+async def test_a_first_fetch_racing_a_change_to_its_part_is_not_kept(
+    server: ComposeServer, client: AsyncPromptClient
+) -> None:
+    server.hold()
+    result: list[str] = []
+
+    async def read() -> None:
+        result.append((await client.get_prompt("a")).prompt)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read)
+        await server.arrived.wait()  # the server resolved a from C1 and holds the answer
+        await client.create_prompt(name="c", prompt="C2", labels=["production"])
+        server.release()
+    assert result == ["A[B[C1]]"]  # what was asked before the change
+    assert (await client.get_prompt("a")).prompt == "A[B[C2]]"

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import assert_type
 
 import anyio
+import anyio.lowlevel
 import pytest
 from aiohttp import web
 
@@ -255,3 +256,30 @@ async def test_static_source_takes_writes_for_users_tests() -> None:
         assert await client.get_prompt("p") is updated
         assert source.total_fetches == 1
         assert (await client.get_prompt("p", cache_ttl_seconds=0)).version == 2
+
+
+async def test_readers_see_every_label_move_without_a_fetch(server: RunningServer) -> None:
+    async with open_client(server.base_url) as client:
+        for text in ("one", "two", "three"):
+            await client.create_prompt(name="p", prompt=text)
+        await client.update_prompt(name="p", version=1, new_labels=["production"])
+        seen: set[int] = set()
+        done = anyio.Event()
+
+        async def reader() -> None:
+            while not done.is_set():
+                seen.add((await client.get_prompt("p")).version)
+                await anyio.lowlevel.checkpoint()
+
+        await client.get_prompt("p")
+        before = sent(client)
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(reader)
+            for version in (2, 3, 1, 3, 2, 1, 3):
+                await client.update_prompt(name="p", version=version, new_labels=["production"])
+            done.set()
+        assert seen == {1, 2, 3}
+        assert sent(client) == before + 7  # the writes, and not one fetch
+        assert (await client.get_prompt("p")).version == 3
+        assert (await client.get_prompt("p", cache_ttl_seconds=0)).version == 3

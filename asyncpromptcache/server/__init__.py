@@ -12,10 +12,12 @@ or, from synchronous code, ``with ServerThread() as server: ...``. On the comman
 from ._app import (
     DEFAULT_PROJECT_ID as DEFAULT_PROJECT_ID,
     MAX_BODY_BYTES as MAX_BODY_BYTES,
+    check_keys as check_keys,
     create_app as create_app,
 )
 from ._cli import add_serve_arguments as add_serve_arguments, run_serve as run_serve
 from ._controls import (
+    MAX_COUNTED_NAMES as MAX_COUNTED_NAMES,
     ROUTE_KINDS as ROUTE_KINDS,
     RequestCounter as RequestCounter,
     ServerControls as ServerControls,
@@ -46,6 +48,7 @@ from ._store import (
 __all__ = [
     "DEFAULT_PROJECT_ID",
     "MAX_BODY_BYTES",
+    "MAX_COUNTED_NAMES",
     "MAX_NAME_LENGTH",
     "ROUTE_KINDS",
     "PromptConflictError",
@@ -63,6 +66,7 @@ __all__ = [
     "add_serve_arguments",
     "basic_auth_header",
     "check_bind",
+    "check_keys",
     "create_app",
     "is_loopback_host",
     "load_seed_dir",

@@ -22,6 +22,8 @@ from urllib.parse import unquote
 import anyio
 from aiohttp import web
 
+from tests.webapp import serve_app
+
 PREFIX = "/api/public/v2/prompts"
 _TAG = re.compile(r"@@@langfusePrompt:name=([^|@]+)\|(label|version)=([^@]+)@@@")
 
@@ -135,13 +137,9 @@ async def compose_server() -> AsyncIterator[ComposeServer]:
     app.router.add_post(PREFIX, server.post)
     app.router.add_get(PREFIX + "/{name}", server.get)
     app.router.add_patch(PREFIX + "/{name}/versions/{version}", server.patch)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        yield server
-    finally:
-        server.release()
-        await runner.cleanup()
+    async with serve_app(app) as url:
+        server.base_url = url
+        try:
+            yield server
+        finally:
+            server.release()

@@ -30,6 +30,7 @@ from asyncpromptcache._webhooks import sign
 from asyncpromptcache.testing import FakeClock
 from examples.webhook_aiohttp import CLIENT, add_webhook_route
 from tests.faultserver import FaultServer, fault_server
+from tests.webapp import serve_app
 
 pytestmark = pytest.mark.anyio
 
@@ -100,16 +101,8 @@ async def receiver(client: AsyncPromptClient) -> AsyncIterator[Receiver]:
     app = web.Application()
     app[CLIENT] = client
     add_webhook_route(app)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            port = runner.addresses[0][1]
-            yield Receiver(f"http://127.0.0.1:{port}/langfuse/webhook", session)
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as url, aiohttp.ClientSession() as session:
+        yield Receiver(f"{url}/langfuse/webhook", session)
 
 
 def requests_sent(client: AsyncPromptClient) -> int:

@@ -31,6 +31,7 @@ from asyncpromptcache._langfuse import LangfuseSource
 from asyncpromptcache.server import RunningServer, run_server
 from asyncpromptcache.testing import FakeClock, StaticSource
 from tests.composeserver import compose_server
+from tests.webapp import serve_app
 
 pytestmark = pytest.mark.anyio
 
@@ -165,14 +166,8 @@ async def failing_server(status: int) -> AsyncIterator[tuple[str, Counter[str]]]
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", calls
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as url:
+        yield url, calls
 
 
 async def test_a_create_is_not_repeated_when_the_server_may_have_acted_on_it() -> None:

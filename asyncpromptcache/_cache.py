@@ -441,10 +441,6 @@ class AsyncPromptCache:
         """Fetches and refreshes running now."""
         return len(self._inflight)
 
-    def in_flight_keys(self) -> list[Hashable]:
-        """The keys whose fetch or refresh is running now."""
-        return list(self._inflight)
-
     def hit_path(self) -> tuple[dict[Hashable, Any], dict[Any, float], Clock]:
         """``(index, recency_notes, clock)`` for a caller that inlines the fresh-hit check.
 

@@ -8,6 +8,7 @@ of it is dropped too (``dependents``). The client applies it in one place.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Collection, Iterable
 
 import attrs
@@ -18,7 +19,7 @@ from ._events import EventAction
 from ._keys import PromptKey
 from ._models import ChatMessage, Prompt, TextPrompt
 
-__all__ = ["LATEST_LABEL", "CacheChange", "dependents", "version_change"]
+__all__ = ["LATEST_LABEL", "CacheChange", "ChangeLog", "dependents", "version_change"]
 
 LATEST_LABEL = "latest"
 
@@ -120,3 +121,27 @@ def dependents(
             return found
         found |= more
         changed.update(key.name for key in more)
+
+
+class ChangeLog:
+    """The names changed lately, numbered in order (the last ``max_size`` changes), so that a
+    fetch can tell whether a part of the prompt it read changed while it ran."""
+
+    def __init__(self, max_size: int = 256) -> None:
+        self.seq = 0
+        self._entries: deque[tuple[int, frozenset[str]]] = deque(maxlen=max_size)
+
+    def record(self, names: frozenset[str]) -> None:
+        if names:
+            self.seq += 1
+            self._entries.append((self.seq, names))
+
+    def touches(self, prompt: Prompt, since: int) -> bool:
+        """Whether a part of ``prompt`` changed after change number ``since`` (or may have:
+        changes that old are forgotten)."""
+        if self.seq == since or prompt.resolution_graph is None:
+            return False
+        parts = {part.name for part in parse_resolution_graph(prompt.resolution_graph)}
+        if not self._entries or self._entries[0][0] > since + 1:
+            return True
+        return any(seq > since and not names.isdisjoint(parts) for seq, names in self._entries)

@@ -17,7 +17,7 @@ import attrs
 from anyio.abc import TaskGroup
 
 from ._cache import AsyncPromptCache, CacheStats, Clock
-from ._changes import CacheChange, dependents, version_change
+from ._changes import CacheChange, ChangeLog, dependents, version_change
 from ._errors import (
     ClientStateError,
     FetchError,
@@ -103,6 +103,7 @@ class AsyncPromptClient:
         self._seen_events = SeenIds()
         self._version_states = VersionStates()
         self._unknown_parts: dict[PromptKey, Prompt] = {}
+        self._change_log = ChangeLog()
         settings = resolve_settings(
             environ,
             public_key=public_key, secret_key=secret_key, base_url=base_url,
@@ -319,6 +320,7 @@ class AsyncPromptClient:
         retry = self._retry.for_call(options.max_retries)
         # A safety net for any source: no fetch outlives its whole retry budget.
         budget = retry.worst_case_seconds(timeout) + 1.0
+        since = self._change_log.seq
         try:
             with anyio.fail_after(budget):
                 prompt = await self._source.fetch(key, options)
@@ -328,6 +330,9 @@ class AsyncPromptClient:
             ) from exc
         if prompt_type is not None and prompt.type != prompt_type:
             raise _wrong_type(key, prompt, prompt_type)
+        if self._change_log.touches(prompt, since):
+            # Resolved from a part that changed meanwhile: it answers its waiters, not kept.
+            self._cache.invalidate(key.name, label=key.label, version=key.version)
         return prompt
 
     async def _fallback(
@@ -544,8 +549,8 @@ class AsyncPromptClient:
         through (writes, webhooks, ``invalidate``). Drops ``change.drops`` and every key of
         ``change.drop_names``, holds ``change.puts`` (a fetch in flight for such a key does
         not write back), then drops every held prompt composed of ``change.changed_names``,
-        transitively, and keeps no first fetch then in flight of another name (it may have
-        been resolved from an old part). Returns how many entries were dropped."""
+        transitively, and notes the names so that a fetch then in flight of a prompt composed
+        of them is not kept. Returns how many entries were dropped."""
         cache = self._cache
         dropped = sum(
             cache.invalidate(key.name, label=key.label, version=key.version)
@@ -564,14 +569,7 @@ class AsyncPromptClient:
         written = {key for key, _ in change.puts}
         for key in dependents(change.changed_names, held, suspects=unknown) - written:
             dropped += cache.invalidate(key.name, label=key.label, version=key.version)
-        if change.changed_names:
-            # A first fetch in flight may have been resolved from the old part, and what it
-            # includes is known only once it answers: it answers its waiters but is not kept.
-            held_keys = {key for key, _ in held}
-            for raw in cache.in_flight_keys():
-                key = PromptKey._make(raw)  # type: ignore[arg-type]
-                if key not in held_keys and key.name not in change.changed_names:
-                    cache.invalidate(key.name, label=key.label, version=key.version)
+        self._change_log.record(change.changed_names)  # see _fetch
         return dropped
 
     def stats(self) -> CacheStats:

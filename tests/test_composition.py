@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from asyncpromptcache import AsyncPromptClient, InvalidResponseError, PromptKey, TextPrompt
-from asyncpromptcache._changes import dependents, version_change
+from asyncpromptcache._changes import ChangeLog, dependents, version_change
 from asyncpromptcache._composition import Part, has_references, parse_resolution_graph
 from asyncpromptcache._webhooks import sign
 from asyncpromptcache.testing import FakeClock
@@ -115,6 +115,25 @@ def test_dependents_are_transitive_and_exact() -> None:
     unknown = PromptKey("greeting", "production", None)
     assert dependents({"zzz"}, held, suspects={unknown}) == {unknown}
     assert dependents({"greeting"}, held, suspects={unknown}) == set()  # not its own name
+
+
+def test_change_log_tells_a_fetch_whether_its_parts_changed() -> None:
+    log = ChangeLog(max_size=2)
+    composed = _text("a", 1, [("b", 1)])
+    since = log.seq
+    assert not log.touches(composed, since)
+    log.record(frozenset({"x"}))
+    assert not log.touches(composed, since)
+    assert not log.touches(_text("c", 1), since)  # includes nothing
+    log.record(frozenset({"b"}))
+    assert log.touches(composed, since)
+    assert not log.touches(composed, log.seq)
+    since = log.seq
+    for name in ("x", "y", "z"):
+        log.record(frozenset({name}))
+    # The first change after `since` is forgotten (it may have been b): assume the worst.
+    assert log.touches(composed, since)
+    assert not log.touches(composed, log.seq - 1)
 
 
 def test_version_change_writes_through_what_it_serves() -> None:

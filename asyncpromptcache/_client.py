@@ -20,6 +20,7 @@ from ._cache import AsyncPromptCache, CacheStats, Clock
 from ._changes import CacheChange, ChangeLog, dependents, version_change
 from ._errors import (
     ClientStateError,
+    ConfigurationError,
     FetchError,
     FetchTimeoutError,
     InvalidArgumentError,
@@ -94,12 +95,16 @@ class AsyncPromptClient:
         webhook_secret: str | None = None,
     ) -> None:
         environ = os.environ if env is None else env
+        if webhook_secret is not None and (not isinstance(webhook_secret, str)
+                                           or not webhook_secret.strip()):
+            raise ConfigurationError("webhook_secret must be a non-empty string")
         self.__webhook_secret = (
-            environ.get("LANGFUSE_WEBHOOK_SECRET") or None
+            environ.get("LANGFUSE_WEBHOOK_SECRET", "").strip() or None
             if webhook_secret is None else webhook_secret
         )
-        # Event ids of applied webhooks, and the keys written through from a webhook without
-        # knowing what their prompt includes (see CacheChange.composition_known).
+        # Webhooks: the event ids applied, the newest state applied per version, and the
+        # keys written through without knowing what their prompt includes
+        # (CacheChange.composition_known); the names changed lately, for fetches in flight.
         self._seen_events = SeenIds()
         self._version_states = VersionStates()
         self._unknown_parts: dict[PromptKey, Prompt] = {}

@@ -17,6 +17,7 @@ from aiohttp import web
 from asyncpromptcache import (
     AsyncPromptClient,
     ClientStateError,
+    ConfigurationError,
     PromptCacheError,
     PromptClient,
     PromptKey,
@@ -264,6 +265,8 @@ async def test_the_secret_comes_from_the_environment_or_is_required(
     client = AsyncPromptClient(base_url=upstream.base_url, webhook_secret=SECRET, env={})
     with pytest.raises(ClientStateError):
         await client.handle_webhook(body, signed(body))
+    with pytest.raises(ConfigurationError):
+        AsyncPromptClient(base_url=upstream.base_url, webhook_secret=" ", env={})
 
 
 async def test_the_sync_client_handles_webhooks(upstream: FaultServer) -> None:

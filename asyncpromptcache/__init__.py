@@ -33,6 +33,7 @@ from ._errors import (
 from ._events import PromptVersionEvent as PromptVersionEvent
 from ._keys import PromptKey as PromptKey
 from ._langfuse import LangfuseSource as LangfuseSource
+from ._logging import install_default_handler as _install_default_handler
 from ._models import (
     ChatMessage as ChatMessage,
     ChatPrompt as ChatPrompt,
@@ -101,3 +102,5 @@ __all__ = [
     "WritesNotSupportedError",
     "parse_prompt",
 ]
+
+_install_default_handler()

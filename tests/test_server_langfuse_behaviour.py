@@ -206,3 +206,16 @@ async def test_delete_refuses_to_leave_a_reference_dangling(api: Api) -> None:
     assert "whole v1 depends on part production" in body["message"]
     assert (await api.call("DELETE", f"{PROMPTS}/whole"))[0] == 204
     assert (await api.call("DELETE", f"{PROMPTS}/part"))[0] == 204
+
+
+async def test_a_placeholder_may_not_share_a_variables_name(api: Api) -> None:
+    status, body = await api.create("c", [
+        {"role": "system", "content": "{{history}} and {{ user }} and {{1x}}"},
+        {"type": "placeholder", "name": "history"},
+        {"type": "placeholder", "name": "1x"},
+    ], type="chat")
+    assert (status, body) == (400, {
+        "message": "Cannot create prompt, variables and placeholders must be unique, the "
+                   "following are not: history",
+        "error": "InvalidRequestError",
+    })

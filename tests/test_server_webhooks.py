@@ -214,6 +214,8 @@ async def test_backoff_is_langfuses_and_gives_up_after_four_attempts(receiver: R
 
 def test_server_thread_takes_the_webhook_options() -> None:
     with pytest.raises(ConfigurationError, match="webhook URL and a webhook secret"):
-        ServerThread(webhook_url="http://127.0.0.1:9/hook").start()
+        ServerThread(webhook_url="http://127.0.0.1:9/hook")
     with pytest.raises(ConfigurationError, match="http:// or https://"):
-        ServerThread(webhook_url="ftp://x", webhook_secret=SECRET).start()
+        ServerThread(webhook_url="ftp://x", webhook_secret=SECRET)
+    with pytest.raises(ConfigurationError, match="secret must not be empty"):
+        ServerThread(webhook_url="http://127.0.0.1:9/hook", webhook_secret=" ")

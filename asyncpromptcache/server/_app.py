@@ -27,7 +27,7 @@ from multidict import MultiMapping
 from .._errors import ConfigurationError
 from ._compose import ResolutionError
 from ._controls import RequestCounter, ServerControls
-from ._outbox import WebhookSender
+from ._outbox import WebhookSender, check_webhook
 from ._schema import (
     PRODUCTION_LABEL,
     PromptDraft,
@@ -150,8 +150,7 @@ def create_app(
     With ``webhook_url`` and ``webhook_secret``, every change to a prompt version is posted
     there as Langfuse's signed prompt-version webhook (see ``_outbox``), in the background.
     """
-    if (webhook_url is None) != (webhook_secret is None):
-        raise ConfigurationError("give both a webhook URL and a webhook secret, or neither")
+    webhooks = check_webhook(webhook_url, webhook_secret)
     if check_keys(public_key, secret_key):
         assert public_key is not None and secret_key is not None
         credentials: tuple[bytes, bytes] | None = (
@@ -170,7 +169,8 @@ def create_app(
         credentials=credentials,
         project_id=project_id,
     )
-    if webhook_url is not None and webhook_secret is not None:
+    if webhooks:
+        assert webhook_url is not None and webhook_secret is not None
         WebhookSender(webhook_url, webhook_secret, project_id=project_id).attach(app, store)
     app.router.add_get(_HEALTH_PATH, _health, name="health")
     app.router.add_get(_PROMPTS_PATH, _list_prompts)

@@ -14,6 +14,7 @@ import anyio
 
 from .._errors import ConfigurationError
 from ._guard import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ConnectionGuard
+from ._outbox import check_webhook
 from ._runner import check_bind, run_server
 from ._schema import PromptValidationError
 from ._store import PromptStore
@@ -80,6 +81,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         check_bind(args.host, args.public_key, args.secret_key)
         ConnectionGuard(max_connections=args.max_connections, header_timeout=args.header_timeout)
+        check_webhook(args.webhook_url, args.webhook_secret if args.webhook_url else None)
     except (ConfigurationError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -36,7 +36,7 @@ from .._errors import ConfigurationError
 from .._webhooks import SIGNATURE_HEADER, sign
 from ._store import PromptChange, PromptStore
 
-__all__ = ["WEBHOOK_ATTEMPTS", "WebhookSender", "webhook_body"]
+__all__ = ["WEBHOOK_ATTEMPTS", "WebhookSender", "check_webhook", "webhook_body"]
 
 logger = logging.getLogger("asyncpromptcache.server")
 
@@ -46,6 +46,19 @@ _TIME_MULTIPLE = 2.0
 _ATTEMPT_TIMEOUT = 10.0
 _DRAIN_SECONDS = 2.0  # on shutdown, queued events get this long to go out
 _CREATED_BY = "API"  # what Langfuse records for a version made with API keys
+
+
+def check_webhook(url: str | None, secret: str | None) -> bool:
+    """Whether webhooks are on; ``ConfigurationError`` unless URL and secret make a pair."""
+    if (url is None) != (secret is None):
+        raise ConfigurationError("give both a webhook URL and a webhook secret, or neither")
+    if url is None or secret is None:
+        return False
+    if not url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"the webhook URL must be http:// or https://, got {url!r}")
+    if not secret.strip():
+        raise ConfigurationError("the webhook secret must not be empty or whitespace")
+    return True
 
 
 def _js_time(moment: datetime) -> str:
@@ -97,10 +110,7 @@ class WebhookSender:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ConfigurationError(f"the webhook URL must be http:// or https://, got {url!r}")
-        if not secret.strip():
-            raise ConfigurationError("the webhook secret must not be empty or whitespace")
+        check_webhook(url, secret)
         self.url = url
         self._secret = secret
         self._project_id = project_id

@@ -20,6 +20,7 @@ from .._errors import ConfigurationError
 from ._app import DEFAULT_PROJECT_ID, check_keys, create_app
 from ._controls import RequestCounter, ServerControls
 from ._guard import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ConnectionGuard
+from ._outbox import check_webhook
 from ._store import PromptStore
 
 __all__ = [
@@ -195,6 +196,7 @@ class ServerThread:
         webhook_secret: str | None = None,
     ) -> None:
         check_bind(host, public_key, secret_key)  # fail in the caller's thread, early
+        check_webhook(webhook_url, webhook_secret)
         self._options: dict[str, Any] = {
             "store": store, "host": host, "port": port, "public_key": public_key,
             "secret_key": secret_key, "seed_dir": seed_dir, "counter": counter,

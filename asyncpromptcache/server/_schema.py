@@ -184,6 +184,7 @@ class PromptDraft:
             for i, item in enumerate(model.prompt):
                 if isinstance(item, Placeholder) and not item.name:
                     raise PromptValidationError(f"'prompt[{i}].name' must not be empty")
+            _check_placeholders_are_not_variables(self.prompt)
         try:
             # Lone surrogates would break SQLite and every client's JSON decoder; NaN and
             # Infinity are not JSON.
@@ -254,6 +255,34 @@ class PromptDraft:
             labels=labels or (),
             tags=tags,
             commit_message=data.get("commitMessage"),
+        )
+
+
+# Langfuse's MUSTACHE_REGEX and VARIABLE_REGEX (packages/shared/src/utils/stringChecks.ts).
+_MUSTACHE_RE = re.compile(r"{{([^{}]*)}}")
+
+
+def _is_variable_name(text: str) -> bool:
+    return bool(text) and text[0].isalpha() and all(
+        ch.isalpha() or ch.isnumeric() or ch == "_" for ch in text
+    )
+
+
+def _check_placeholders_are_not_variables(messages: Any) -> None:
+    """Langfuse's createPrompt refuses a chat prompt whose placeholder names a variable."""
+    placeholders = {m.get("name") for m in messages if m.get("type") == "placeholder"}
+    variables: dict[str, None] = {}
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            for name in _MUSTACHE_RE.findall(content):
+                if _is_variable_name(name):
+                    variables[name] = None
+    clashes = [name for name in variables if name in placeholders]
+    if clashes:
+        raise PromptValidationError(
+            "Cannot create prompt, variables and placeholders must be unique, the following "
+            f"are not: {', '.join(clashes)}"
         )
 
 

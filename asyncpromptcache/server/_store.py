@@ -207,6 +207,7 @@ class PromptStore:
         self._path = os.fspath(path)
         self._clock = clock  # when versions are created and updated (tests set it)
         self._listeners: list[Callable[[list[PromptChange]], None]] = []
+        self._pending: list[PromptChange] = []  # what the write under way changed
         self._lock = threading.Lock()
         self._closed = False
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE), never implicit.
@@ -289,13 +290,13 @@ class PromptStore:
 
     async def get(
         self, name: str, *, version: int | None = None, label: str | None = None,
-        resolve: bool = False,
+        resolve: bool = True,
     ) -> StoredPrompt | None:
         """One version by number or by label (``production`` when neither is given).
 
-        With ``resolve``, its references are replaced by the prompts they name and
-        ``resolution_graph`` says which (Langfuse's ``resolve=true``); a reference that no
-        longer resolves raises ``ResolutionError``.
+        With ``resolve`` (the default, as in Langfuse), its references are replaced by the
+        prompts they name and ``resolution_graph`` says which; a reference that no longer
+        resolves raises ``ResolutionError``.
         """
         if version is not None and label is not None:
             raise ValueError("give a version or a label, not both")
@@ -359,7 +360,7 @@ class PromptStore:
         with self._lock:
             if self._closed:
                 raise StoreClosedError("the prompt store is closed")
-            self._pending: list[PromptChange] = []
+            self._pending = []
             try:
                 result = func()
                 changes = self._pending

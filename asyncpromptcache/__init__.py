@@ -26,8 +26,11 @@ from ._errors import (
     TransportError as TransportError,
     UnexpectedStatusError as UnexpectedStatusError,
     WebhookError as WebhookError,
+    WebhookReplayError as WebhookReplayError,
     WebhookSignatureError as WebhookSignatureError,
+    WritesNotSupportedError as WritesNotSupportedError,
 )
+from ._events import PromptVersionEvent as PromptVersionEvent
 from ._keys import PromptKey as PromptKey
 from ._langfuse import LangfuseSource as LangfuseSource
 from ._logging import install_default_handler as _install_default_handler
@@ -45,7 +48,9 @@ from ._retry import RetryPolicy as RetryPolicy
 from ._shared import SharedStats as SharedStats
 from ._source import (
     FetchOptions as FetchOptions,
+    NewPrompt as NewPrompt,
     PromptSource as PromptSource,
+    PromptWriter as PromptWriter,
 )
 from ._sources import (
     DirectorySource as DirectorySource,
@@ -73,6 +78,7 @@ __all__ = [
     "InvalidResponseError",
     "KeyStats",
     "LangfuseSource",
+    "NewPrompt",
     "Placeholder",
     "Prompt",
     "PromptCacheError",
@@ -81,6 +87,8 @@ __all__ = [
     "PromptNotFoundError",
     "PromptSource",
     "PromptType",
+    "PromptVersionEvent",
+    "PromptWriter",
     "RateLimitError",
     "RedisTier",
     "RetryPolicy",
@@ -93,7 +101,9 @@ __all__ = [
     "TransportError",
     "UnexpectedStatusError",
     "WebhookError",
+    "WebhookReplayError",
     "WebhookSignatureError",
+    "WritesNotSupportedError",
     "parse_prompt",
 ]
 

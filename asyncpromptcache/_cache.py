@@ -463,6 +463,17 @@ class AsyncPromptCache:
 
     # -- writes ----------------------------------------------------------------------------
 
+    def put(self, key: Hashable, prompt: Prompt, *, ttl: float) -> None:
+        """Hold ``prompt`` for ``key``, fresh for ``ttl`` seconds, without a fetch (write-through).
+
+        A fetch in flight for the key still answers its waiters but does not write back: what
+        it read was sent before this write and may be older.
+        """
+        flight = self._inflight.pop(key, None)
+        if flight is not None:
+            flight.writes_back = False
+        self._put(key, prompt, ttl)
+
     def _put(self, key: Hashable, prompt: Prompt, ttl: float, age: float = 0.0) -> None:
         now = self._clock()
         fetched_at = now - age

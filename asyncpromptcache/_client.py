@@ -16,6 +16,7 @@ import anyio
 import attrs
 
 from ._cache import AsyncPromptCache, CacheStats, Clock
+from ._changes import CacheChange, ChangeLog, dependents, version_change
 from ._checks import check_count, check_seconds
 from ._errors import (
     ClientStateError,
@@ -24,7 +25,11 @@ from ._errors import (
     FetchTimeoutError,
     InvalidArgumentError,
     InvalidResponseError,
+    WebhookError,
+    WebhookReplayError,
+    WritesNotSupportedError,
 )
+from ._events import PromptVersionEvent, SeenIds, VersionStates, parse_event
 from ._keys import PromptKey, make_key, prefetch_keys
 from ._langfuse import LangfuseSource
 from ._models import (
@@ -41,7 +46,8 @@ from ._runtime import current_backend, current_loop, spawn_detached
 from ._secret import Secret
 from ._settings import Environment, Settings, check_timeout, check_ttl, resolve_settings
 from ._shared import Change
-from ._source import FetchOptions, PromptSource
+from ._source import FetchOptions, NewPrompt, PromptSource, PromptWriter
+from ._webhooks import verify_signature
 
 __all__ = ["AsyncPromptClient", "ChatFallback", "TextFallback"]
 
@@ -85,6 +91,8 @@ class AsyncPromptClient:
     * ``clock``: a monotonic ``() -> float`` in seconds, for tests.
     * ``shared``: a Redis URL or a ``RedisTier``, to share one cache among every process of
       a fleet (default: ``ASYNCPROMPTCACHE_REDIS_URL`` when set). See ``RedisTier``.
+    * ``webhook_secret``: the signing secret of Langfuse's webhooks, for ``handle_webhook``
+      (default: ``LANGFUSE_WEBHOOK_SECRET``). Never shown in a repr or a message.
     """
 
     def __init__(
@@ -109,12 +117,29 @@ class AsyncPromptClient:
         env: Mapping[str, str] | None = None,
         negative_cache_seconds: float = DEFAULT_NEGATIVE_CACHE_SECONDS,
         shared: str | RedisTier | None = None,
+        webhook_secret: str | Secret | None = None,
     ) -> None:
         # Error reporters record the locals of a frame that raises: from here on the secret
         # is a Secret and the environment only the few variables read.
         secret = None if secret_key is None else Secret(secret_key)
         environment = Environment.read(os.environ if env is None else env)
         del secret_key, env
+        if isinstance(webhook_secret, str):
+            webhook_secret = Secret(webhook_secret)
+        if webhook_secret is not None and (not isinstance(webhook_secret, Secret)
+                                           or not webhook_secret.reveal().strip()):
+            raise ConfigurationError("webhook_secret must be a non-empty string")
+        self.__webhook_secret = (
+            environment.webhook_secret if webhook_secret is None else webhook_secret
+        )
+        del webhook_secret
+        # Webhooks: the event ids applied, the newest state applied per version, and the
+        # keys written through without knowing what their prompt includes
+        # (CacheChange.composition_known); the names changed lately, for fetches in flight.
+        self._seen_events = SeenIds()
+        self._version_states = VersionStates()
+        self._unknown_parts: dict[PromptKey, Prompt] = {}
+        self._change_log = ChangeLog()
         settings = resolve_settings(
             environment,
             public_key=public_key, secret_key=secret, base_url=base_url,
@@ -176,6 +201,10 @@ class AsyncPromptClient:
             env={"all_proxy": settings.proxy} if settings.proxy else {}, **options,
         )
 
+    @property
+    def _webhook_secret(self) -> Secret | None:
+        return self.__webhook_secret
+
     def __repr__(self) -> str:
         return (
             f"<AsyncPromptClient {self._state} source={self._source!r} "
@@ -218,7 +247,7 @@ class AsyncPromptClient:
                 if self._tier is not None:
                     link = self._tier._open(
                         host=self._settings.base_url, public_key=self._settings.public_key,
-                        max_stale=self._max_stale, apply=self._apply_change,
+                        max_stale=self._max_stale, apply=self._apply_shared, put_ttl=self._ttl,
                     )
                     await link.start(tg)  # bounded: Redis down means L1-only, not a failure
                     self._link = link
@@ -430,13 +459,18 @@ class AsyncPromptClient:
     async def _fetch(self, key: PromptKey, options: FetchOptions) -> Prompt:
         # A safety net for any source: no fetch outlives its budget.
         budget = self._budget(options)
+        since = self._change_log.seq
         try:
             with anyio.fail_after(budget):
-                return await self._source.fetch(key, options)
+                prompt = await self._source.fetch(key, options)
         except TimeoutError as exc:
             raise FetchTimeoutError(
                 f"prompt {key.describe()}: no answer within {budget:g}s", name=key.name, key=key
             ) from exc
+        if self._change_log.touches(prompt, since):
+            # Resolved from a part that changed meanwhile: it answers its waiters, not kept.
+            self._cache.invalidate(key.name, label=key.label, version=key.version)
+        return prompt
 
     async def _fallback(
         self,
@@ -496,44 +530,215 @@ class AsyncPromptClient:
     def invalidate(
         self, name: str, *, label: str | None = None, version: int | None = None
     ) -> int:
-        """Drop one key (``label`` or ``version`` given) or every key of ``name``, exactly.
+        """Drop one key (``label`` or ``version`` given) or every key of ``name``, exactly,
+        and every cached prompt composed of ``name`` (at any depth).
 
         Returns how many entries were dropped.
         """
         if label is not None or version is not None:
-            change = Change.invalidate(keys=[make_key(name, version, label)])
+            change = CacheChange(
+                drops=(make_key(name, version, label),), changed_names=frozenset({name})
+            )
         else:
             make_key(name)
-            change = Change.invalidate(names=[name])
+            change = CacheChange(drop_names=frozenset({name}), changed_names=frozenset({name}))
         return self._change(change)
 
     def clear(self) -> int:
         """Drop every cached prompt (in every process, with a shared tier). Returns how many
         this process dropped."""
-        return self._change(Change("clear"))
-
-    def _change(self, change: Change) -> int:
-        dropped = self._apply_change(change)
+        dropped = self._clear_here()
         if self._link is not None:
-            self._link.propagate_soon(change)
+            self._link.propagate_soon(Change("clear"))
         return dropped
 
-    def _apply_change(self, change: Change) -> int:
-        """Apply a change set to this process's cache: the one path for local calls and for
-        changes other processes publish through the shared tier. Returns entries affected."""
+    def _change(self, change: CacheChange) -> int:
+        """Apply ``change`` here and, with a shared tier, send it to every other process
+        (the prompts it puts are written to Redis first). Returns entries dropped here."""
+        dropped = self._apply_change(change)
+        if self._link is not None:
+            self._link.propagate_soon(Change.invalidate(
+                keys=[*change.drops, *(key for key, _ in change.puts)],
+                names=change.drop_names, changed=change.changed_names,
+                puts=change.puts,
+            ))
+        return dropped
+
+    def _apply_shared(self, change: Change) -> int:
+        """Apply a change another process published through the shared tier (or the tier's
+        own ``expire``). Returns how many entries it affected here."""
         if change.kind == "invalidate":
-            dropped = 0
-            for key in change.keys:
-                dropped += self._cache.invalidate(key.name, label=key.label,
-                                                  version=key.version)
-            for name in change.names:
-                dropped += self._cache.invalidate(name)
-            return dropped
+            return self._apply_change(CacheChange(
+                drops=change.keys, drop_names=frozenset(change.names),
+                changed_names=frozenset(change.changed),
+            ))
         if change.kind == "clear":
-            return self._cache.clear()
+            return self._clear_here()
         if change.kind == "expire":
             return self._cache.expire_all()
         return 0
+
+    def _clear_here(self) -> int:
+        self._unknown_parts.clear()
+        return self._cache.clear()
+
+    # -- writes and webhooks ---------------------------------------------------------------
+
+    @overload
+    async def create_prompt(
+        self,
+        *,
+        name: str,
+        prompt: str,
+        type: Literal["text"] = "text",
+        labels: list[str] | None = None,
+        tags: list[str] | None = None,
+        config: Any | None = None,
+        commit_message: str | None = None,
+    ) -> TextPrompt: ...
+
+    @overload
+    async def create_prompt(
+        self,
+        *,
+        name: str,
+        prompt: list[dict[str, Any]],
+        type: Literal["chat"],
+        labels: list[str] | None = None,
+        tags: list[str] | None = None,
+        config: Any | None = None,
+        commit_message: str | None = None,
+    ) -> ChatPrompt: ...
+
+    async def create_prompt(
+        self,
+        *,
+        name: str,
+        prompt: str | list[dict[str, Any]],
+        type: PromptType = "text",
+        labels: list[str] | None = None,
+        tags: list[str] | None = None,
+        config: Any | None = None,
+        commit_message: str | None = None,
+    ) -> Prompt:
+        """Create a new version of ``name`` (Langfuse's ``create_prompt``); returns it.
+
+        ``labels`` move to it from the versions that had them, and so does ``latest``. Those
+        keys then serve it from this cache without a fetch; no other key is touched (prompts
+        composed of ``name`` are dropped). Not retried unless the request surely did not
+        reach the server: a create repeated after a timeout could make two versions.
+        """
+        new = _new_prompt(name, prompt, type, labels, tags, config, commit_message)
+        writer = self._writer()
+        created = await writer.create_prompt(new, FetchOptions())
+        if created.type != type:
+            raise _wrong_type(PromptKey(name, None, created.version), created, type)
+        self._change(version_change("created", created, self._held()))
+        return created
+
+    async def update_prompt(self, *, name: str, version: int, new_labels: list[str]) -> Prompt:
+        """Add ``new_labels`` to version ``version`` of ``name`` (Langfuse's ``update_prompt``):
+        each moves from the version that had it. Returns the version as updated; its labels'
+        keys then serve it from this cache without a fetch, and no other key is touched."""
+        key = make_key(name, version)
+        labels = _labels(new_labels, "new_labels")
+        writer = self._writer()
+        updated = await writer.update_prompt_labels(key.name, version, labels, FetchOptions())
+        self._change(version_change("updated", updated, self._held()))
+        return updated
+
+    def _writer(self) -> PromptWriter:
+        if self._state != _OPEN:
+            raise ClientStateError(self._cache_closed_reason())
+        if not isinstance(self._source, PromptWriter):
+            raise WritesNotSupportedError(
+                f"the source {type(self._source).__name__} cannot write prompts: it does not "
+                "implement PromptWriter (create_prompt and update_prompt_labels)"
+            )
+        return self._source
+
+    async def handle_webhook(self, body: bytes, signature: str | None) -> PromptVersionEvent:
+        """Apply one Langfuse prompt-version webhook: ``body`` as received (raw bytes) and the
+        value of its ``x-langfuse-signature`` header.
+
+        The signature is checked first (HMAC-SHA256 with the webhook secret, compared in
+        constant time, timestamp within 5 minutes), then the body, strictly. The prompt it
+        carries is written through, with no fetch, to the keys it now serves (its labels, its
+        version, ``latest`` when created); keys it no longer serves are dropped (all of them
+        when deleted), and so is every cached prompt composed of it. A state of a version
+        older (by ``updatedAt``) than one already applied is not applied: Langfuse retries
+        failed deliveries, so events can arrive out of order. Returns the event.
+
+        Raises, having changed nothing: ``WebhookSignatureError`` (missing, wrong or stale
+        signature), ``WebhookReplayError`` (an event id already applied: answer it with a
+        2xx), ``WebhookError`` (no secret configured, or a body that is not such an event).
+        """
+        if self.__webhook_secret is None:
+            raise WebhookError(
+                "no webhook secret: pass webhook_secret= or set LANGFUSE_WEBHOOK_SECRET"
+            )
+        verify_signature(self.__webhook_secret.reveal(), body, signature, now=time.time())
+        event = parse_event(body)
+        if event.id in self._seen_events:
+            raise WebhookReplayError(f"webhook event {event.id!r} was already applied")
+        if self._state != _OPEN:
+            raise ClientStateError(self._cache_closed_reason())
+        prompt, known, at = event.prompt, event.composition_known, event.updated_at
+        if at is not None and self._version_states.is_outdated(prompt.name, prompt.version, at):
+            logger.info(
+                "webhook %s: prompt %r version %d has changed since; not applied",
+                event.id, prompt.name, prompt.version,
+            )
+        else:
+            if not known:
+                prompt, known = self._with_known_parts(prompt)
+            self._change(version_change(event.action, prompt, self._held(),
+                                              composition_known=known))
+            if at is not None:
+                self._version_states.record(prompt.name, prompt.version, at)
+        self._seen_events.add(event.id)
+        return event
+
+    def _held(self) -> list[tuple[PromptKey, Prompt]]:
+        return [(PromptKey._make(key), entry.prompt)  # type: ignore[arg-type]
+                for key, entry in self._cache.snapshot()]
+
+    def _with_known_parts(self, prompt: Prompt) -> tuple[Prompt, bool]:
+        """``prompt`` with the resolution graph of the same version held here, if any is
+        (a version's references never change: it is immutable in Langfuse)."""
+        for key, held in self._held():
+            if held.name == prompt.name and held.version == prompt.version \
+                    and self._unknown_parts.get(key) is not held:
+                return attrs.evolve(prompt, resolution_graph=held.resolution_graph), True
+        return prompt, False
+
+    def _apply_change(self, change: CacheChange) -> int:
+        """Apply one change to this process's cache: the one place every local change goes
+        through (writes, webhooks, ``invalidate``). Drops ``change.drops`` and every key of
+        ``change.drop_names``, holds ``change.puts`` (a fetch in flight for such a key does
+        not write back), then drops every held prompt composed of ``change.changed_names``,
+        transitively, and notes the names so that a fetch then in flight of a prompt composed
+        of them is not kept. Returns how many entries were dropped."""
+        cache = self._cache
+        dropped = sum(
+            cache.invalidate(key.name, label=key.label, version=key.version)
+            for key in change.drops
+        )
+        dropped += sum(cache.invalidate(name) for name in change.drop_names)
+        for key, prompt in change.puts:
+            cache.put(key, prompt, ttl=self._ttl)
+            if change.composition_known:
+                self._unknown_parts.pop(key, None)
+            else:
+                self._unknown_parts[key] = prompt
+        held = self._held()
+        unknown = {key for key, prompt in held if self._unknown_parts.get(key) is prompt}
+        self._unknown_parts = {key: self._unknown_parts[key] for key in unknown}
+        written = {key for key, _ in change.puts}
+        for key in dependents(change.changed_names, held, suspects=unknown) - written:
+            dropped += cache.invalidate(key.name, label=key.label, version=key.version)
+        self._change_log.record(change.changed_names)  # see _fetch
+        return dropped
 
     def stats(self) -> CacheStats:
         """Counters (hits, stale hits, misses, fetches, errors...) and per-key state; with a
@@ -570,4 +775,38 @@ def _wrong_type(key: PromptKey, prompt: Prompt, asked: PromptType) -> InvalidRes
     return InvalidResponseError(
         f"prompt {key.describe()} is a {prompt.type} prompt, but type={asked!r} was asked for",
         field="type", name=key.name, key=key,
+    )
+
+
+def _labels(labels: Any, what: str) -> list[str]:
+    if isinstance(labels, str) or not isinstance(labels, list | tuple) \
+            or not all(isinstance(label, str) and label for label in labels):
+        raise InvalidArgumentError(f"{what} must be a list of non-empty strings, got {labels!r}")
+    return list(labels)
+
+
+def _new_prompt(
+    name: str, prompt: Any, prompt_type: Any, labels: list[str] | None,
+    tags: list[str] | None, config: Any, commit_message: str | None,
+) -> NewPrompt:
+    make_key(name)
+    if prompt_type == "text":
+        if not isinstance(prompt, str):
+            raise InvalidArgumentError(
+                f"a text prompt must be a string, got {type(prompt).__name__}"
+            )
+    elif prompt_type == "chat":
+        # The messages are checked as a chat fallback is, before anything is sent.
+        prompt_from_value(name, prompt, "chat")
+    else:
+        raise InvalidArgumentError(f"type must be 'text' or 'chat', got {prompt_type!r}")
+    if commit_message is not None and not isinstance(commit_message, str):
+        raise InvalidArgumentError(
+            f"commit_message must be a string, got {type(commit_message).__name__}"
+        )
+    return NewPrompt(
+        name=name, type=prompt_type, prompt=prompt,
+        labels=tuple(_labels(labels or [], "labels")),
+        tags=None if tags is None else tuple(_labels(tags, "tags")),
+        config=config, commit_message=commit_message,
     )

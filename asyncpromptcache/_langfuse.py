@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import os
@@ -31,12 +32,12 @@ from ._errors import (
     TransportError,
     UnexpectedStatusError,
 )
-from ._keys import PromptKey
+from ._keys import PromptKey, _shown
 from ._models import Prompt, parse_prompt
 from ._retry import RetryPolicy, parse_retry_after
 from ._secret import Secret
 from ._settings import check_base_url, proxy_for
-from ._source import FetchOptions
+from ._source import FetchOptions, NewPrompt
 
 __all__ = ["LangfuseSource"]
 
@@ -51,7 +52,7 @@ class LangfuseSource:
 
     One ``aiohttp.ClientSession`` for the source's life, made on first use; a session passed
     in is used as is and never closed here. ``timeout_seconds`` bounds each attempt, body
-    included; failed attempts are retried as ``retry`` says, within one deadline per fetch
+    included; failed attempts are retried as ``retry`` says, within one deadline per call
     (``retry.budget_seconds(timeout)`` on ``clock``, the event loop's by default). ``proxy`` is
     an http(s) proxy URL (``user:password@`` in it is sent as ``Proxy-Authorization``); without
     one, ``trust_env`` takes it from ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` and
@@ -131,6 +132,19 @@ class LangfuseSource:
 
     async def fetch(self, key: PromptKey, options: FetchOptions) -> Prompt:
         """Fetch ``key``, retrying what is worth retrying; raises our errors only."""
+        return await self._retrying(
+            functools.partial(self._attempt, key), key.describe(), options
+        )
+
+    async def _retrying(
+        self,
+        attempt_once: Callable[[float], Awaitable[Prompt]],
+        what: str,
+        options: FetchOptions,
+        may_repeat: Callable[[FetchError], bool] | None = None,
+    ) -> Prompt:
+        """``attempt_once(timeout)`` until it succeeds or the policy (and ``may_repeat``) says
+        stop, all within one deadline: the call's timeout times its attempts."""
         retry = self._retry.for_call(options.max_retries)
         timeout = self._timeout if options.timeout_seconds is None else options.timeout_seconds
         # One deadline for the whole call: attempts, slow bodies and waits all count.
@@ -138,52 +152,73 @@ class LangfuseSource:
         attempt = 0
         while True:
             try:
-                return await self._attempt(key, max(0.0, min(timeout, deadline - self._clock())))
+                return await attempt_once(max(0.0, min(timeout, deadline - self._clock())))
             except FetchError as exc:
                 attempt += 1
                 delay = retry.delay(attempt, exc, remaining=deadline - self._clock())
-                if delay is None:
+                if delay is None or (may_repeat is not None and not may_repeat(exc)):
                     raise
                 logger.info(
                     "prompt %s: attempt %d failed (%s); retrying in %.2fs",
-                    key.describe(), attempt, exc, delay,
+                    what, attempt, exc, delay,
                 )
                 await self._sleep(delay)
 
     async def _attempt(self, key: PromptKey, timeout: float) -> Prompt:  # noqa: ASYNC109
+        status, body, retry_after = await self._exchange(
+            "GET", self.url_for(key), None, timeout, key.describe(), name=key.name, key=key
+        )
+        if status == 200:
+            return self._parse(body, key.describe(), key.name, key.version, key=key)
+        raise self._status_error(
+            f"prompt {key.describe()}", status, body, retry_after, name=key.name, key=key
+        )
+
+    async def _exchange(
+        self,
+        method: str,
+        url: yarl.URL,
+        payload: Any,
+        timeout: float,  # noqa: ASYNC109
+        what: str,
+        *,
+        name: str,
+        key: PromptKey | None,
+    ) -> tuple[int, bytes, str | None]:
+        """One request: ``(status, body, Retry-After)``, or our error when there is no answer."""
+        data = None if payload is None else json.dumps(payload).encode()
         session = self._get_session()
         self.requests_sent += 1
         try:
             with anyio.fail_after(timeout):
-                async with session.get(
-                    self.url_for(key), allow_redirects=False, proxy=self._proxy,
-                    headers=self._headers(), proxy_headers=self._proxy_headers(),
+                async with session.request(
+                    method, url, data=data, allow_redirects=False, proxy=self._proxy,
+                    headers=self._headers(json_body=data is not None),
+                    proxy_headers=self._proxy_headers(),
                 ) as response:
                     status = response.status
                     retry_after = response.headers.get("Retry-After")
-                    body = await self._read_body(response, key)
+                    body = await self._read_body(response, what, name, key)
         except TimeoutError as exc:
             _forget_credentials(exc)
             raise FetchTimeoutError(
-                f"prompt {key.describe()}: no complete answer within {timeout:.3g}s",
-                name=key.name, key=key,
+                f"prompt {what}: no complete answer within {timeout:.3g}s", name=name, key=key,
             ) from exc
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
             _forget_credentials(exc)
             raise TransportError(
-                f"prompt {key.describe()}: {type(exc).__name__}: {exc}", name=key.name, key=key
+                f"prompt {what}: {type(exc).__name__}: {exc}", name=name, key=key
             ) from exc
-        if status == 200:
-            return self._parse(key, body)
-        raise self._status_error(key, status, body, retry_after)
+        return status, body, retry_after
 
     # The two below build temporaries that the request consumes, so that no frame that may
     # raise holds the credentials in a local. The proxy's go in the request itself to an
     # http:// target (sent to the proxy whole), in the CONNECT to an https:// one.
 
-    def _headers(self) -> dict[str, str]:
+    def _headers(self, *, json_body: bool = False) -> dict[str, str]:
         return {
             **_HEADERS,
+            **({"Content-Type": "application/json"} if json_body else {}),
             **({"Authorization": self.__auth.reveal()} if self.__auth else {}),
             **({"Proxy-Authorization": self.__proxy_auth.reveal()}
                if self.__proxy_auth and not self._tls else {}),
@@ -194,12 +229,14 @@ class LangfuseSource:
             return None
         return {"Proxy-Authorization": self.__proxy_auth.reveal()}
 
-    async def _read_body(self, response: aiohttp.ClientResponse, key: PromptKey) -> bytes:
+    async def _read_body(
+        self, response: aiohttp.ClientResponse, what: str, name: str, key: PromptKey | None
+    ) -> bytes:
         length = response.content_length
         if length is not None and length > self._max_bytes:
             raise InvalidResponseError(
-                f"prompt {key.describe()}: response of {length} bytes exceeds the "
-                f"{self._max_bytes}-byte limit", name=key.name, key=key,
+                f"prompt {what}: response of {length} bytes exceeds the "
+                f"{self._max_bytes}-byte limit", name=name, key=key,
             )
         chunks: list[bytes] = []
         size = 0
@@ -207,64 +244,119 @@ class LangfuseSource:
             size += len(chunk)
             if size > self._max_bytes:
                 raise InvalidResponseError(
-                    f"prompt {key.describe()}: response exceeds the {self._max_bytes}-byte limit",
-                    name=key.name, key=key,
+                    f"prompt {what}: response exceeds the {self._max_bytes}-byte limit",
+                    name=name, key=key,
                 )
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _parse(self, key: PromptKey, body: bytes) -> Prompt:
+    # -- writes (the optional PromptWriter capability) -------------------------------------
+
+    async def create_prompt(self, new: NewPrompt, options: FetchOptions) -> Prompt:
+        """``POST /api/public/v2/prompts``. Repeated only when the server surely did not act
+        on it (no connection made, or 429): a create is not idempotent, and a repeated one
+        would make a second version."""
+        url = yarl.URL(f"{self._base}/api/public/v2/prompts")
+        what = f"{_shown(new.name)}: create"
+        return await self._retrying(
+            functools.partial(self._write, "POST", url, new.to_json(), what, new.name, None),
+            what, options, _not_acted_on,
+        )
+
+    async def update_prompt_labels(
+        self, name: str, version: int, new_labels: list[str], options: FetchOptions
+    ) -> Prompt:
+        """``PATCH /api/public/v2/prompts/{name}/versions/{version}`` with ``newLabels``;
+        idempotent (labels are added), so retried as a fetch is."""
+        segment = quote(name, safe="")
+        url = yarl.URL(
+            f"{self._base}/api/public/v2/prompts/{segment}/versions/{version}", encoded=True
+        )
+        what = f"{_shown(name)} (version {version}): label update"
+        return await self._retrying(
+            functools.partial(self._write, "PATCH", url, {"newLabels": new_labels}, what, name,
+                              version),
+            what, options,
+        )
+
+    async def _write(
+        self, method: str, url: yarl.URL, payload: Any, what: str, name: str,
+        version: int | None, timeout: float,  # noqa: ASYNC109
+    ) -> Prompt:
+        status, body, retry_after = await self._exchange(
+            method, url, payload, timeout, what, name=name, key=None
+        )
+        if status not in (200, 201):
+            raise self._status_error(
+                f"prompt {what}", status, body, retry_after, name=name, key=None
+            )
+        return self._parse(body, what, name, version, key=None)
+
+    def _parse(
+        self, body: bytes, what: str, name: str, version: int | None, *, key: PromptKey | None
+    ) -> Prompt:
+        """The prompt in a 2xx answer, checked to be ``name`` (at ``version`` when given)."""
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidResponseError(
-                f"prompt {key.describe()}: response is not valid JSON ({_excerpt(body)})",
-                name=key.name, key=key,
+                f"prompt {what}: response is not valid JSON ({_excerpt(body)})",
+                name=name, key=key,
             ) from exc
         except RecursionError:
             raise InvalidResponseError(
-                f"prompt {key.describe()}: response is nested too deeply ({_excerpt(body)})",
-                name=key.name, key=key,
+                f"prompt {what}: response is nested too deeply ({_excerpt(body)})",
+                name=name, key=key,
             ) from None
         try:
             prompt = parse_prompt(data)
         except InvalidResponseError as exc:
             raise InvalidResponseError(
-                f"prompt {key.describe()}: {exc}", field=exc.field, name=key.name, key=key
+                f"prompt {what}: {exc}", field=exc.field, name=name, key=key
             ) from None
-        if prompt.name != key.name:
+        if prompt.name != name:
             raise InvalidResponseError(
-                f"prompt {key.describe()}: the server answered with prompt {prompt.name!r}",
-                field="name", name=key.name, key=key,
+                f"prompt {what}: the server answered with prompt {prompt.name!r}",
+                field="name", name=name, key=key,
             )
-        if key.version is not None and prompt.version != key.version:
+        if version is not None and prompt.version != version:
             raise InvalidResponseError(
-                f"prompt {key.describe()}: the server answered with version {prompt.version}",
-                field="version", name=key.name, key=key,
+                f"prompt {what}: the server answered with version {prompt.version}",
+                field="version", name=name, key=key,
             )
         return prompt
 
     def _status_error(
-        self, key: PromptKey, status: int, body: bytes, retry_after: str | None
+        self, what: str, status: int, body: bytes, retry_after: str | None, *,
+        name: str, key: PromptKey | None,
     ) -> FetchError:
         data = _json_body(body)
         detail = _error_message(data, body)
-        what = f"prompt {key.describe()}: HTTP {status}" + (f": {detail}" if detail else "")
+        what = f"{what}: HTTP {status}" + (f": {detail}" if detail else "")
         if status == 404:
             if data is _TOO_DEEP or (isinstance(data, dict) and isinstance(data.get("error"), str)):
-                return PromptNotFoundError(what, name=key.name, key=key)
+                return PromptNotFoundError(what, name=name, key=key)
             # Not Langfuse's answer (its 404 is JSON naming the error, LangfuseNotFoundError):
             # a proxy or gateway in between, which must not make us drop a cached prompt.
-            return ServerError(what, status=status, name=key.name, key=key)
+            return ServerError(what, status=status, name=name, key=key)
         if status in (401, 403):
-            return AuthenticationError(what, status=status, name=key.name, key=key)
+            return AuthenticationError(what, status=status, name=name, key=key)
         if status == 429:
             return RateLimitError(
-                what, retry_after=parse_retry_after(retry_after), name=key.name, key=key
+                what, retry_after=parse_retry_after(retry_after), name=name, key=key
             )
         if status == 408 or 500 <= status <= 599:
-            return ServerError(what, status=status, name=key.name, key=key)
-        return UnexpectedStatusError(what, status=status, name=key.name, key=key)
+            return ServerError(what, status=status, name=name, key=key)
+        return UnexpectedStatusError(what, status=status, name=name, key=key)
+
+
+def _not_acted_on(error: FetchError) -> bool:
+    """Whether a failed request surely never reached the server's handler: no connection was
+    made, or it was rate-limited. Only then may a non-idempotent request be sent again."""
+    if isinstance(error, RateLimitError):
+        return True
+    return isinstance(error, TransportError) and not isinstance(error, FetchTimeoutError) \
+        and isinstance(error.__cause__, aiohttp.ClientConnectorError)
 
 
 def _basic_auth(login: str | None, password: Secret | None) -> Secret | None:

@@ -167,10 +167,10 @@ class RedisTier:
 
     def _open(
         self, *, host: str, public_key: str | None, max_stale: float | None,
-        apply: Callable[[Change], int],
+        apply: Callable[[Change], int], put_ttl: float = 60.0,
     ) -> _Link:
         return _Link(self, Names(namespace_id(self.namespace, host, public_key)),
-                     max_stale, apply)
+                     max_stale, apply, put_ttl)
 
 
 def _generation(raw: Any) -> int:
@@ -202,9 +202,10 @@ class _Link:
 
     def __init__(
         self, tier: RedisTier, names: Names, max_stale: float | None,
-        apply: Callable[[Change], int],
+        apply: Callable[[Change], int], put_ttl: float = 60.0,
     ) -> None:
         self._tier = tier
+        self._put_ttl = put_ttl  # how long a prompt written through (not fetched) stays fresh
         self._names = names
         self._apply = apply
         self._timeout = tier.timeout_seconds
@@ -444,19 +445,28 @@ class _Link:
             with anyio.CancelScope(shield=True):
                 await self._release(key, lock, token)
             raise
-        value = encode_value(key, prompt, self._wall(), self._sign)
-        px = max(1, int((ttl + self._retain) * 1000))
         try:
-            pipe = self._redis.pipeline(transaction=False)  # one slot; Cluster-safe
-            pipe.set(names.value(key), value, px=px)
-            pipe.sadd(names.index(key.name), names.key_id(key))
-            pipe.pexpire(names.index(key.name), px)
-            pipe.eval(_RELEASE, 1, lock, token)
-            await self._call(pipe.execute())
+            await self._write(names, key, prompt, ttl, release=(lock, token))
             await self._publish(Change("filled", (key,)))
         except _Down:
             pass
         return Fetched(prompt, 0.0)
+
+    async def _write(
+        self, names: Names, key: PromptKey, prompt: Prompt, ttl: float,
+        release: tuple[str, str] | None = None,
+    ) -> None:
+        """Write ``prompt`` to L2 for ``key``, fresh for ``ttl`` from now (and release the
+        fetch lock ``release`` in the same round trip)."""
+        value = encode_value(key, prompt, self._wall(), self._sign)
+        px = max(1, int((ttl + self._retain) * 1000))
+        pipe = self._redis.pipeline(transaction=False)  # one slot; Cluster-safe
+        pipe.set(names.value(key), value, px=px)
+        pipe.sadd(names.index(key.name), names.key_id(key))
+        pipe.pexpire(names.index(key.name), px)
+        if release is not None:
+            pipe.eval(_RELEASE, 1, *release)
+        await self._call(pipe.execute())
 
     async def _release(self, key: PromptKey, lock: str, token: str) -> None:
         try:
@@ -503,8 +513,14 @@ class _Link:
                     found.extend(names.value_of_id(name, i.decode() if isinstance(i, bytes)
                                                    else str(i)) for i in ids)
                     found.append(names.index(name))
+                written = {names.value(key) for key, _ in change.puts}
                 for keys in by_name.values():  # one hash-tagged group per command
-                    await self._call(self._redis.delete(*keys))
+                    gone = [k for k in keys if k not in written]
+                    if gone:
+                        await self._call(self._redis.delete(*gone))
+                for key, prompt in change.puts:  # then the versions written through
+                    await self._write(names, key, prompt, self._put_ttl)
+                change = attrs.evolve(change, puts=())
             elif change.kind == "clear":
                 generation = await self._call(self._redis.incr(names.generation_key))
                 self._names = attrs.evolve(self._names, generation=int(generation))

@@ -107,12 +107,15 @@ class Environment:
 
     values: Mapping[str, str]
     secret_key: Secret | None = attrs.field(repr=False)
+    webhook_secret: Secret | None = attrs.field(default=None, repr=False)
 
     @classmethod
     def read(cls, env: Mapping[str, str]) -> Environment:
+        webhook = env.get("LANGFUSE_WEBHOOK_SECRET", "").strip()
         return cls(
             {var: env[var] for var in env if var in _READ or var.lower().endswith("_proxy")},
             Secret(env["LANGFUSE_SECRET_KEY"]) if env.get("LANGFUSE_SECRET_KEY") else None,
+            Secret(webhook) if webhook else None,
         )
 
 

@@ -101,11 +101,20 @@ def encode_value(
 ) -> bytes:
     """``apc1.<hmac-sha256 hex or ->.<canonical JSON>``; ``fetched_at`` is wall-clock time."""
     body = json.dumps(
-        {"key": list(key), "fetched_at": fetched_at, "prompt": prompt.to_dict()},
+        {"key": list(key), "fetched_at": fetched_at, "prompt": _wire(prompt)},
         ensure_ascii=False, sort_keys=True, separators=(",", ":"),
     ).encode("utf-8")
     signature = _sign(signing_key, body) if signing_key is not None else b"-"
     return b".".join((_VALUE_TAG, signature, body))
+
+
+def _wire(prompt: Prompt) -> dict[str, Any]:
+    """The prompt's wire form with its ``resolutionGraph``, which ``to_dict`` leaves out: a
+    process filled from L2 must know what a composed prompt includes."""
+    data = prompt.to_dict()
+    if prompt.resolution_graph is not None:
+        data["resolutionGraph"] = prompt.resolution_graph
+    return data
 
 
 def decode_value(
@@ -148,7 +157,10 @@ def decode_value(
 class Change:
     """A change every process applies to its L1 (``AsyncPromptClient._apply_change``).
 
-    * ``invalidate``: drop exactly ``keys`` (structured keys) and every key of ``names``;
+    * ``invalidate``: drop exactly ``keys`` (structured keys) and every key of ``names``,
+      and every prompt composed of a name in ``changed`` (at any depth). ``puts`` are the
+      prompts the sender wrote through (a write, a webhook): written to L2 before the message
+      is published, never sent in it, so a receiver's next read of those keys is an L2 hit;
     * ``clear``: drop everything (``generation`` is the namespace's new generation);
     * ``expire``: mark every entry stale, to revalidate (local only: never published);
     * ``filled``: ``keys`` were just written to L2 (wakes processes waiting on their fetch);
@@ -163,12 +175,18 @@ class Change:
     names: tuple[str, ...] = ()
     generation: int | None = None
     origin: str = ""
+    changed: tuple[str, ...] = ()
+    puts: tuple[tuple[PromptKey, Prompt], ...] = attrs.field(default=(), eq=False, repr=False)
 
     @classmethod
     def invalidate(
-        cls, keys: Iterable[Hashable] = (), names: Iterable[str] = ()
+        cls, keys: Iterable[Hashable] = (), names: Iterable[str] = (),
+        changed: Iterable[str] = (), puts: Iterable[tuple[PromptKey, Prompt]] = (),
     ) -> Change:
-        return cls("invalidate", tuple(PromptKey._make(k) for k in keys), tuple(names))  # type: ignore[arg-type]
+        return cls(
+            "invalidate", tuple(PromptKey._make(k) for k in keys), tuple(names),  # type: ignore[arg-type]
+            changed=tuple(changed), puts=tuple(puts),
+        )
 
 
 def encode_change(change: Change) -> bytes:
@@ -178,6 +196,8 @@ def encode_change(change: Change) -> bytes:
     }
     if change.generation is not None:
         message["generation"] = change.generation
+    if change.changed:
+        message["changed"] = list(change.changed)
     return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
@@ -210,9 +230,12 @@ def decode_change(raw: bytes | str) -> Change | None:
     if generation is not None and (isinstance(generation, bool)
                                    or not isinstance(generation, int)):
         return None
+    changed = data.get("changed") or []
+    if not isinstance(changed, list) or not all(isinstance(n, str) for n in changed):
+        return None
     origin = data.get("origin")
     return Change(kind, tuple(keys), tuple(names), generation,
-                  origin if isinstance(origin, str) else "")
+                  origin if isinstance(origin, str) else "", tuple(changed))
 
 
 # -- stats -----------------------------------------------------------------------------------

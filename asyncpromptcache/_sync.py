@@ -40,6 +40,7 @@ from ._client import (
     call_fallback,
 )
 from ._errors import ClientStateError, FetchError, InvalidArgumentError, PromptCacheError
+from ._events import PromptVersionEvent
 from ._keys import PromptKey, make_key, prefetch_keys
 from ._models import (
     ChatPrompt,
@@ -132,10 +133,12 @@ class PromptClient:
         env: Mapping[str, str] | None = None,
         negative_cache_seconds: float = DEFAULT_NEGATIVE_CACHE_SECONDS,
         shared: str | RedisTier | None = None,
+        webhook_secret: str | None = None,
     ) -> None:
         # A Secret from here on: error reporters record the locals of a frame that raises.
         secret = None if secret_key is None else Secret(secret_key)
-        del secret_key
+        webhook = None if webhook_secret is None else Secret(webhook_secret)
+        del secret_key, webhook_secret
         options: dict[str, Any] = dict(
             source=source, max_size=max_size, max_stale_seconds=max_stale_seconds,
             max_retries=max_retries, retry=retry, verify_ssl=verify_ssl, trust_env=trust_env,
@@ -143,6 +146,7 @@ class PromptClient:
             refresh_backoff_max_seconds=refresh_backoff_max_seconds, clock=clock,
             negative_cache_seconds=negative_cache_seconds,
             shared=shared,
+            webhook_secret=webhook,
         )
         # Bad options fail here, in the caller's thread.
         self._client = AsyncPromptClient(
@@ -153,6 +157,7 @@ class PromptClient:
         # To build the same client again in a forked child: the settings it resolved (the
         # environment is not kept), the shared tier it resolved, and the other options.
         options["shared"] = self._client._tier
+        options["webhook_secret"] = self._client._webhook_secret
         self._new_client = functools.partial(
             AsyncPromptClient._from_settings, self._client._settings, **options
         )
@@ -423,7 +428,8 @@ class PromptClient:
     def invalidate(
         self, name: str, *, label: str | None = None, version: int | None = None
     ) -> int:
-        """Drop one key (``label`` or ``version`` given) or every key of ``name``, exactly.
+        """Drop one key (``label`` or ``version`` given) or every key of ``name``, exactly,
+        and every cached prompt composed of ``name`` (at any depth).
 
         Returns how many entries were dropped.
         """
@@ -438,6 +444,68 @@ class PromptClient:
         stats = self._on_owner(AsyncPromptClient.stats)
         hits = sum(cell[0] for cell in list(self._hit_cells.values()))
         return attrs.evolve(stats, hits=stats.hits + hits)
+
+    # -- writes and webhooks ---------------------------------------------------------------
+
+    @overload
+    def create_prompt(
+        self,
+        *,
+        name: str,
+        prompt: str,
+        type: Literal["text"] = "text",
+        labels: list[str] | None = None,
+        tags: list[str] | None = None,
+        config: Any | None = None,
+        commit_message: str | None = None,
+    ) -> TextPrompt: ...
+
+    @overload
+    def create_prompt(
+        self,
+        *,
+        name: str,
+        prompt: list[dict[str, Any]],
+        type: Literal["chat"],
+        labels: list[str] | None = None,
+        tags: list[str] | None = None,
+        config: Any | None = None,
+        commit_message: str | None = None,
+    ) -> ChatPrompt: ...
+
+    def create_prompt(
+        self,
+        *,
+        name: str,
+        prompt: str | list[dict[str, Any]],
+        type: PromptType = "text",
+        labels: list[str] | None = None,
+        tags: list[str] | None = None,
+        config: Any | None = None,
+        commit_message: str | None = None,
+    ) -> Prompt:
+        """Create a new version of ``name``; as ``AsyncPromptClient.create_prompt``."""
+
+        def create(client: AsyncPromptClient) -> Awaitable[Prompt]:
+            # Past the overloads, which want ``type`` as a literal: forwarded as it was given.
+            call: Callable[..., Awaitable[Prompt]] = client.create_prompt
+            return call(
+                name=name, prompt=prompt, type=type, labels=labels, tags=tags, config=config,
+                commit_message=commit_message,
+            )
+
+        return self._call(create)
+
+    def update_prompt(self, *, name: str, version: int, new_labels: list[str]) -> Prompt:
+        """Add ``new_labels`` to a version; as ``AsyncPromptClient.update_prompt``."""
+        return self._call(lambda client: client.update_prompt(
+            name=name, version=version, new_labels=new_labels,
+        ))
+
+    def handle_webhook(self, body: bytes, signature: str | None) -> PromptVersionEvent:
+        """Apply one Langfuse prompt-version webhook; as ``AsyncPromptClient.handle_webhook``
+        (the same errors, raised having changed nothing)."""
+        return self._call(lambda client: client.handle_webhook(body, signature))
 
 
 async def _get_prompt(

@@ -36,10 +36,14 @@ from ._errors import (
     UpstreamTimeoutError as UpstreamTimeoutError,
     UpstreamTransportError as UpstreamTransportError,
     WebhookError as WebhookError,
+    WebhookReplayError as WebhookReplayError,
     WebhookSignatureError as WebhookSignatureError,
+    WritesNotSupportedError as WritesNotSupportedError,
 )
+from ._events import PromptVersionEvent as PromptVersionEvent
 from ._keys import PromptKey as PromptKey
 from ._langfuse import LangfuseSource as LangfuseSource
+from ._logging import install_default_handler as _install_default_handler
 from ._models import (
     ChatMessage as ChatMessage,
     ChatPrompt as ChatPrompt,
@@ -49,10 +53,14 @@ from ._models import (
     TextPrompt as TextPrompt,
     parse_prompt as parse_prompt,
 )
+from ._redis import RedisTier as RedisTier
 from ._retry import RetryPolicy as RetryPolicy
+from ._shared import SharedStats as SharedStats
 from ._source import (
     FetchOptions as FetchOptions,
+    NewPrompt as NewPrompt,
     PromptSource as PromptSource,
+    PromptWriter as PromptWriter,
 )
 from ._sources import (
     DirectorySource as DirectorySource,
@@ -85,6 +93,7 @@ __all__ = [
     "InvalidResponseError",
     "KeyStats",
     "LangfuseSource",
+    "NewPrompt",
     "NotCachedError",
     "Placeholder",
     "Prompt",
@@ -94,7 +103,10 @@ __all__ = [
     "PromptNotFoundError",
     "PromptSource",
     "PromptType",
+    "PromptVersionEvent",
+    "PromptWriter",
     "RateLimitError",
+    "RedisTier",
     "ResponseCache",
     "ResponseCacheStats",
     "ResponseError",
@@ -102,6 +114,7 @@ __all__ = [
     "ResponseStream",
     "RetryPolicy",
     "ServerError",
+    "SharedStats",
     "SlowConsumerError",
     "StoreSource",
     "TemplateError",
@@ -116,6 +129,10 @@ __all__ = [
     "UpstreamTimeoutError",
     "UpstreamTransportError",
     "WebhookError",
+    "WebhookReplayError",
     "WebhookSignatureError",
+    "WritesNotSupportedError",
     "parse_prompt",
 ]
+
+_install_default_handler()

@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal, TypeAlias
 
 import attrs
 
+from ._composition import parse_resolution_graph
 from ._errors import InvalidArgumentError, InvalidResponseError, TemplateError
 from ._template import compile_template, find_variable_names, to_langchain_template
 
@@ -24,6 +25,13 @@ __all__ = [
 logger = logging.getLogger("asyncpromptcache")
 
 PromptType: TypeAlias = Literal["text", "chat"]
+
+
+def check_prompt_type(value: object) -> PromptType:
+    """``value`` if it is ``"text"`` or ``"chat"``, else ``InvalidArgumentError``."""
+    if isinstance(value, str) and value in ("text", "chat"):
+        return value  # type: ignore[return-value]
+    raise InvalidArgumentError(f"type must be 'text' or 'chat', got {value!r}")
 
 
 def _tuple_of_str(value: Sequence[str]) -> tuple[str, ...]:
@@ -71,6 +79,8 @@ class _PromptBase:
     tags: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
     commit_message: str | None = None
     is_fallback: bool = False
+    # Langfuse's ``resolutionGraph``: the prompts this one was composed of (see _composition).
+    resolution_graph: Any = attrs.field(default=None, eq=False, hash=False, repr=False)
 
     def _meta_dict(self) -> dict[str, Any]:
         return {
@@ -308,12 +318,22 @@ def _parse_chat_item(item: Any, path: str) -> ChatItem:
     )
 
 
+def _version(data: Mapping[str, Any]) -> int:
+    version: int = _field(data, "version", int, "version")
+    if version < 1:  # Langfuse counts versions from 1; 0 is what a fallback carries
+        raise InvalidResponseError(
+            f"invalid prompt: field 'version' should be 1 or more, got {version}", field="version"
+        )
+    return version
+
+
 def parse_prompt(data: Any) -> Prompt:
     """Parse one prompt from Langfuse's wire format (``GET /api/public/v2/prompts/{name}``).
 
     Strict: a missing or wrongly-typed field raises ``InvalidResponseError`` whose ``field``
-    names it. Fields this SDK does not use (``id``, ``createdAt``, ``resolutionGraph``...) are
-    ignored.
+    names it. Fields this SDK does not use (``id``, ``createdAt``...) are ignored;
+    ``resolutionGraph`` is kept as ``resolution_graph`` (checked by
+    ``_composition.parse_resolution_graph``).
     """
     if not isinstance(data, dict):
         raise InvalidResponseError(
@@ -325,7 +345,7 @@ def parse_prompt(data: Any) -> Prompt:
         raise InvalidResponseError("invalid prompt: field 'name' is empty", field="name")
     common: dict[str, Any] = {
         "name": name,
-        "version": _field(data, "version", int, "version"),
+        "version": _version(data),
         "config": _field(data, "config", object, "config"),
         "labels": _str_list(data, "labels"),
         "tags": _str_list(data, "tags"),
@@ -334,6 +354,10 @@ def parse_prompt(data: Any) -> Prompt:
             if "commitMessage" in data else None
         ),
     }
+    graph = data.get("resolutionGraph")
+    if graph is not None:
+        parse_resolution_graph(graph)
+        common["resolution_graph"] = graph
     if kind == "text":
         return TextPrompt(prompt=_field(data, "prompt", str, "prompt"), **common)
     if kind == "chat":

@@ -43,12 +43,13 @@ from .scenarios import (
     hit_sync_and_threads,
     silence_loggers,
 )
+from .shared_tier import shared, shared_targets
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The order of the report; "sync" runs 1b and 7 together.
 ORDER = ("hit_async", "hit_sync", "stampede", "refresh", "outage", "web_app", "memory",
-         "sync_threads", "response_stream")
-CHOICES = ("hit_async", "sync", "stampede", "refresh", "outage", "web_app", "memory",
+         "sync_threads", "shared", "response_stream")
+CHOICES = ("hit_async", "sync", "stampede", "refresh", "outage", "web_app", "memory", "shared",
            "response_stream")
 ASYNC_SCENARIOS = {**ASYNC_SCENARIOS, "response_stream": response_stream}  # issue 12
 
@@ -129,7 +130,7 @@ def run(smoke: bool, only: set[str], out: Path, log: Any = print) -> dict[str, A
                 hit, threads = hit_sync_and_threads(ctx)
                 produced = [hit, threads]
             else:
-                produced = [asyncio.run(ASYNC_SCENARIOS[key](ctx))]
+                produced = [asyncio.run({**ASYNC_SCENARIOS, "shared": shared}[key](ctx))]
             took = time.perf_counter() - began
             others[key] = round(meter.others_share(), 3)
             reference.append(reference_loop_ns())
@@ -166,7 +167,7 @@ def run(smoke: bool, only: set[str], out: Path, log: Any = print) -> dict[str, A
         load_note += (" Absolute figures are noisier for it; ratios are measured within the "
                       "same rounds.")
     ordered = {key: results[key] for key in ORDER if key in results}
-    targets = evaluate_targets(ordered, load_note)
+    targets = evaluate_targets(ordered, load_note) + shared_targets(ordered, load_note)
     argv = ["python", "-m", "benchmarks"] + (["--smoke"] if smoke else [])
     if only:
         argv += ["--only", ",".join(sorted(only))]

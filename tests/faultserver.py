@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 from urllib.parse import unquote
 
 import anyio
 from aiohttp import web
+from anyio.from_thread import start_blocking_portal
 
 FAULTS = (
     "ok", "503", "500", "429", "429-retry-after", "hang", "drop", "reset-mid-body",
@@ -23,7 +24,13 @@ FAULTS = (
     "wrong-name", "401",
     # Added for tests/test_faults.py:
     "html-502", "oversized-chunked", "latin1",
+    # Added for tests/test_containment.py: a 404 from something in front of the server (an HTML
+    # page, or JSON without Langfuse's "error" name), and bodies nested deeper than Python's
+    # recursion limit, as an answer and as an error body.
+    "html-404", "json-404", "deep-200", "deep-404", "deep-503",
 )
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
 
 PREFIX = "/api/public/v2/prompts/"
 
@@ -131,6 +138,15 @@ class FaultServer:
             return web.Response(
                 text="<html><body>502 Bad Gateway</body></html>", content_type="text/html"
             )
+        if fault == "html-404":
+            return web.Response(
+                text="<html><head><title>404 Not Found</title></head><body>nginx</body></html>",
+                status=404, content_type="text/html",
+            )
+        if fault == "json-404":
+            return web.json_response({"message": "no route"}, status=404)
+        if fault.startswith("deep-"):
+            return web.Response(body=DEEP, status=int(fault[5:]), content_type="application/json")
         if fault == "html-502":
             return web.Response(
                 text="<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>",
@@ -202,3 +218,14 @@ async def fault_server() -> AsyncIterator[FaultServer]:
         yield server
     finally:
         await server.go_down()
+
+
+@contextmanager
+def fault_server_in_thread() -> Iterator[FaultServer]:
+    """``fault_server()`` on an event loop of its own thread, for tests of the sync facade.
+    Set ``fault`` from the test's thread; work gates through a portal of your own."""
+    with (
+        start_blocking_portal("asyncio") as portal,
+        portal.wrap_async_context_manager(fault_server()) as server,
+    ):
+        yield server

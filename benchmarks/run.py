@@ -33,6 +33,7 @@ from ._report import (
     write_json,
 )
 from ._upstream import Upstream
+from .response_stream import response_stream
 from .scenarios import (
     ASYNC_SCENARIOS,
     FULL,
@@ -47,8 +48,10 @@ from .shared_tier import shared, shared_targets
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The order of the report; "sync" runs 1b and 7 together.
 ORDER = ("hit_async", "hit_sync", "stampede", "refresh", "outage", "web_app", "memory",
-         "sync_threads", "shared")
-CHOICES = ("hit_async", "sync", "stampede", "refresh", "outage", "web_app", "memory", "shared")
+         "sync_threads", "shared", "response_stream")
+CHOICES = ("hit_async", "sync", "stampede", "refresh", "outage", "web_app", "memory", "shared",
+           "response_stream")
+ASYNC_SCENARIOS = {**ASYNC_SCENARIOS, "response_stream": response_stream}  # issue 12
 
 
 def _load() -> tuple[float, float, float]:

@@ -21,6 +21,7 @@ from asyncpromptcache import (
     ResponseCache,
     ResponseFailedError,
     SharedStreamError,
+    SharedStreamLostError,
 )
 from asyncpromptcache.response import Chunk
 from asyncpromptcache.response._redis import RedisResponses
@@ -150,6 +151,39 @@ async def test_a_failed_stream_is_never_stored_and_its_followers_get_a_typed_err
         await upstream.control(hold_after_chunks=None, fail_after_chunks=None)
         answer, source = await read(second, fleet)  # goes upstream again
     assert source == "miss" and len(answer) == CHUNKS
+    assert (await upstream.counts())["streams"] == 2
+
+
+@pytest.mark.parametrize("same", [True, False])
+async def test_a_follower_whose_owner_died_claims_again_and_goes_on(
+    redis: RedisServer, upstream: Upstream, same: bool,
+) -> None:
+    expected = await upstream.direct(REQUEST)
+    fleet = Fleet(redis, upstream)
+    # An owner that published two chunks, then died: no end entry, its claim not kept alive.
+    dead = RedisResponses(RedisTier(redis.url, namespace=fleet.namespace),
+                          lock_seconds=0.3)
+    async with fleet.cache() as probe:
+        key = probe.key_for(REQUEST)
+    publisher = await dead.claim(key)
+    assert publisher is not None
+    first = expected[:2] if same else ["not", "these"]
+    for chunk in first:
+        await publisher.publish(chunk)
+    await dead.aclose()
+
+    async with fleet.cache() as follower:
+        got: list[Chunk] = []
+        if same:  # taken over: the rest comes from its own upstream stream
+            await read(follower, fleet, got)
+            assert got == expected
+        else:  # the new stream differs from what was sent: a typed error after the chunks
+            with pytest.raises(ResponseFailedError) as failed:
+                await read(follower, fleet, got)
+            assert got == first
+            assert isinstance(failed.value.__cause__, SharedStreamLostError)
+        stats = follower.stats().shared
+        assert stats is not None and stats.takeovers == 1 and stats.upstream_fetches == 1
     assert (await upstream.counts())["streams"] == 2
 
 

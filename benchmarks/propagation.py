@@ -44,7 +44,7 @@ class PropagationSizes:
     short_ttl: float
 
 
-FULL_PROPAGATION = PropagationSizes(workers=8, moves=50, ttl_moves=4, short_ttl=2.0)
+FULL_PROPAGATION = PropagationSizes(workers=8, moves=100, ttl_moves=4, short_ttl=2.0)
 SMOKE_PROPAGATION = PropagationSizes(workers=3, moves=3, ttl_moves=1, short_ttl=0.5)
 
 
@@ -148,6 +148,7 @@ def run_propagation(smoke: bool, log: Any = print) -> dict[str, Any]:
             stats = [r["stats"] for r in fleet.all({"op": "stats"})]
             data["webhook"] = {
                 "every_worker_ms": _summary(every), "each_worker_ms": _summary(each),
+                "every_worker_ms_sorted": sorted(round(x, 1) for x in every),
                 "missed": missed, "webhooks_not_applied": lost,
                 "upstream_gets_for_new_versions": sum(fetches_per_move),
                 "moves_with_a_fetch": sum(1 for n in fetches_per_move if n),

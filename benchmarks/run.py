@@ -34,6 +34,7 @@ from ._report import (
 )
 from ._upstream import Upstream
 from .propagation import propagation, propagation_targets
+from .response_stream import response_stream
 from .scenarios import (
     ASYNC_SCENARIOS,
     FULL,
@@ -48,9 +49,11 @@ from .shared_tier import shared, shared_targets
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The order of the report; "sync" runs 1b and 7 together.
 ORDER = ("hit_async", "hit_sync", "stampede", "refresh", "outage", "web_app", "memory",
-         "sync_threads", "shared", "propagation")
+         "sync_threads", "shared", "response_stream", "propagation")
 CHOICES = ("hit_async", "sync", "stampede", "refresh", "outage", "web_app", "memory", "shared",
-           "propagation")
+           "response_stream", "propagation")
+ASYNC_SCENARIOS = {**ASYNC_SCENARIOS, "response_stream": response_stream,  # issue 12
+                   "propagation": propagation}  # issue 11
 
 
 def _load() -> tuple[float, float, float]:
@@ -129,8 +132,7 @@ def run(smoke: bool, only: set[str], out: Path, log: Any = print) -> dict[str, A
                 hit, threads = hit_sync_and_threads(ctx)
                 produced = [hit, threads]
             else:
-                produced = [asyncio.run({**ASYNC_SCENARIOS, "shared": shared,
-                                          "propagation": propagation}[key](ctx))]
+                produced = [asyncio.run({**ASYNC_SCENARIOS, "shared": shared}[key](ctx))]
             took = time.perf_counter() - began
             others[key] = round(meter.others_share(), 3)
             reference.append(reference_loop_ns())

@@ -236,6 +236,10 @@ class _Link:
         # fetch that saw its name dropped meanwhile may hold the old version, not for L2.
         self._dropped: Counter[str] = Counter()
         self._clears = 0
+        # The last change (a number counting up) to each name's content, here or elsewhere: a
+        # composed prompt resolved from a part that changed meanwhile is not for L2 either.
+        self._changes = 0
+        self._changed_at: dict[str, int] = {}
         # Changes made while Redis was unreachable, sent once it answers again.
         self._unsent: list[Change] = []
         self._settled = anyio.Event()
@@ -451,10 +455,12 @@ class _Link:
         upstream: Callable[[], Awaitable[Prompt]], lock: str, token: str,
     ) -> Prompt | Fetched:
         self._n["upstream_fetches"] += 1
-        seen = (self._clears, self._dropped[key.name])
+        seen, since = (self._clears, self._dropped[key.name]), self._changes
         try:
             prompt = await upstream()
-            if (self._clears, self._dropped[key.name]) != seen:
+            if (self._clears, self._dropped[key.name]) != seen or any(
+                self._changed_at.get(part, 0) > since for part in parts_of(prompt)
+            ):
                 raise _Superseded
         except _Superseded:
             # Invalidated while fetching: the caller gets what was fetched, L2 does not.
@@ -542,6 +548,9 @@ class _Link:
             self._clears += 1
         elif change.kind == "invalidate":
             self._dropped.update({*change.names, *(key.name for key in change.keys)})
+            for name in change.changed:
+                self._changes += 1
+                self._changed_at[name] = self._changes
 
     async def _propagate(self, change: Change) -> None:
         async with self._propagating:

@@ -90,3 +90,30 @@ async def test_a_label_removed_for_good_is_fetched_once_the_grace_is_over(
         await until(lambda: not b.cache.holds(PRODUCTION))
         assert (await b.get_prompt("p")).version == 1  # what upstream answers now
         assert source.total_fetches == 2
+
+
+async def test_a_composed_prompt_fetched_while_its_part_changed_is_not_kept_in_redis(
+    redis_url: str,
+) -> None:
+    graph = {"root": {"name": "parent", "version": 1},
+             "dependencies": {"parent": [{"name": "part", "version": 1}]}}
+    parent = TextPrompt(name="parent", version=1, prompt="Intro. old part",
+                        labels=["production"], resolution_graph=graph)
+    source, clock = StaticSource([parent]), FakeClock()
+    async with client(redis_url, source, clock) as a, client(redis_url, source, clock) as b, \
+            client(redis_url, source, clock) as c:
+        source.hold()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(b.get_prompt, "parent")
+            await until(lambda: source.total_fetches == 1)
+            a.invalidate("part")  # while b's fetch of the including prompt runs
+            await until(lambda: received(b) > 0)
+            source.release()
+        # Resolved from the old part: b's callers got it, the fleet's Redis did not.
+        await c.get_prompt("parent")
+        assert source.total_fetches == 2
+
+
+def received(client: AsyncPromptClient) -> int:
+    shared = client.stats().shared
+    return 0 if shared is None else shared.changes_received

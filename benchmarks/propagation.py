@@ -71,11 +71,12 @@ def move_label(upstream: Upstream, name: str, version: int, label: str) -> None:
          {"newLabels": [label]})
 
 
-def applied(fleet: Fleet, count: int, limit: float = 10.0) -> int:
-    """Wait until worker 0's receiver has applied ``count`` webhooks; how many it has."""
+def applied(fleet: Fleet, count: int, limit: float = 10.0, status: str = "200") -> int:
+    """Wait until worker 0's receiver has applied (or answered with ``status``) ``count``
+    webhooks; how many it has."""
     deadline = time.monotonic() + limit
     while True:
-        done = int(fleet.one(0, {"op": "webhooks"})["received"].get("200", 0))
+        done = int(fleet.one(0, {"op": "webhooks"})["received"].get(status, 0))
         if done >= count or time.monotonic() > deadline:
             return done
         time.sleep(0.005)

@@ -201,9 +201,13 @@ async def _langchain(chat: _Chat, sizes: Sizes) -> dict[str, Any]:
     out: dict[str, Any] = {"runs": []}
     for r in range(sizes.rounds):
         set_llm_cache(InMemoryCache())
-        llm = ChatOpenAI(base_url=chat.base_url + "/v1", api_key="local",  # type: ignore[arg-type]
-                         model=MODEL, temperature=0, max_completion_tokens=sizes.tokens,
-                         max_retries=0)
+        # Built through Any: its api_key is typed SecretStr, and the bench extra is optional
+        # (without it mypy sees no types here at all).
+        options: dict[str, Any] = dict(
+            base_url=chat.base_url + "/v1", api_key="local", model=MODEL, temperature=0,
+            max_completion_tokens=sizes.tokens, max_retries=0,
+        )
+        llm = ChatOpenAI(**options)
 
         async def consume(request: dict[str, Any], llm: Any = llm) -> Seen:
             first, texts = _timed_texts()

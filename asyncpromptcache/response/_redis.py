@@ -37,7 +37,6 @@ from .._errors import (
     SharedStreamLostError,
 )
 from .._redis import _RELEASE, RedisTier, _Connection, _Down
-from .._shared import SharedStats
 from ._keys import Chunk
 from ._store import ResponseStore, StoredAnswer, StoreStats
 from ._wire import (
@@ -109,9 +108,6 @@ class RedisResponses(_Connection):
     def bind(self, tg: TaskGroup) -> None:
         """Run the claims' keep-alives in ``tg`` (the cache's task group)."""
         self._tg = tg
-
-    def stats(self) -> SharedStats:
-        return SharedStats(state=self._state, **self._n)
 
     async def aclose(self) -> None:
         blocking, self._blocking = self._blocking, None

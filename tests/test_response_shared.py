@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -236,6 +237,17 @@ async def test_redis_down_is_never_a_callers_error(
             answer, source = await read(third, fleet)
             assert source == "hit" and answer == expected
 
+            private.start()  # back on the same port: tried again after the backoff
+            other = {**REQUEST, "seed": 1}
+            with anyio.fail_after(10):
+                while (await read(third, fleet, request=other))[1] != "miss" or \
+                        third.stats().shared.state != "up":  # type: ignore[union-attr]
+                    other = {**other, "seed": other["seed"] + 1}
+                    await anyio.sleep(0.05)
+        async with fleet.cache() as fourth:  # shared again: the last answer is in Redis
+            answer, source = await read(fourth, fleet, request=other)
+            assert source == "hit" and len(answer) == CHUNKS
+
 
 # -- 4 real processes ------------------------------------------------------------------------
 
@@ -243,6 +255,13 @@ async def test_redis_down_is_never_a_callers_error(
 def _chat_streams(base_url: str) -> int:
     with urllib.request.urlopen(base_url + "/_admin/chat/requests", timeout=10) as response:
         return int(json.loads(response.read())["streams"])
+
+
+def _chat_release(base_url: str) -> None:
+    request = urllib.request.Request(base_url + "/_admin/chat/release", data=b"",
+                                     method="POST")
+    with urllib.request.urlopen(request, timeout=10):  # loopback only
+        pass
 
 
 def _chat_controls(base_url: str, **changes: Any) -> None:
@@ -260,8 +279,7 @@ def test_four_processes_asking_at_once_make_one_upstream_stream(redis: RedisServ
 
     request = {**REQUEST, "messages": [{"role": "user", "content": uuid.uuid4().hex}]}
     with ServerProcess() as server, Processes(5) as processes:
-        # Slow enough that the four requests meet while the answer streams.
-        _chat_controls(server.base_url, first_token_delay_seconds=0.3, token_delay_seconds=0.01)
+        _chat_controls(server.base_url, token_delay_seconds=0.005)
         namespace = uuid.uuid4().hex
         processes.all({"op": "response_open", "base_url": server.base_url,
                        "redis": redis.url, "namespace": namespace})
@@ -271,8 +289,19 @@ def test_four_processes_asking_at_once_make_one_upstream_stream(redis: RedisServ
         assert _chat_streams(server.base_url) == 1
         processes.one(4, {"op": "response_open", "base_url": server.base_url})
         request = {**request, "seed": 7}  # a new key: nothing stored for it
-        replies = processes.all({"op": "response_stream", "request": request},
-                                only=range(4))
+        # The answer is held after 2 chunks until all four processes have asked for it (each
+        # tries to claim it once: a SET NX), so they meet while it streams.
+        _chat_controls(server.base_url, hold_after_chunks=2)
+        claims = redis.command_counts().get("set", 0)
+        for i in range(4):
+            processes.send(i, {"op": "response_stream", "request": request})
+        deadline = time.monotonic() + 30
+        while redis.command_counts().get("set", 0) - claims < 4:
+            assert time.monotonic() < deadline, "the four processes did not all ask"
+            time.sleep(0.01)
+        _chat_controls(server.base_url, hold_after_chunks=None)
+        _chat_release(server.base_url)
+        replies = [processes.receive(i) for i in range(4)]
         assert _chat_streams(server.base_url) == 2  # one for the four processes
         expected = [chunk for chunk in replies[0]["chunks"]]
         assert len(expected) == CHUNKS

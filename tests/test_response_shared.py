@@ -24,7 +24,7 @@ from asyncpromptcache import (
     SharedStreamError,
     SharedStreamLostError,
 )
-from asyncpromptcache.response import Chunk
+from asyncpromptcache.response import Chunk, ResponseStore
 from asyncpromptcache.response._redis import RedisResponses
 from asyncpromptcache.response._wire import ResponseNames
 
@@ -80,7 +80,7 @@ async def test_a_stream_in_one_cache_is_joined_by_another_and_replayed_by_a_thir
 ) -> None:
     expected = await upstream.direct(REQUEST)
     await upstream.control(hold_after_chunks=3)
-    fleet = Fleet(redis, upstream)
+    fleet = Fleet(redis, upstream, signing_key="k")  # stream entries signed, values too
     async with fleet.cache() as first, fleet.cache() as second, \
             anyio.create_task_group() as tg:
         got_first: list[Chunk] = []
@@ -119,6 +119,13 @@ async def test_chunks_keep_their_types_and_boundaries_through_redis(
         stream = second.stream(REQUEST, produce)
         assert [c async for c in stream] == chunks
         assert stream.source == "hit"
+        assert isinstance(second._store, ResponseStore)
+        assert isinstance(second._store.shared, ResponseStore)  # type: ignore[attr-defined]
+        assert await second.clear() == 1  # from Redis too
+    async with fleet.cache() as third:
+        stream = third.stream(REQUEST, produce)
+        assert [c async for c in stream] == chunks
+        assert stream.source == "miss"
 
 
 async def test_a_failed_stream_is_never_stored_and_its_followers_get_a_typed_error(

@@ -195,6 +195,28 @@ async def test_a_follower_whose_owner_died_claims_again_and_goes_on(
     assert (await upstream.counts())["streams"] == 2
 
 
+async def test_an_owner_whose_consumers_all_left_hands_the_answer_over(
+    redis: RedisServer, upstream: Upstream,
+) -> None:
+    expected = await upstream.direct(REQUEST)
+    await upstream.control(hold_after_chunks=3)
+    fleet = Fleet(redis, upstream)
+    async with fleet.cache(on_abandon="cancel") as owner, fleet.cache() as follower, \
+            anyio.create_task_group() as tg:
+        got: list[Chunk] = []
+        leaving = owner.stream(REQUEST, fleet.produce())
+        assert [await anext(leaving) for _ in range(3)] == expected[:3]
+        tg.start_soon(read, follower, fleet, got)
+        await until(lambda: len(got) == 3)
+        await upstream.control(hold_after_chunks=None)
+        await leaving.aclose()  # the owner's stream is cancelled: the follower takes over
+    assert got == expected
+    assert owner.stats().abandoned == 1
+    stats = follower.stats().shared
+    assert stats is not None and stats.upstream_fetches == 1 and stats.waits == 1
+    assert (await upstream.counts())["streams"] == 3
+
+
 async def test_a_corrupt_or_foreign_value_in_redis_is_never_served(
     redis: RedisServer, upstream: Upstream,
 ) -> None:

@@ -289,6 +289,10 @@ class RedisResponses(_Connection):
                     if isinstance(item, End):
                         if item.ok:
                             return
+                        if item.abandoned:
+                            raise SharedStreamLostError(
+                                "the process streaming this answer stopped (cancelled or "
+                                f"closed) after {index - 1} chunks")
                         raise SharedStreamError(
                             f"the upstream failed in the process streaming this answer: "
                             f"{item.error} (after {index - 1} chunks)")
@@ -334,7 +338,8 @@ class _Publisher:
         await self._end(End(True))
 
     async def fail(self, error: BaseException) -> None:
-        await self._end(End(False, type(error).__name__))
+        stopped = isinstance(error, GeneratorExit | anyio.get_cancelled_exc_class())
+        await self._end(End(False, type(error).__name__, abandoned=stopped))
 
     async def _end(self, end: End) -> None:
         if self.ended.is_set():

@@ -136,10 +136,13 @@ def decode_answer(raw: Any, key: str, signing_key: bytes | None) -> tuple[Stored
 
 @attrs.frozen
 class End:
-    """The last entry of an answer's stream: ``ok`` (complete) or failed with ``error``."""
+    """The last entry of an answer's stream: ``ok`` (complete) or failed with ``error``;
+    ``abandoned`` when its process stopped streaming it (cancelled, closed): followers then
+    claim the answer themselves."""
 
     ok: bool
     error: str = ""
+    abandoned: bool = False
 
 
 def encode_chunk_entry(key: str, index: int, chunk: Chunk, signing_key: bytes | None) -> bytes:
@@ -147,8 +150,8 @@ def encode_chunk_entry(key: str, index: int, chunk: Chunk, signing_key: bytes | 
 
 
 def encode_end_entry(key: str, index: int, end: End, signing_key: bytes | None) -> bytes:
-    return _wrap({"key": key, "i": index, "end": "done" if end.ok else "failed",
-                  "error": end.error}, signing_key)
+    kind = "done" if end.ok else "abandoned" if end.abandoned else "failed"
+    return _wrap({"key": key, "i": index, "end": kind, "error": end.error}, signing_key)
 
 
 def decode_entry(raw: Any, key: str, index: int, signing_key: bytes | None) -> Chunk | End:
@@ -159,8 +162,9 @@ def decode_entry(raw: Any, key: str, index: int, signing_key: bytes | None) -> C
         raise InvalidResponseError("shared stream: an entry out of order", field="i")
     end = data.get("end")
     if end is not None:
-        if end not in ("done", "failed"):
+        if end not in ("done", "failed", "abandoned"):
             raise InvalidResponseError("shared stream: a bad end entry", field="end")
         error = data.get("error")
-        return End(end == "done", error if isinstance(error, str) else "")
+        return End(end == "done", error if isinstance(error, str) else "",
+                   abandoned=end == "abandoned")
     return _chunk_of(data.get("chunk"))

@@ -217,6 +217,29 @@ async def test_an_owner_whose_consumers_all_left_hands_the_answer_over(
     assert (await upstream.counts())["streams"] == 3
 
 
+async def test_an_answer_stored_between_the_read_and_the_claim_is_not_fetched_again(
+    redis: RedisServer, upstream: Upstream,
+) -> None:
+    fleet = Fleet(redis, upstream)
+    async with fleet.cache() as first:
+        expected, _ = await read(first, fleet)
+    late = fleet.cache()
+    shared = late._store.shared  # type: ignore[attr-defined]
+    real, reads = shared.fetch, []
+
+    async def fetch_after_the_write(key: str) -> Any:
+        reads.append(key)  # the first read ran just before another process stored it
+        return None if len(reads) == 1 else await real(key)
+
+    shared.fetch = fetch_after_the_write
+    async with late:
+        answer, source = await read(late, fleet)
+        assert source == "miss" and answer == expected and len(reads) == 2
+        stats = late.stats().shared
+        assert stats is not None and stats.upstream_fetches == 0
+    assert (await upstream.counts())["streams"] == 1
+
+
 async def test_a_corrupt_or_foreign_value_in_redis_is_never_served(
     redis: RedisServer, upstream: Upstream,
 ) -> None:
@@ -234,7 +257,8 @@ async def test_a_corrupt_or_foreign_value_in_redis_is_never_served(
         async with fleet.cache() as other:
             answer, source = await read(other, fleet)
             assert source == "miss" and answer == good  # from the upstream, not from Redis
-            assert other.stats().shared.rejected_values == 1  # type: ignore[union-attr]
+            # Refused twice: the store's read, and the read again once the key is claimed.
+            assert other.stats().shared.rejected_values == 2  # type: ignore[union-attr]
     assert (await upstream.counts())["streams"] == 4
 
 

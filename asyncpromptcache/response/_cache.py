@@ -397,11 +397,13 @@ class ResponseCache:
         stream._attach(flight)
         produce = stream._produce
         if self._shared is not None:
-            produce = self._across_processes(flight, produce, stream._ttl)
+            produce = self._across_processes(flight, produce, stream._ttl,
+                                             refresh=mode == "refresh")
         self._tg.start_soon(self._fly, flight, produce, stream._ttl,
                             name=f"asyncpromptcache.response:{key[:12]}")
 
-    def _across_processes(self, flight: Flight, produce: Produce, ttl: float) -> Produce:
+    def _across_processes(self, flight: Flight, produce: Produce, ttl: float, *,
+                          refresh: bool) -> Produce:
         """``produce`` for a flight with the shared tier: this process claims the key and
         streams upstream, teeing every chunk to the other processes, and stores the whole
         answer in Redis before it marks the stream complete (so a request arriving meanwhile
@@ -439,6 +441,13 @@ class ResponseCache:
                         if attempt == _CLAIMS - 1:
                             raise
                         continue
+                stored = None if refresh else await shared.get(key)
+                if stored is not None:  # stored between the store's read and this claim
+                    await publisher.withdraw()
+                    for index, chunk in enumerate(stored.chunks):
+                        if fresh(index, chunk):
+                            yield chunk
+                    return
                 try:
                     index = 0
                     iterator = aiter(produce())

@@ -313,6 +313,9 @@ class _Solo:
     async def fail(self, error: BaseException) -> None:
         return None
 
+    async def withdraw(self) -> None:
+        return None
+
 
 class _Publisher:
     """Publishes this process's answer of ``key`` to the answer's Redis stream."""
@@ -340,6 +343,12 @@ class _Publisher:
     async def fail(self, error: BaseException) -> None:
         stopped = isinstance(error, GeneratorExit | anyio.get_cancelled_exc_class())
         await self._end(End(False, type(error).__name__, abandoned=stopped))
+
+    async def withdraw(self) -> None:
+        """Give the claim up unstreamed (the answer was stored meanwhile): followers, if
+        any, claim again and find it."""
+        self._owner._n["upstream_fetches"] -= 1
+        await self._end(End(False, "withdrawn", abandoned=True))
 
     async def _end(self, end: End) -> None:
         if self.ended.is_set():

@@ -35,14 +35,18 @@ NAMESPACE = "topology"
 NAMES_ = Names(namespace_id(NAMESPACE, HOST, None))
 
 
-def spread_names(per_node: int = 3) -> list[str]:
-    """Prompt names whose groups hash to slots of each of the three masters, ``per_node``
-    names each (the masters hold equal thirds of the slots, in order)."""
+def node_of(name: str) -> int:
+    """Which of the three masters holds the group of ``name`` (they hold equal thirds of
+    the slots, in order)."""
+    return min(2, key_slot(NAMES_.index(name).encode()) // (SLOTS // 3))
+
+
+def spread_names(per_node: int = 3, prefix: str = "p") -> list[str]:
+    """Prompt names whose groups hash to slots of each master, ``per_node`` names each."""
     found: dict[int, list[str]] = {0: [], 1: [], 2: []}
     for i in itertools.count():
-        name = f"p{i}"
-        slot = key_slot(NAMES_.value(PromptKey(name, "production", None)).encode())
-        owner = found[min(2, slot // (SLOTS // 3))]
+        name = f"{prefix}{i}"
+        owner = found[node_of(name)]
         if len(owner) < per_node:
             owner.append(name)
         if all(len(names) == per_node for names in found.values()):
@@ -162,6 +166,37 @@ async def test_the_tier_on_a_redis_cluster(cluster: RedisClusterServers) -> None
         # No CROSSSLOT, MOVED, ASK... reply on any node; plain ERRs are redis-py's greeting
         # (CLIENT SETINFO, which Redis 6.2 does not know), and no command of the tier's
         # failed (their errors would be counted in redis_errors above).
+        assert cluster.error_kinds() <= {"ERR"}
+
+
+async def test_a_part_and_the_prompt_composed_of_it_on_different_nodes(
+    cluster: RedisClusterServers,
+) -> None:
+    cluster.flush()
+    parent, part, _ = spread_names(1, prefix="composed")  # on the first and second master
+    graph = {"root": {"name": parent, "version": 1},
+             "dependencies": {parent: [{"name": part, "version": 1}]}}
+    composed = TextPrompt(name=parent, version=1, prompt="Intro. the part",
+                          labels=["production"], resolution_graph=graph)
+
+    def cluster_client() -> RedisCluster:
+        return RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in cluster.ports])
+
+    async with fleet(cluster_client, composed) as f:
+        a, b = await f.client(), await f.client()
+        await a.get_prompt(parent)
+        probe = f.redis[0]
+        # The value on its own master, the part's record of it on the part's master.
+        assert await probe.exists(NAMES_.dependents(part)) == 1
+        assert [node_of(parent), node_of(part)] == [0, 1]
+
+        a.invalidate(part)  # drops the composed value too, across the two masters
+        await wait_until(lambda: b.stats().shared.changes_received == 1)  # type: ignore[union-attr]
+        assert await probe.exists(NAMES_.value(PromptKey(parent, "production", None))) == 0
+        assert await probe.exists(NAMES_.dependents(part)) == 0
+        await b.get_prompt(parent)
+        assert f.source.total_fetches == 2  # not served from Redis
+        assert no_redis_errors(a, b) == [0, 0]
         assert cluster.error_kinds() <= {"ERR"}
 
 

@@ -59,6 +59,25 @@ async def _counted(loop: Loop, n: int) -> None:
     os.getpgrp()  # callgrind: --dump-before=getpgrp
 
 
+async def _async_lru_loop(name: str, prompt: Any) -> tuple[Loop, Callable[[], Any]] | None:
+    """A loop of async_lru hits on ``name`` and the cache's close, or ``None`` without it."""
+    try:
+        from async_lru import alru_cache
+    except ImportError:
+        return None
+
+    @alru_cache(maxsize=1024, ttl=60)
+    async def lru(name: str) -> Any:
+        return prompt
+
+    async def lru_loop(n: int) -> None:
+        for _ in repeat(None, n):
+            await lru(name)
+
+    await lru(name)
+    return lru_loop, lru.cache_close
+
+
 async def _child(n: int) -> list[str]:
     from asyncpromptcache import AsyncPromptClient, TextPrompt
     from asyncpromptcache.testing import StaticSource
@@ -104,21 +123,9 @@ async def _child(n: int) -> list[str]:
                 await client.get_prompt(name, version=1)
 
         loops |= {OURS: ours_loop, LABEL: label_loop, VERSION: version_loop}
-        try:
-            from async_lru import alru_cache
-        except ImportError:
-            lru = None
-        else:
-            @alru_cache(maxsize=1024, ttl=60)
-            async def lru(name: str) -> Any:
-                return prompt
-
-            async def lru_loop(n: int) -> None:
-                for _ in repeat(None, n):
-                    await lru(name)
-
-            await lru(name)
-            loops[ASYNC_LRU] = lru_loop
+        lru = await _async_lru_loop(name, prompt)
+        if lru is not None:
+            loops[ASYNC_LRU] = lru[0]
         gc.collect()
         gc.disable()  # a collection would land in one run and not the other
         try:
@@ -131,7 +138,7 @@ async def _child(n: int) -> list[str]:
         stats = client.stats()
         assert stats.fetches == 2 and stats.misses == 2, stats  # every call counted was a hit
         if lru is not None:
-            await lru.cache_close()
+            await lru[1]()
     return list(loops)
 
 
@@ -197,7 +204,8 @@ def report(data: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer calls (the same figures), about 15 s")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer calls (the same figures), about 15 s")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--names-to", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

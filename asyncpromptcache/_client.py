@@ -119,7 +119,9 @@ class AsyncPromptClient:
         # The fresh-hit check is inlined in get_prompt: see AsyncPromptCache.hit_path.
         self._hot, self._by_name, self._touched, self._clock = self._cache.hit_path()
         self._stale_hit = self._cache.stale_hit
-        self._hits = 0
+        # A float: adding to it takes a float from the interpreter's free list, where an int
+        # past 256 is allocated and freed on every hit. Exact up to 2**53 hits.
+        self._hits = 0.0
         self._tg: TaskGroup | None = None
         self._state = _NEW
 
@@ -249,9 +251,9 @@ class AsyncPromptClient:
             if entry is not None and (now := clock()) < entry.expires_at \
                     and entry.type == type:
                 self._touched[entry] = now
-                self._hits += 1
-                prompt: Prompt = entry.prompt
-                return prompt
+                self._hits += 1.0
+                # Returned without a typed local: that measured 55 instructions a hit.
+                return entry.prompt  # type: ignore[no-any-return]
             if entry is not None and entry.type == type:
                 # Stale while its refresh runs: served without the full path's allocations.
                 stale = self._stale_hit(entry, now)
@@ -390,7 +392,7 @@ class AsyncPromptClient:
 
     def stats(self) -> CacheStats:
         """Counters (hits, stale hits, misses, fetches, errors...) and per-key state."""
-        return self._cache.stats(extra_hits=self._hits)
+        return self._cache.stats(extra_hits=int(self._hits))
 
 
 def _wrong_type(key: PromptKey, prompt: Prompt, asked: PromptType) -> InvalidResponseError:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import hit_instructions
 from ._peers import ASYNC_LRU, FETCHING_PEERS, OURS
 from ._upstream import REPO
 from .scenarios import Result, Table
@@ -125,6 +126,8 @@ def evaluate_targets(results: dict[str, Result], load_note: str) -> list[dict[st
                 "index keyed by the name string alone (its hash is cached; no tuple to build)."
                 + noisy,
             ))
+    if "hit_instructions" in results:
+        targets.append(hit_instructions.target(results["hit_instructions"].data))
     sync = results.get("hit_sync")
     if sync is not None:
         summary = sync.data["summary"]

@@ -26,10 +26,14 @@ from ._errors import (
     TransportError as TransportError,
     UnexpectedStatusError as UnexpectedStatusError,
     WebhookError as WebhookError,
+    WebhookReplayError as WebhookReplayError,
     WebhookSignatureError as WebhookSignatureError,
+    WritesNotSupportedError as WritesNotSupportedError,
 )
+from ._events import PromptVersionEvent as PromptVersionEvent
 from ._keys import PromptKey as PromptKey
 from ._langfuse import LangfuseSource as LangfuseSource
+from ._logging import install_default_handler as _install_default_handler
 from ._models import (
     ChatMessage as ChatMessage,
     ChatPrompt as ChatPrompt,
@@ -39,10 +43,14 @@ from ._models import (
     TextPrompt as TextPrompt,
     parse_prompt as parse_prompt,
 )
+from ._redis import RedisTier as RedisTier
 from ._retry import RetryPolicy as RetryPolicy
+from ._shared import SharedStats as SharedStats
 from ._source import (
     FetchOptions as FetchOptions,
+    NewPrompt as NewPrompt,
     PromptSource as PromptSource,
+    PromptWriter as PromptWriter,
 )
 from ._sources import (
     DirectorySource as DirectorySource,
@@ -70,6 +78,7 @@ __all__ = [
     "InvalidResponseError",
     "KeyStats",
     "LangfuseSource",
+    "NewPrompt",
     "Placeholder",
     "Prompt",
     "PromptCacheError",
@@ -78,9 +87,13 @@ __all__ = [
     "PromptNotFoundError",
     "PromptSource",
     "PromptType",
+    "PromptVersionEvent",
+    "PromptWriter",
     "RateLimitError",
+    "RedisTier",
     "RetryPolicy",
     "ServerError",
+    "SharedStats",
     "StoreSource",
     "TemplateError",
     "TextFallback",
@@ -88,6 +101,10 @@ __all__ = [
     "TransportError",
     "UnexpectedStatusError",
     "WebhookError",
+    "WebhookReplayError",
     "WebhookSignatureError",
+    "WritesNotSupportedError",
     "parse_prompt",
 ]
+
+_install_default_handler()

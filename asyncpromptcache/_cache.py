@@ -25,16 +25,32 @@ import attrs
 import cachetools
 from anyio.abc import TaskGroup
 
+from ._checks import check_count, check_seconds
 from ._errors import ClientStateError, FetchError, PromptCacheError, PromptNotFoundError
 from ._keys import DEFAULT_LABEL, PromptKey, make_key
 from ._models import Prompt
+from ._shared import SharedStats
 
-__all__ = ["AsyncPromptCache", "CacheStats", "KeyStats"]
+__all__ = ["AsyncPromptCache", "CacheStats", "Fetched", "KeyStats"]
 
 logger = logging.getLogger("asyncpromptcache")
 
 Clock = Callable[[], float]
-FetchFunc = Callable[[], Awaitable[Prompt]]
+
+
+@attrs.frozen(slots=True)
+class Fetched:
+    """What a fetch function may return instead of a bare prompt: the prompt with its age.
+
+    A prompt another process fetched ``age`` seconds ago (a shared tier's copy) is fresh for
+    the rest of its TTL only, not for a whole TTL from now; past its TTL it is held as stale.
+    """
+
+    prompt: Prompt
+    age: float = 0.0
+
+
+FetchFunc = Callable[[], Awaitable[Prompt | Fetched]]
 
 
 @attrs.frozen(slots=True, eq=False)  # eq=False: hashed by identity, for the recency notes
@@ -105,6 +121,8 @@ class CacheStats:
     entries: int
     in_flight: int
     keys: tuple[KeyStats, ...]
+    #: The shared tier's state and counters, when the client has one.
+    shared: SharedStats | None = None
 
 
 class _Store(cachetools.LRUCache[Hashable, _Entry]):
@@ -139,12 +157,13 @@ class AsyncPromptCache:
         refresh_backoff_seconds: float = 1.0,
         refresh_backoff_max_seconds: float = 300.0,
     ) -> None:
-        if max_size < 1:
-            raise ValueError("max_size must be at least 1")
+        check_count(max_size, "max_size", minimum=1)
         self._clock = clock
-        self._max_stale = math.inf if max_stale_seconds is None else float(max_stale_seconds)
-        self._backoff = refresh_backoff_seconds
-        self._backoff_max = refresh_backoff_max_seconds
+        self._max_stale = math.inf if max_stale_seconds is None else check_seconds(
+            max_stale_seconds, "max_stale_seconds", allow_inf=True)
+        self._backoff = check_seconds(refresh_backoff_seconds, "refresh_backoff_seconds")
+        self._backoff_max = check_seconds(
+            refresh_backoff_max_seconds, "refresh_backoff_max_seconds")
         self._store = _Store(max_size, self._evicted)
         # The hit path reads ``_hot`` (a plain dict, C speed) and notes each use in ``_touched``,
         # keyed by the entry (an identity hash costs less than re-hashing the key tuple), with
@@ -223,6 +242,10 @@ class AsyncPromptCache:
             return entry
         return None
 
+    def holds(self, key: Hashable) -> bool:
+        """Whether an entry for ``key`` may still be served (fresh or stale)."""
+        return self._servable(key) is not None
+
     def stale_hit(self, entry: Any, now: float) -> Prompt | None:
         """Serve ``entry`` (from ``hit_path()``'s index, past its TTL at ``now``) at once when
         that needs nothing started: its refresh is already running or the key is backing off.
@@ -266,8 +289,9 @@ class AsyncPromptCache:
 
     async def _run(self, key: Hashable, flight: _Flight, fetch: FetchFunc, ttl: float) -> None:
         # Never raises: an exception here would cancel the client's whole task group.
+        stale_on_arrival = False
         try:
-            prompt = await fetch()
+            result = await fetch()
         except anyio.get_cancelled_exc_class():
             flight.error = ClientStateError(
                 f"the fetch of {_describe(key)} was cancelled: {self._closed_error}"
@@ -283,13 +307,21 @@ class AsyncPromptCache:
             flight.error = error
             self._failed(key, flight, error)
         else:
+            if isinstance(result, Fetched):
+                prompt, age = result.prompt, max(0.0, result.age)
+            else:
+                prompt, age = result, 0.0
             flight.result = prompt
             if flight.writes_back:
-                self._put(key, prompt, ttl)
+                self._put(key, prompt, ttl, age)
+                stale_on_arrival = 0 < ttl <= age
         finally:
             if self._inflight.get(key) is flight:
                 del self._inflight[key]
             flight.event.set()
+        if stale_on_arrival:
+            # Already past its TTL (another process's copy, served at once): refresh it now.
+            self._maybe_refresh(key, fetch, ttl, self._clock())
 
     def _failed(self, key: Hashable, flight: _Flight, error: PromptCacheError) -> None:
         now = self._clock()
@@ -324,10 +356,22 @@ class AsyncPromptCache:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def _put(self, key: Hashable, prompt: Prompt, ttl: float) -> None:
+    def put(self, key: Hashable, prompt: Prompt, *, ttl: float) -> None:
+        """Hold ``prompt`` for ``key``, fresh for ``ttl`` seconds, without a fetch (write-through).
+
+        A fetch in flight for the key still answers its waiters but does not write back: what
+        it read was sent before this write and may be older.
+        """
+        flight = self._inflight.pop(key, None)
+        if flight is not None:
+            flight.writes_back = False
+        self._put(key, prompt, ttl)
+
+    def _put(self, key: Hashable, prompt: Prompt, ttl: float, age: float = 0.0) -> None:
         now = self._clock()
-        expires = now + ttl
-        entry = _Entry(key, prompt, now, expires, expires + self._max_stale)
+        fetched_at = now - age
+        expires = fetched_at + ttl
+        entry = _Entry(key, prompt, fetched_at, expires, expires + self._max_stale)
         self._apply_touches()
         self._store[key] = entry  # may evict the least recently used key first
         self._index(key, entry)
@@ -430,6 +474,23 @@ class AsyncPromptCache:
         self._touched.clear()
         self._info.clear()
         return dropped
+
+    def expire_all(self) -> int:
+        """Mark every entry stale (still servable until its max staleness), so that the next
+        use of each revalidates: for when the cache may have missed an invalidation. Returns
+        how many entries were marked."""
+        now = self._clock()
+        marked = 0
+        for key, entry in list(self._hot.items()):
+            if entry.expires_at <= now:
+                continue
+            stale = _Entry(key, entry.prompt, entry.fetched_at, now,
+                           now + (entry.stale_until - entry.expires_at))
+            self._touched.pop(entry, None)
+            self._store[key] = stale  # replaces in place: no eviction
+            self._index(key, stale)
+            marked += 1
+        return marked
 
     # -- stats -----------------------------------------------------------------------------
 

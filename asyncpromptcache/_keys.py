@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from ._errors import InvalidArgumentError
@@ -64,6 +65,28 @@ def make_key(name: str, version: int | None = None, label: str | None = None) ->
     else:
         _check_encodable(label, "label")
     return PromptKey(name, label, None)
+
+
+def prefetch_keys(
+    names: Iterable[str | PromptKey] | str | PromptKey, label: str | None
+) -> list[PromptKey]:
+    """The distinct keys a ``prefetch(names, label=...)`` asks for, in order.
+
+    A bare string is one name, not an iterable of one-character names; a ``PromptKey``
+    (a tuple itself) is one key.
+    """
+    if isinstance(names, str | PromptKey):
+        names = [names]
+    elif not isinstance(names, Iterable):
+        raise InvalidArgumentError(
+            f"prefetch() takes prompt names or PromptKeys, got {type(names).__name__}"
+        )
+    keys = [
+        make_key(item.name, item.version, item.label) if isinstance(item, PromptKey)
+        else make_key(item, None, label)
+        for item in names
+    ]
+    return list(dict.fromkeys(keys))
 
 
 def _check_encodable(value: str, what: str) -> None:

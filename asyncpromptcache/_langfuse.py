@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
+import os
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -16,8 +19,10 @@ import anyio
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from ._checks import check_count, check_seconds
 from ._errors import (
     AuthenticationError,
+    ConfigurationError,
     FetchError,
     FetchTimeoutError,
     InvalidResponseError,
@@ -27,16 +32,19 @@ from ._errors import (
     TransportError,
     UnexpectedStatusError,
 )
-from ._keys import PromptKey
+from ._keys import PromptKey, _shown
 from ._models import Prompt, parse_prompt
 from ._retry import RetryPolicy, parse_retry_after
-from ._source import FetchOptions
+from ._secret import Secret
+from ._settings import check_base_url, proxy_for
+from ._source import FetchOptions, NewPrompt
 
 __all__ = ["LangfuseSource"]
 
 logger = logging.getLogger("asyncpromptcache")
 
 _USER_AGENT = "asyncpromptcache/0.1"
+_HEADERS = {"Accept": "application/json", "User-Agent": _USER_AGENT}
 
 
 class LangfuseSource:
@@ -44,8 +52,13 @@ class LangfuseSource:
 
     One ``aiohttp.ClientSession`` for the source's life, made on first use; a session passed
     in is used as is and never closed here. ``timeout_seconds`` bounds each attempt, body
-    included; failed attempts are retried as ``retry`` says.
+    included; failed attempts are retried as ``retry`` says. ``proxy`` is an http(s) proxy URL
+    (``user:password@`` in it is sent as ``Proxy-Authorization``); without one, ``trust_env``
+    takes it from ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` and ``NO_PROXY``, read here.
     """
+
+    # aiohttp runs on asyncio only: a client refuses to start with this source elsewhere.
+    async_backends = ("asyncio",)
 
     def __init__(
         self,
@@ -58,23 +71,24 @@ class LangfuseSource:
         retry: RetryPolicy | None = None,
         max_response_bytes: int = 4 * 1024 * 1024,
         verify_ssl: bool = True,
+        trust_env: bool = True,
+        proxy: str | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
-        url = yarl.URL(base_url)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
-        self._base = str(url).rstrip("/")
+        # Secrets from the first statement on: error reporters record the locals of frames.
+        self.__auth = _basic_auth(public_key, None if secret_key is None else Secret(secret_key))
+        del secret_key
+        self._base = check_base_url(base_url)
+        self._tls = self._base.startswith("https:")
         self._public_key = public_key
-        # Only the encoded header is kept, never an aiohttp.BasicAuth (its repr shows the password).
-        self.__auth_header = (
-            "Basic " + base64.b64encode(f"{public_key}:{secret_key}".encode()).decode()
-            if public_key is not None and secret_key is not None else None
-        )
+        if proxy is None and trust_env:
+            proxy = proxy_for(self._base, os.environ)
+        self._proxy, self.__proxy_auth = _split_proxy(proxy)
         self._session = session
         self._owns_session = session is None
-        self._timeout = timeout_seconds
+        self._timeout = check_seconds(timeout_seconds, "timeout_seconds", positive=True)
         self._retry = retry or RetryPolicy()
-        self._max_bytes = max_response_bytes
+        self._max_bytes = check_count(max_response_bytes, "max_response_bytes", minimum=1)
         self._verify_ssl = verify_ssl
         self._sleep = sleep
         self.requests_sent = 0
@@ -82,7 +96,7 @@ class LangfuseSource:
     def __repr__(self) -> str:
         return (
             f"LangfuseSource(base_url={self._base!r}, public_key={self._public_key!r}, "
-            f"secret_key={'***' if self.__auth_header else None})"
+            f"secret_key={'***' if self.__auth else None})"
         )
 
     async def aclose(self) -> None:
@@ -94,6 +108,8 @@ class LangfuseSource:
         if self._session is None or (self._owns_session and self._session.closed):
             # ssl=True: aiohttp's default verified context; False only when asked by name.
             connector = aiohttp.TCPConnector(ssl=self._verify_ssl)
+            # The proxy is resolved once, when the source is built (see proxy_for), not by
+            # aiohttp's trust_env: that also reads ~/.netrc, whose credentials clash with ours.
             self._session = aiohttp.ClientSession(connector=connector)
             self._owns_session = True
         return self._session
@@ -112,57 +128,108 @@ class LangfuseSource:
 
     async def fetch(self, key: PromptKey, options: FetchOptions) -> Prompt:
         """Fetch ``key``, retrying what is worth retrying; raises our errors only."""
-        retry = self._retry.for_call(options.max_retries)
         timeout = self._timeout if options.timeout_seconds is None else options.timeout_seconds
+        return await self._retrying(
+            functools.partial(self._attempt, key, timeout), key.describe(), options
+        )
+
+    async def _retrying(
+        self,
+        attempt_once: Callable[[], Awaitable[Prompt]],
+        what: str,
+        options: FetchOptions,
+        may_repeat: Callable[[FetchError], bool] | None = None,
+    ) -> Prompt:
+        """``attempt_once()`` until it succeeds or the policy (and ``may_repeat``) says stop."""
+        retry = self._retry.for_call(options.max_retries)
         attempt = 0
         while True:
             try:
-                return await self._attempt(key, timeout)
+                return await attempt_once()
             except FetchError as exc:
                 attempt += 1
                 delay = retry.delay(attempt, exc)
-                if delay is None:
+                if delay is None or (may_repeat is not None and not may_repeat(exc)):
                     raise
                 logger.info(
                     "prompt %s: attempt %d failed (%s); retrying in %.2fs",
-                    key.describe(), attempt, exc, delay,
+                    what, attempt, exc, delay,
                 )
                 await self._sleep(delay)
 
     async def _attempt(self, key: PromptKey, timeout: float) -> Prompt:  # noqa: ASYNC109
-        headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
-        if self.__auth_header is not None:
-            headers["Authorization"] = self.__auth_header
+        status, body, retry_after = await self._exchange(
+            "GET", self.url_for(key), None, timeout, key.describe(), name=key.name, key=key
+        )
+        if status == 200:
+            return self._parse(body, key.describe(), key.name, key.version, key=key)
+        raise self._status_error(
+            f"prompt {key.describe()}", status, body, retry_after, name=key.name, key=key
+        )
+
+    async def _exchange(
+        self,
+        method: str,
+        url: yarl.URL,
+        payload: Any,
+        timeout: float,  # noqa: ASYNC109
+        what: str,
+        *,
+        name: str,
+        key: PromptKey | None,
+    ) -> tuple[int, bytes, str | None]:
+        """One request: ``(status, body, Retry-After)``, or our error when there is no answer."""
+        data = None if payload is None else json.dumps(payload).encode()
         session = self._get_session()
         self.requests_sent += 1
         try:
             with anyio.fail_after(timeout):
-                async with session.get(
-                    self.url_for(key), headers=headers, allow_redirects=False
+                async with session.request(
+                    method, url, data=data, allow_redirects=False, proxy=self._proxy,
+                    headers=self._headers(json_body=data is not None),
+                    proxy_headers=self._proxy_headers(),
                 ) as response:
                     status = response.status
                     retry_after = response.headers.get("Retry-After")
-                    body = await self._read_body(response, key)
+                    body = await self._read_body(response, what, name, key)
         except TimeoutError as exc:
+            _forget_credentials(exc)
             raise FetchTimeoutError(
-                f"prompt {key.describe()}: no complete answer within {timeout:g}s",
-                name=key.name, key=key,
+                f"prompt {what}: no complete answer within {timeout:g}s", name=name, key=key,
             ) from exc
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
             _forget_credentials(exc)
             raise TransportError(
-                f"prompt {key.describe()}: {type(exc).__name__}: {exc}", name=key.name, key=key
+                f"prompt {what}: {type(exc).__name__}: {exc}", name=name, key=key
             ) from exc
-        if status == 200:
-            return self._parse(key, body)
-        raise self._status_error(key, status, body, retry_after)
+        return status, body, retry_after
 
-    async def _read_body(self, response: aiohttp.ClientResponse, key: PromptKey) -> bytes:
+    # The two below build temporaries that the request consumes, so that no frame that may
+    # raise holds the credentials in a local. The proxy's go in the request itself to an
+    # http:// target (sent to the proxy whole), in the CONNECT to an https:// one.
+
+    def _headers(self, *, json_body: bool = False) -> dict[str, str]:
+        return {
+            **_HEADERS,
+            **({"Content-Type": "application/json"} if json_body else {}),
+            **({"Authorization": self.__auth.reveal()} if self.__auth else {}),
+            **({"Proxy-Authorization": self.__proxy_auth.reveal()}
+               if self.__proxy_auth and not self._tls else {}),
+        }
+
+    def _proxy_headers(self) -> dict[str, str] | None:
+        if self.__proxy_auth is None or not self._tls:
+            return None
+        return {"Proxy-Authorization": self.__proxy_auth.reveal()}
+
+    async def _read_body(
+        self, response: aiohttp.ClientResponse, what: str, name: str, key: PromptKey | None
+    ) -> bytes:
         length = response.content_length
         if length is not None and length > self._max_bytes:
             raise InvalidResponseError(
-                f"prompt {key.describe()}: response of {length} bytes exceeds the "
-                f"{self._max_bytes}-byte limit", name=key.name, key=key,
+                f"prompt {what}: response of {length} bytes exceeds the "
+                f"{self._max_bytes}-byte limit", name=name, key=key,
             )
         chunks: list[bytes] = []
         size = 0
@@ -170,64 +237,154 @@ class LangfuseSource:
             size += len(chunk)
             if size > self._max_bytes:
                 raise InvalidResponseError(
-                    f"prompt {key.describe()}: response exceeds the {self._max_bytes}-byte limit",
-                    name=key.name, key=key,
+                    f"prompt {what}: response exceeds the {self._max_bytes}-byte limit",
+                    name=name, key=key,
                 )
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _parse(self, key: PromptKey, body: bytes) -> Prompt:
+    # -- writes (the optional PromptWriter capability) -------------------------------------
+
+    async def create_prompt(self, new: NewPrompt, options: FetchOptions) -> Prompt:
+        """``POST /api/public/v2/prompts``. Repeated only when the server surely did not act
+        on it (no connection made, or 429): a create is not idempotent, and a repeated one
+        would make a second version."""
+        url = yarl.URL(f"{self._base}/api/public/v2/prompts")
+        what = f"{_shown(new.name)}: create"
+        return await self._retrying(
+            functools.partial(self._write, "POST", url, new.to_json(), what, new.name, None,
+                              options),
+            what, options, _not_acted_on,
+        )
+
+    async def update_prompt_labels(
+        self, name: str, version: int, new_labels: list[str], options: FetchOptions
+    ) -> Prompt:
+        """``PATCH /api/public/v2/prompts/{name}/versions/{version}`` with ``newLabels``;
+        idempotent (labels are added), so retried as a fetch is."""
+        segment = quote(name, safe="")
+        url = yarl.URL(
+            f"{self._base}/api/public/v2/prompts/{segment}/versions/{version}", encoded=True
+        )
+        what = f"{_shown(name)} (version {version}): label update"
+        return await self._retrying(
+            functools.partial(self._write, "PATCH", url, {"newLabels": new_labels}, what, name,
+                              version, options),
+            what, options,
+        )
+
+    async def _write(
+        self, method: str, url: yarl.URL, payload: Any, what: str, name: str,
+        version: int | None, options: FetchOptions,
+    ) -> Prompt:
+        timeout = self._timeout if options.timeout_seconds is None else options.timeout_seconds
+        status, body, retry_after = await self._exchange(
+            method, url, payload, timeout, what, name=name, key=None
+        )
+        if status not in (200, 201):
+            raise self._status_error(
+                f"prompt {what}", status, body, retry_after, name=name, key=None
+            )
+        return self._parse(body, what, name, version, key=None)
+
+    def _parse(
+        self, body: bytes, what: str, name: str, version: int | None, *, key: PromptKey | None
+    ) -> Prompt:
+        """The prompt in a 2xx answer, checked to be ``name`` (at ``version`` when given)."""
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidResponseError(
-                f"prompt {key.describe()}: response is not valid JSON ({_excerpt(body)})",
-                name=key.name, key=key,
+                f"prompt {what}: response is not valid JSON ({_excerpt(body)})",
+                name=name, key=key,
             ) from exc
         try:
             prompt = parse_prompt(data)
         except InvalidResponseError as exc:
             raise InvalidResponseError(
-                f"prompt {key.describe()}: {exc}", field=exc.field, name=key.name, key=key
+                f"prompt {what}: {exc}", field=exc.field, name=name, key=key
             ) from None
-        if prompt.name != key.name:
+        if prompt.name != name:
             raise InvalidResponseError(
-                f"prompt {key.describe()}: the server answered with prompt {prompt.name!r}",
-                field="name", name=key.name, key=key,
+                f"prompt {what}: the server answered with prompt {prompt.name!r}",
+                field="name", name=name, key=key,
             )
-        if key.version is not None and prompt.version != key.version:
+        if version is not None and prompt.version != version:
             raise InvalidResponseError(
-                f"prompt {key.describe()}: the server answered with version {prompt.version}",
-                field="version", name=key.name, key=key,
+                f"prompt {what}: the server answered with version {prompt.version}",
+                field="version", name=name, key=key,
             )
         return prompt
 
     def _status_error(
-        self, key: PromptKey, status: int, body: bytes, retry_after: str | None
+        self, what: str, status: int, body: bytes, retry_after: str | None, *,
+        name: str, key: PromptKey | None,
     ) -> FetchError:
         detail = _error_message(body)
-        what = f"prompt {key.describe()}: HTTP {status}" + (f": {detail}" if detail else "")
+        what = f"{what}: HTTP {status}" + (f": {detail}" if detail else "")
         if status == 404:
-            return PromptNotFoundError(what, name=key.name, key=key)
+            return PromptNotFoundError(what, name=name, key=key)
         if status in (401, 403):
-            return AuthenticationError(what, status=status, name=key.name, key=key)
+            return AuthenticationError(what, status=status, name=name, key=key)
         if status == 429:
             return RateLimitError(
-                what, retry_after=parse_retry_after(retry_after), name=key.name, key=key
+                what, retry_after=parse_retry_after(retry_after), name=name, key=key
             )
         if status == 408 or 500 <= status <= 599:
-            return ServerError(what, status=status, name=key.name, key=key)
-        return UnexpectedStatusError(what, status=status, name=key.name, key=key)
+            return ServerError(what, status=status, name=name, key=key)
+        return UnexpectedStatusError(what, status=status, name=name, key=key)
+
+
+def _not_acted_on(error: FetchError) -> bool:
+    """Whether a failed request surely never reached the server's handler: no connection was
+    made, or it was rate-limited. Only then may a non-idempotent request be sent again."""
+    if isinstance(error, RateLimitError):
+        return True
+    return isinstance(error, TransportError) and not isinstance(error, FetchTimeoutError) \
+        and isinstance(error.__cause__, aiohttp.ClientConnectorError)
+
+
+def _basic_auth(login: str | None, password: Secret | None) -> Secret | None:
+    """The ``Authorization`` value for HTTP Basic, or ``None`` without both parts."""
+    if login is None or password is None:
+        return None
+    try:
+        return Secret(
+            "Basic " + base64.b64encode(f"{login}:{password.reveal()}".encode()).decode()
+        )
+    except UnicodeEncodeError:
+        raise ConfigurationError("the Langfuse keys must be valid Unicode text") from None
+
+
+def _split_proxy(proxy: str | None) -> tuple[yarl.URL | None, Secret | None]:
+    """The proxy's URL without its credentials, and them as a ``Proxy-Authorization``."""
+    if proxy is None:
+        return None, None
+    url = yarl.URL(proxy)
+    if url.user is None:
+        return url, None
+    return url.with_user(None), _basic_auth(url.user, Secret(url.password or ""))
 
 
 def _forget_credentials(exc: BaseException) -> None:
-    """aiohttp's ``ClientResponseError`` (raised for an answer it cannot parse) keeps the
-    request's headers in ``request_info``, and its repr shows them: drop ``Authorization``
-    before the error is chained to ours, where any error reporter may print it."""
+    """Remove the credentials from an aiohttp error before it is chained to ours, where any
+    error reporter may print it: its frames' locals (aiohttp's hold the auth and the request
+    headers), and the request headers a ``ClientResponseError`` keeps in ``request_info``."""
+    chain: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while chain:
+        current = chain.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        # Those frames have finished (the error left them); the one running is skipped.
+        traceback.clear_frames(current.__traceback__)
+        chain += [current.__cause__, current.__context__]
     if isinstance(exc, aiohttp.ClientResponseError):
         info = exc.request_info
         headers = CIMultiDict(info.headers)
         headers.popall("Authorization", None)
+        headers.popall("Proxy-Authorization", None)
         exc.request_info = aiohttp.RequestInfo(
             info.url, info.method, CIMultiDictProxy(headers), info.real_url
         )

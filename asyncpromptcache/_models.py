@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal, TypeAlias
 
 import attrs
 
+from ._composition import parse_resolution_graph
 from ._errors import InvalidArgumentError, InvalidResponseError, TemplateError
 from ._template import compile_template, find_variable_names, to_langchain_template
 
@@ -71,6 +72,8 @@ class _PromptBase:
     tags: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
     commit_message: str | None = None
     is_fallback: bool = False
+    # Langfuse's ``resolutionGraph``: the prompts this one was composed of (see _composition).
+    resolution_graph: Any = attrs.field(default=None, eq=False, hash=False, repr=False)
 
     def _meta_dict(self) -> dict[str, Any]:
         return {
@@ -312,8 +315,9 @@ def parse_prompt(data: Any) -> Prompt:
     """Parse one prompt from Langfuse's wire format (``GET /api/public/v2/prompts/{name}``).
 
     Strict: a missing or wrongly-typed field raises ``InvalidResponseError`` whose ``field``
-    names it. Fields this SDK does not use (``id``, ``createdAt``, ``resolutionGraph``...) are
-    ignored.
+    names it. Fields this SDK does not use (``id``, ``createdAt``...) are ignored;
+    ``resolutionGraph`` is kept as ``resolution_graph`` (checked by
+    ``_composition.parse_resolution_graph``).
     """
     if not isinstance(data, dict):
         raise InvalidResponseError(
@@ -334,6 +338,10 @@ def parse_prompt(data: Any) -> Prompt:
             if "commitMessage" in data else None
         ),
     }
+    graph = data.get("resolutionGraph")
+    if graph is not None:
+        parse_resolution_graph(graph)
+        common["resolution_graph"] = graph
     if kind == "text":
         return TextPrompt(prompt=_field(data, "prompt", str, "prompt"), **common)
     if kind == "chat":

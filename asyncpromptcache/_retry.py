@@ -6,10 +6,12 @@ import random
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import attrs
 
-from ._errors import FetchError, RateLimitError, ServerError, TransportError
+from ._checks import check_count, check_seconds
+from ._errors import ConfigurationError, FetchError, RateLimitError, ServerError, TransportError
 
 __all__ = ["RetryPolicy", "parse_retry_after"]
 
@@ -34,6 +36,19 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return max(0.0, seconds)
 
 
+def _count(_: object, field: attrs.Attribute[int], value: int) -> None:
+    check_count(value, f"RetryPolicy.{field.name}")
+
+
+def _seconds(_: object, field: attrs.Attribute[float], value: float) -> None:
+    check_seconds(value, f"RetryPolicy.{field.name}")
+
+
+def _callable(_: object, field: attrs.Attribute[Any], value: object) -> None:
+    if not callable(value):
+        raise ConfigurationError(f"RetryPolicy.{field.name} must be callable, got {value!r}")
+
+
 @attrs.frozen
 class RetryPolicy:
     """Exponential backoff with full jitter, honouring ``Retry-After``.
@@ -43,11 +58,14 @@ class RetryPolicy:
     error is raised at once so that callers fall back instead of hanging.
     """
 
-    max_retries: int = 2
-    base_delay: float = 0.1
-    max_delay: float = 2.0
-    max_retry_after: float = 10.0
-    rng: Callable[[], float] = attrs.field(default=random.random, eq=False, repr=False)
+    # Checked as they enter: a NaN or infinite delay or a float retry count would make a
+    # fetch wait or retry for ever.
+    max_retries: int = attrs.field(default=2, validator=_count)
+    base_delay: float = attrs.field(default=0.1, validator=_seconds)
+    max_delay: float = attrs.field(default=2.0, validator=_seconds)
+    max_retry_after: float = attrs.field(default=10.0, validator=_seconds)
+    rng: Callable[[], float] = attrs.field(
+        default=random.random, eq=False, repr=False, validator=_callable)
 
     def for_call(self, max_retries: int | None) -> RetryPolicy:
         """This policy with a call's own ``max_retries`` (``None``: keep this one's)."""

@@ -3,88 +3,213 @@ Read when a client is built, never at import. Pure."""
 
 from __future__ import annotations
 
-import math
+import re
 from collections.abc import Mapping
+from urllib.parse import SplitResult, urlsplit
 
 import attrs
 
-from ._errors import ConfigurationError
+from ._checks import check_seconds, parse_seconds
+from ._errors import ConfigurationError, InvalidArgumentError
+from ._secret import Secret
 
-__all__ = ["Settings", "resolve_settings"]
+__all__ = ["Environment", "Settings", "resolve_settings"]
 
 DEFAULT_BASE_URL = "https://cloud.langfuse.com"
 DEFAULT_TTL_SECONDS = 60.0
 DEFAULT_TIMEOUT_SECONDS = 5.0
 _TTL_VARS = ("LANGFUSE_PROMPT_CACHE_TTL_SECONDS", "LANGFUSE_PROMPT_CACHE_DEFAULT_TTL_SECONDS")
+_READ = (
+    "LANGFUSE_PUBLIC_KEY", "LANGFUSE_BASE_URL", "LANGFUSE_HOST", "LANGFUSE_TIMEOUT", *_TTL_VARS,
+    "ASYNCPROMPTCACHE_REDIS_URL",
+)
 
 
 @attrs.frozen
 class Settings:
     public_key: str | None
-    secret_key: str | None = attrs.field(repr=False)
+    secret_key: Secret | None = attrs.field(repr=False)
     base_url: str
     cache_ttl_seconds: float
     timeout_seconds: float
+    # The proxy the environment names for base_url (None: connect directly).
+    proxy: str | None = attrs.field(default=None, repr=lambda url: repr(url and redact_url(url)))
 
 
-def _number(value: float | str, what: str, *, positive: bool) -> float:
+def check_ttl(value: float, what: str = "cache_ttl_seconds") -> float:
+    """A per-call TTL: ``InvalidArgumentError`` when bad (the constructor's is checked by
+    ``resolve_settings``)."""
+    return check_seconds(value, what, error=InvalidArgumentError)
+
+
+def check_timeout(value: float, what: str = "fetch_timeout_seconds") -> float:
+    """A per-call fetch timeout, as ``check_ttl``."""
+    return check_seconds(value, what, positive=True, error=InvalidArgumentError)
+
+
+_API_SUFFIXES = ("/api/public", "/api/public/v2", "/api/public/v2/prompts")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced, for messages and reprs."""
+    return re.sub(r"(//)[^/?#]*@", r"\1***@", url)
+
+
+def _http_url(url: str, what: str, hint: str) -> SplitResult:
+    shown = redact_url(url)
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"{what} must be a number of seconds, got {value!r}") from None
-    if math.isnan(number) or math.isinf(number) or number < 0 or (positive and number == 0):
-        bound = "greater than 0" if positive else "0 or more"
-        raise ConfigurationError(f"{what} must be a finite number {bound}, got {value!r}")
-    return number
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        raise ConfigurationError(f"{what} is not a valid URL: {shown!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"{what} must be an http(s) URL with a host{hint}, got {shown!r}")
+    return parts
 
 
-def check_ttl(value: float | str, what: str = "cache_ttl_seconds") -> float:
-    return _number(value, what, positive=False)
+def check_base_url(url: str, what: str = "base_url") -> str:
+    """The Langfuse base URL without its trailing slash, or ``ConfigurationError``.
+
+    Refused: anything but http(s) with a host, credentials in it (the keys go in
+    ``public_key``/``secret_key``), a query or a fragment (request paths are appended to
+    it), and a path ending in ``/api/public`` (the base URL is the host's, the SDK adds the
+    API path).
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError(f"{what} must be a string, got {type(url).__name__}")
+    url = url.strip()
+    shown = redact_url(url)
+    parts = _http_url(url, what, " (such as https://cloud.langfuse.com)")
+    if "@" in parts.netloc:
+        raise ConfigurationError(
+            f"{what} must not hold credentials ({shown!r}): pass the Langfuse keys as "
+            "public_key and secret_key (or LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY)"
+        )
+    if "?" in url or "#" in url:
+        raise ConfigurationError(
+            f"{what} must not have a query or a fragment, got {shown!r}: request paths are "
+            "appended to it"
+        )
+    path = parts.path.rstrip("/")
+    if path.lower().endswith(_API_SUFFIXES):
+        raise ConfigurationError(
+            f"{what} must be the Langfuse host without the API path (the client adds "
+            f"/api/public/...), got {shown!r}"
+        )
+    return url.rstrip("/")
 
 
-def check_timeout(value: float | str, what: str = "fetch_timeout_seconds") -> float:
-    return _number(value, what, positive=True)
+@attrs.frozen
+class Environment:
+    """The variables a client reads, taken out of the environment when it is built: the
+    secret key wrapped, nothing else kept (a frame holding ``os.environ`` would show every
+    secret of the process to an error reporter)."""
+
+    values: Mapping[str, str]
+    secret_key: Secret | None = attrs.field(repr=False)
+    webhook_secret: Secret | None = attrs.field(default=None, repr=False)
+
+    @classmethod
+    def read(cls, env: Mapping[str, str]) -> Environment:
+        webhook = env.get("LANGFUSE_WEBHOOK_SECRET", "").strip()
+        return cls(
+            {var: env[var] for var in env if var in _READ or var.lower().endswith("_proxy")},
+            Secret(env["LANGFUSE_SECRET_KEY"]) if env.get("LANGFUSE_SECRET_KEY") else None,
+            Secret(webhook) if webhook else None,
+        )
 
 
 def resolve_settings(
-    env: Mapping[str, str],
+    environment: Environment | Mapping[str, str],
     *,
     public_key: str | None = None,
-    secret_key: str | None = None,
+    secret_key: Secret | None = None,
     base_url: str | None = None,
     cache_ttl_seconds: float | None = None,
     timeout_seconds: float | None = None,
+    trust_env: bool = True,
 ) -> Settings:
-    """Merge arguments and environment; a bad value raises ``ConfigurationError`` naming it."""
+    """Merge arguments and environment; a bad value raises ``ConfigurationError`` naming it.
+
+    Pass ``Environment.read(os.environ)`` rather than the mapping itself where the caller's
+    own frame may raise: that keeps no copy of the environment and wraps the secret key.
+    """
+    if not isinstance(environment, Environment):
+        environment = Environment.read(environment)
+    env = environment.values
     public_key = public_key if public_key is not None else env.get("LANGFUSE_PUBLIC_KEY") or None
-    secret_key = secret_key if secret_key is not None else env.get("LANGFUSE_SECRET_KEY") or None
+    secret_key = secret_key if secret_key is not None else environment.secret_key
     if (public_key is None) != (secret_key is None):
         given, missing = ("public", "secret") if secret_key is None else ("secret", "public")
         raise ConfigurationError(
             f"a Langfuse {given} key was given but no {missing} key "
             f"(argument {missing}_key or LANGFUSE_{missing.upper()}_KEY)"
         )
-    url = base_url or env.get("LANGFUSE_BASE_URL") or env.get("LANGFUSE_HOST") or DEFAULT_BASE_URL
-    if not url.startswith(("http://", "https://")):
-        raise ConfigurationError(f"the Langfuse base URL must start with http(s)://, got {url!r}")
+    if base_url:
+        url = check_base_url(base_url)
+    else:
+        var = next((v for v in ("LANGFUSE_BASE_URL", "LANGFUSE_HOST") if env.get(v)), None)
+        url = DEFAULT_BASE_URL if var is None else check_base_url(env[var], var)
 
     if cache_ttl_seconds is not None:
-        ttl = check_ttl(cache_ttl_seconds)
+        ttl = check_seconds(cache_ttl_seconds, "cache_ttl_seconds")
     else:
         ttl = DEFAULT_TTL_SECONDS
         # The second is the Langfuse SDK's own name for it.
         for var in _TTL_VARS:
             if env.get(var, "").strip():
-                ttl = check_ttl(env[var], var)
+                ttl = parse_seconds(env[var], var)
                 break
 
     if timeout_seconds is not None:
-        timeout = check_timeout(timeout_seconds, "timeout_seconds")
+        timeout = check_seconds(timeout_seconds, "fetch_timeout_seconds", positive=True)
     elif env.get("LANGFUSE_TIMEOUT", "").strip():
-        timeout = check_timeout(env["LANGFUSE_TIMEOUT"], "LANGFUSE_TIMEOUT")
+        timeout = parse_seconds(env["LANGFUSE_TIMEOUT"], "LANGFUSE_TIMEOUT", positive=True)
     else:
         timeout = DEFAULT_TIMEOUT_SECONDS
     return Settings(
-        public_key=public_key, secret_key=secret_key, base_url=url.rstrip("/"),
+        public_key=public_key, secret_key=secret_key, base_url=url,
         cache_ttl_seconds=ttl, timeout_seconds=timeout,
+        proxy=proxy_for(url, env) if trust_env else None,
     )
+
+
+def _bypassed(host: str, netloc: str, no_proxy: str) -> bool:
+    """Whether ``no_proxy`` (comma-separated host suffixes, or ``*``) covers the host."""
+    if no_proxy.strip() == "*":
+        return True
+    for name in no_proxy.split(","):
+        name = name.strip().lstrip(".").lower()
+        if name and any(h == name or h.endswith("." + name) for h in (host, netloc)):
+            return True
+    return False
+
+
+def proxy_for(url: str, env: Mapping[str, str]) -> str | None:
+    """The proxy ``env`` names for ``url``, read as urllib (and so httpx and requests) read
+    it: ``<scheme>_proxy`` in either case, lowercase winning, then ``all_proxy``; ``no_proxy``
+    lists hosts to reach directly. ``None``: connect directly."""
+    proxies: dict[str, str] = {}
+    for name, value in env.items():
+        if value and name.lower().endswith("_proxy"):
+            proxies[name.lower()[:-6]] = value
+    if "REQUEST_METHOD" in env:
+        # A CGI script: HTTP_PROXY may come from a client's "Proxy:" header (httpoxy).
+        proxies.pop("http", None)
+    for name, value in env.items():
+        if name.endswith("_proxy"):
+            if value:
+                proxies[name.lower()[:-6]] = value
+            else:
+                proxies.pop(name.lower()[:-6], None)
+    parts = urlsplit(url)
+    if _bypassed(parts.hostname or "", parts.netloc.lower(), proxies.get("no", "")):
+        return None
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if proxy is None:
+        return None
+    proxy = proxy.strip()
+    if "://" not in proxy:
+        proxy = "http://" + proxy  # "host:port", as curl and httpx take it
+    _http_url(proxy, f"the proxy for {url}", " (trust_env=False ignores the proxy variables)")
+    return proxy

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
 from ._keys import PromptKey
-from ._models import Prompt
+from ._models import Prompt, PromptType
 
-__all__ = ["FetchOptions", "PromptSource"]
+__all__ = ["FetchOptions", "NewPrompt", "PromptSource", "PromptWriter"]
 
 
 @attrs.frozen
@@ -29,8 +29,52 @@ class PromptSource(Protocol):
     which the cache treats as "stop serving this key". Any other exception is wrapped in a
     ``FetchError``. ``aclose`` releases what the source holds; the client calls it on exit
     for sources it made, never for one the user passed in.
+
+    A source that runs only on some async backends says so with an optional class attribute,
+    ``async_backends = ("asyncio",)``: the client refuses to start elsewhere.
     """
 
     async def fetch(self, key: PromptKey, options: FetchOptions) -> Prompt: ...
 
     async def aclose(self) -> None: ...
+
+
+@attrs.frozen(kw_only=True)
+class NewPrompt:
+    """A prompt version to create: the body of Langfuse's ``POST /api/public/v2/prompts``."""
+
+    name: str
+    type: PromptType
+    prompt: Any  # a template string (text) or a list of message / placeholder dicts (chat)
+    labels: tuple[str, ...] = ()
+    tags: tuple[str, ...] | None = None
+    config: Any = None
+    commit_message: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The request body, as Langfuse's Python SDK sends it (``config`` defaults to ``{}``)."""
+        body: dict[str, Any] = {
+            "name": self.name, "type": self.type, "prompt": self.prompt,
+            "labels": list(self.labels), "config": {} if self.config is None else self.config,
+        }
+        if self.tags is not None:
+            body["tags"] = list(self.tags)
+        if self.commit_message is not None:
+            body["commitMessage"] = self.commit_message
+        return body
+
+
+@runtime_checkable
+class PromptWriter(Protocol):
+    """A source that can also write prompts: an optional capability beside ``PromptSource``.
+
+    ``create_prompt`` makes a new version and returns it as the source stored it;
+    ``update_prompt_labels`` adds ``new_labels`` to a version (moving each from the version
+    that had it) and returns that version. Both raise ``FetchError`` subclasses.
+    """
+
+    async def create_prompt(self, new: NewPrompt, options: FetchOptions) -> Prompt: ...
+
+    async def update_prompt_labels(
+        self, name: str, version: int, new_labels: list[str], options: FetchOptions
+    ) -> Prompt: ...

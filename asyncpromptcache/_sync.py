@@ -15,6 +15,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import functools
+import inspect
 import logging
 import os
 import threading
@@ -29,11 +30,21 @@ import attrs
 from anyio.from_thread import BlockingPortal
 
 from ._cache import CacheStats, Clock
-from ._client import AsyncPromptClient, ChatFallback, TextFallback
+from ._checks import check_seconds
+from ._client import (
+    AsyncPromptClient,
+    ChatFallback,
+    TextFallback,
+    await_fallback,
+    call_fallback,
+)
 from ._errors import ClientStateError, FetchError, InvalidArgumentError, PromptCacheError
-from ._keys import PromptKey
-from ._models import ChatPrompt, Prompt, PromptType, TextPrompt
+from ._events import PromptVersionEvent
+from ._keys import PromptKey, make_key, prefetch_keys
+from ._models import ChatPrompt, Prompt, PromptType, TextPrompt, prompt_from_value
+from ._redis import RedisTier
 from ._retry import RetryPolicy
+from ._secret import Secret
 from ._source import PromptSource
 
 __all__ = ["PromptClient"]
@@ -67,6 +78,11 @@ class PromptClient:
         with PromptClient() as client:
             prompt = client.get_prompt("movie-critic", version=3)
 
+    Interpreter exit closes it as soon as the main thread ends, before Python waits for
+    non-daemon threads (as ``concurrent.futures`` executors stop then): a thread still waiting
+    on a fetch gets ``ClientStateError`` at once instead of holding the exit for the whole
+    retry budget, and later calls from such threads raise it too.
+
     The async client runs on a background event-loop thread of its own, started on first use:
     its task group, its refreshes and its HTTP session live there. A fresh hit is served in the
     calling thread without waking that thread; a miss or a stale hit is handed to it, so 64
@@ -79,7 +95,9 @@ class PromptClient:
 
     After ``os.fork`` (gunicorn ``--preload``, ``multiprocessing``) the child keeps the prompts
     the parent had cached and starts its own loop thread and HTTP session on first use. A
-    ``source`` you pass is shared with the child as it is.
+    ``source`` you pass is shared with the child as it is; with ``shared=``, the child opens
+    its own Redis connections (a ``redis.asyncio`` client you pass is reset by redis-py in
+    the child).
 
     Options are ``AsyncPromptClient``'s, except ``session``: an aiohttp session belongs to the
     event loop it was made on, and this client's loop is private. The environment is read once,
@@ -100,23 +118,39 @@ class PromptClient:
         max_retries: int = 2,
         retry: RetryPolicy | None = None,
         verify_ssl: bool = True,
+        trust_env: bool = True,
         refresh_backoff_seconds: float = 1.0,
         refresh_backoff_max_seconds: float = 300.0,
         clock: Clock | None = None,
         env: Mapping[str, str] | None = None,
+        shared: str | RedisTier | None = None,
+        webhook_secret: str | None = None,
     ) -> None:
-        # Kept to build the same client again in a forked child, with the same environment.
-        self._new_client = functools.partial(
-            AsyncPromptClient,
-            public_key=public_key, secret_key=secret_key, base_url=base_url, source=source,
-            cache_ttl_seconds=cache_ttl_seconds, max_size=max_size,
-            max_stale_seconds=max_stale_seconds, fetch_timeout_seconds=fetch_timeout_seconds,
-            max_retries=max_retries, retry=retry, verify_ssl=verify_ssl,
+        # A Secret from here on: error reporters record the locals of a frame that raises.
+        secret = None if secret_key is None else Secret(secret_key)
+        webhook = None if webhook_secret is None else Secret(webhook_secret)
+        del secret_key, webhook_secret
+        options: dict[str, Any] = dict(
+            source=source, max_size=max_size, max_stale_seconds=max_stale_seconds,
+            max_retries=max_retries, retry=retry, verify_ssl=verify_ssl, trust_env=trust_env,
             refresh_backoff_seconds=refresh_backoff_seconds,
             refresh_backoff_max_seconds=refresh_backoff_max_seconds, clock=clock,
-            env=dict(os.environ) if env is None else env,
+            shared=shared,
+            webhook_secret=webhook,
         )
-        self._client = self._new_client()  # bad options fail here, in the caller's thread
+        # Bad options fail here, in the caller's thread.
+        self._client = AsyncPromptClient(
+            public_key=public_key, secret_key=None if secret is None else secret.reveal(),
+            base_url=base_url, cache_ttl_seconds=cache_ttl_seconds,
+            fetch_timeout_seconds=fetch_timeout_seconds, env=env, **options,
+        )
+        # To build the same client again in a forked child: the settings it resolved (the
+        # environment is not kept), the shared tier it resolved, and the other options.
+        options["shared"] = self._client._tier
+        options["webhook_secret"] = self._client._webhook_secret
+        self._new_client = functools.partial(
+            AsyncPromptClient._from_settings, self._client._settings, **options
+        )
         self._lock = threading.Lock()
         self._loop: _LoopThread | None = None
         self._closed = False
@@ -157,8 +191,7 @@ class PromptClient:
         thread to end (a fetch hanging on a dead server is cancelled, not waited for); a thread
         still running then is left to finish as a daemon thread, with a warning logged.
         """
-        if timeout < 0:
-            raise InvalidArgumentError(f"timeout must be 0 or more, got {timeout!r}")
+        check_seconds(timeout, "timeout", error=InvalidArgumentError)
         loop = self._loop
         if loop is not None and loop.thread is threading.current_thread():
             # From a fallback or a source: the loop can end only once this returns. Ask it to,
@@ -209,8 +242,8 @@ class PromptClient:
                 loop = self._loop
         if loop.thread is threading.current_thread():
             raise ClientStateError(
-                "a PromptClient was called from its own event loop thread (from a fallback or "
-                "a source?): use the AsyncPromptClient there"
+                "a PromptClient was called from its own event loop thread (from a source?): "
+                "use the AsyncPromptClient there"
             )
         return loop
 
@@ -315,7 +348,7 @@ class PromptClient:
         As ``AsyncPromptClient.get_prompt``: fresh in the cache, returned at once from this
         thread; stale, returned at once while one refresh runs; missing, one fetch however many
         threads wait. A failed fetch serves the stale copy, else the ``fallback`` (a string, a
-        message list, or a callable returning one; it runs on the loop thread), else raises the
+        message list, or a callable returning one; it runs in the calling thread), else raises the
         ``FetchError``. ``cache_ttl_seconds=0`` always fetches.
         """
         if cache_ttl_seconds is None:
@@ -337,16 +370,38 @@ class PromptClient:
                 self._hits.cell[0] += 1
                 prompt: Prompt = entry.prompt
                 return prompt
-        return self._call(functools.partial(
-            _get_prompt, name, version, label, type, cache_ttl_seconds, fallback, max_retries,
-            fetch_timeout_seconds,
-        ))
+        try:
+            return self._call(functools.partial(
+                _get_prompt, name, version, label, type, cache_ttl_seconds, None, max_retries,
+                fetch_timeout_seconds,
+            ))
+        except FetchError as error:
+            if fallback is None:
+                raise
+            return self._fallback(make_key(name, version, label), type, fallback, error)
+
+    def _fallback(
+        self,
+        key: PromptKey,
+        prompt_type: PromptType,
+        fallback: TextFallback | ChatFallback,
+        error: FetchError,
+    ) -> Prompt:
+        """As ``AsyncPromptClient._fallback``, in the calling thread: a slow fallback must not
+        hold the loop thread, which serves every other thread's misses."""
+        value = call_fallback(key, fallback, error)
+        if inspect.isawaitable(value):  # an async fallback: awaited on the loop
+            awaitable = value
+            value = self._call(lambda _: await_fallback(key, awaitable, error))
+        prompt = prompt_from_value(key.name, value, prompt_type, key.label)
+        self._on_owner(lambda client: client._fallback_served(key, error))
+        return prompt
 
     # -- other operations ------------------------------------------------------------------
 
     def prefetch(
         self,
-        names: Iterable[str | PromptKey],
+        names: Iterable[str | PromptKey] | str | PromptKey,
         *,
         label: str | None = None,
         cache_ttl_seconds: float | None = None,
@@ -355,16 +410,17 @@ class PromptClient:
     ) -> dict[PromptKey, Prompt | FetchError]:
         """Warm the cache with many prompts at once, fetched concurrently; never raises a
         FetchError. Returns, per key, the prompt or the error its fetch ended with."""
-        items = list(names)
+        keys = prefetch_keys(names, label)  # checked here, in the caller's thread
         return self._call(lambda client: client.prefetch(
-            items, label=label, cache_ttl_seconds=cache_ttl_seconds, max_retries=max_retries,
+            keys, label=label, cache_ttl_seconds=cache_ttl_seconds, max_retries=max_retries,
             fetch_timeout_seconds=fetch_timeout_seconds,
         ))
 
     def invalidate(
         self, name: str, *, label: str | None = None, version: int | None = None
     ) -> int:
-        """Drop one key (``label`` or ``version`` given) or every key of ``name``, exactly.
+        """Drop one key (``label`` or ``version`` given) or every key of ``name``, exactly,
+        and every cached prompt composed of ``name`` (at any depth).
 
         Returns how many entries were dropped.
         """
@@ -379,6 +435,68 @@ class PromptClient:
         stats = self._on_owner(AsyncPromptClient.stats)
         hits = sum(cell[0] for cell in list(self._hit_cells.values()))
         return attrs.evolve(stats, hits=stats.hits + hits)
+
+    # -- writes and webhooks ---------------------------------------------------------------
+
+    @overload
+    def create_prompt(
+        self,
+        *,
+        name: str,
+        prompt: str,
+        type: Literal["text"] = "text",
+        labels: list[str] | None = None,
+        tags: list[str] | None = None,
+        config: Any | None = None,
+        commit_message: str | None = None,
+    ) -> TextPrompt: ...
+
+    @overload
+    def create_prompt(
+        self,
+        *,
+        name: str,
+        prompt: list[dict[str, Any]],
+        type: Literal["chat"],
+        labels: list[str] | None = None,
+        tags: list[str] | None = None,
+        config: Any | None = None,
+        commit_message: str | None = None,
+    ) -> ChatPrompt: ...
+
+    def create_prompt(
+        self,
+        *,
+        name: str,
+        prompt: str | list[dict[str, Any]],
+        type: PromptType = "text",
+        labels: list[str] | None = None,
+        tags: list[str] | None = None,
+        config: Any | None = None,
+        commit_message: str | None = None,
+    ) -> Prompt:
+        """Create a new version of ``name``; as ``AsyncPromptClient.create_prompt``."""
+
+        def create(client: AsyncPromptClient) -> Awaitable[Prompt]:
+            # Past the overloads, which want ``type`` as a literal: forwarded as it was given.
+            call: Callable[..., Awaitable[Prompt]] = client.create_prompt
+            return call(
+                name=name, prompt=prompt, type=type, labels=labels, tags=tags, config=config,
+                commit_message=commit_message,
+            )
+
+        return self._call(create)
+
+    def update_prompt(self, *, name: str, version: int, new_labels: list[str]) -> Prompt:
+        """Add ``new_labels`` to a version; as ``AsyncPromptClient.update_prompt``."""
+        return self._call(lambda client: client.update_prompt(
+            name=name, version=version, new_labels=new_labels,
+        ))
+
+    def handle_webhook(self, body: bytes, signature: str | None) -> PromptVersionEvent:
+        """Apply one Langfuse prompt-version webhook; as ``AsyncPromptClient.handle_webhook``
+        (the same errors, raised having changed nothing)."""
+        return self._call(lambda client: client.handle_webhook(body, signature))
 
 
 async def _get_prompt(
@@ -494,5 +612,11 @@ def _after_fork_in_child() -> None:
 
 
 atexit.register(_close_at_exit)
+# Also, and first, when the main thread ends: atexit hooks run only after the interpreter has
+# joined every non-daemon thread, and a thread waiting on a hung fetch would hold the exit for
+# its whole retry budget. concurrent.futures stops its executors at the same point.
+_before_joining_threads = getattr(threading, "_register_atexit", None)
+if _before_joining_threads is not None:
+    _before_joining_threads(_close_at_exit)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)

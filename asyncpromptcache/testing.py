@@ -17,11 +17,12 @@ from collections import Counter
 from collections.abc import Iterable
 
 import anyio
+import attrs
 
 from ._errors import FetchError, PromptNotFoundError
 from ._keys import PromptKey
-from ._models import Prompt
-from ._source import FetchOptions
+from ._models import Prompt, parse_prompt
+from ._source import FetchOptions, NewPrompt
 
 __all__ = ["FakeClock", "StaticSource"]
 
@@ -46,7 +47,8 @@ class StaticSource:
 
     A label resolves to the newest version carrying it. ``fail_with`` makes every fetch raise
     that error until reset to ``None``; ``hold()`` makes fetches wait until ``release()``.
-    ``fetches`` counts fetches per key, ``total_fetches`` all of them.
+    ``fetches`` counts fetches per key, ``total_fetches`` all of them. It is a
+    ``PromptWriter`` too, so ``create_prompt`` and ``update_prompt`` work against it.
     """
 
     def __init__(self, prompts: Iterable[Prompt] = ()) -> None:
@@ -102,6 +104,34 @@ class StaticSource:
             if key.version is None and (key.label in prompt.labels or key.label == "latest"):
                 return prompt
         raise PromptNotFoundError(f"prompt {key.describe()} not found", name=key.name, key=key)
+
+    async def create_prompt(self, new: NewPrompt, options: FetchOptions) -> Prompt:
+        """Add ``new`` as the next version of its name, labelled ``latest`` as well."""
+        if self.fail_with is not None:
+            raise self.fail_with
+        version = 1 + max((p.version for p in self._prompts if p.name == new.name), default=0)
+        body = {**new.to_json(), "version": version,
+                "labels": list(dict.fromkeys([*new.labels, "latest"]))}
+        body.setdefault("tags", [])
+        created = parse_prompt(body)
+        self.add(created)
+        return created
+
+    async def update_prompt_labels(
+        self, name: str, version: int, new_labels: list[str], options: FetchOptions
+    ) -> Prompt:
+        """Add ``new_labels`` to a version (moving them off the others), as Langfuse does."""
+        if self.fail_with is not None:
+            raise self.fail_with
+        for prompt in self._prompts:
+            if prompt.name == name and prompt.version == version:
+                updated = attrs.evolve(
+                    prompt, labels=list(dict.fromkeys([*prompt.labels, *new_labels]))
+                )
+                self.add(updated)
+                return updated
+        key = PromptKey(name, None, version)
+        raise PromptNotFoundError(f"prompt {key.describe()} not found", name=name, key=key)
 
     async def aclose(self) -> None:
         return None

@@ -43,13 +43,14 @@ from .scenarios import (
     hit_sync_and_threads,
     silence_loggers,
 )
+from .shared_tier import shared, shared_targets
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The order of the report; "sync" runs 1b and 7 together.
 ORDER = ("hit_async", "hit_instructions", "hit_sync", "stampede", "refresh", "outage", "web_app",
-         "memory", "sync_threads")
+         "memory", "sync_threads", "shared")
 CHOICES = ("hit_async", "hit_instructions", "sync", "stampede", "refresh", "outage", "web_app",
-           "memory")
+           "memory", "shared")
 
 
 def _load() -> tuple[float, float, float]:
@@ -128,7 +129,7 @@ def run(smoke: bool, only: set[str], out: Path, log: Any = print) -> dict[str, A
                 hit, threads = hit_sync_and_threads(ctx)
                 produced = [hit, threads]
             else:
-                produced = [asyncio.run(ASYNC_SCENARIOS[key](ctx))]
+                produced = [asyncio.run({**ASYNC_SCENARIOS, "shared": shared}[key](ctx))]
             took = time.perf_counter() - began
             others[key] = round(meter.others_share(), 3)
             reference.append(reference_loop_ns())
@@ -165,7 +166,7 @@ def run(smoke: bool, only: set[str], out: Path, log: Any = print) -> dict[str, A
         load_note += (" Absolute figures are noisier for it; ratios are measured within the "
                       "same rounds.")
     ordered = {key: results[key] for key in ORDER if key in results}
-    targets = evaluate_targets(ordered, load_note)
+    targets = evaluate_targets(ordered, load_note) + shared_targets(ordered, load_note)
     argv = ["python", "-m", "benchmarks"] + (["--smoke"] if smoke else [])
     if only:
         argv += ["--only", ",".join(sorted(only))]

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 from urllib.parse import unquote
 
 import anyio
 from aiohttp import web
+from anyio.from_thread import start_blocking_portal
 
 FAULTS = (
     "ok", "503", "500", "429", "429-retry-after", "hang", "drop", "reset-mid-body",
@@ -202,3 +203,14 @@ async def fault_server() -> AsyncIterator[FaultServer]:
         yield server
     finally:
         await server.go_down()
+
+
+@contextmanager
+def fault_server_in_thread() -> Iterator[FaultServer]:
+    """``fault_server()`` on an event loop of its own thread, for tests of the sync facade.
+    Set ``fault`` from the test's thread; work gates through a portal of your own."""
+    with (
+        start_blocking_portal("asyncio") as portal,
+        portal.wrap_async_context_manager(fault_server()) as server,
+    ):
+        yield server

@@ -30,7 +30,7 @@ def test_smoke_run_writes_every_result(tmp_path: Path) -> None:
     scenarios = document["scenarios"]
     assert set(scenarios) == {
         "hit_async", "hit_instructions", "hit_sync", "stampede", "refresh", "outage", "web_app",
-        "memory", "sync_threads",
+        "memory", "sync_threads", "shared",
     }
     for scenario in scenarios.values():
         assert scenario["title"] in markdown
@@ -57,6 +57,16 @@ def test_smoke_run_writes_every_result(tmp_path: Path) -> None:
 
     web = scenarios["web_app"]["data"]["peers"][OURS]["runs"][0]
     assert web["failed"] == 0 and web["upstream_requests"] == 5
+
+    # The shared tier: one request per prompt for the fleet, no error while Redis was killed.
+    shared = scenarios["shared"]["data"]
+    tier = shared["requests"]["asyncpromptcache + RedisTier"]
+    assert tier["cold_requests"] == shared["sizes"]["prompts"]
+    assert tier["ttl_window_requests"] == shared["sizes"]["prompts"]
+    assert tier["errors"] == 0
+    assert shared["invalidation_ms"]["missed"] == 0
+    assert shared["redis_killed"]["caller_errors_while_down"] == 0
+    assert shared["redis_killed"]["requests_for_a_new_prompt_after_restart"] == 1
 
     memory = scenarios["memory"]["data"]
     assert memory["per_entry"][OURS]["entries"] == 2000

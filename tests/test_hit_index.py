@@ -132,6 +132,21 @@ async def test_a_stale_entry_is_found_by_name_and_its_refresh_reindexes_it() -> 
         assert client.stats().stale_hits == 1
 
 
+async def test_expire_all_reaches_the_entries_found_by_name() -> None:
+    """What the shared tier does when it may have missed an invalidation: every entry stale,
+    the next use of each revalidates, asked for by name or not."""
+    source = StaticSource([_prompt("a"), _prompt("b")])
+    async with _client(source, FakeClock()) as client:
+        await client.get_prompt("a")
+        await client.get_prompt("b")
+        assert client.cache.expire_all() == 2
+        assert _by_name(client)["a"] is client.cache.hit_path()[0][_default("a")]
+        await client.get_prompt("a")
+        await client.get_prompt("b", label="production")
+        stats = client.stats()
+        assert (stats.hits, stats.stale_hits, stats.refreshes) == (0, 2, 2)
+
+
 async def test_restore_indexes_default_label_entries_by_name() -> None:
     source = StaticSource([_prompt("a"), _prompt("a", 2, ("staging",))])
     async with _client(source, FakeClock()) as parent:

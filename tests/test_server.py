@@ -657,7 +657,7 @@ async def test_request_counter(api: Api) -> None:
     assert await api.call("DELETE", "/_admin/requests") == (204, None)
     assert counter.total == 0 and counter.get("get_prompt", "a") == 0
     assert (await api.call("GET", "/_admin/requests"))[1] == {
-        "total": 0, "routes": {}, "prompts": {}
+        "total": 0, "routes": {}, "prompts": {}, "untracked_names": 0
     }
 
 
@@ -668,7 +668,9 @@ async def test_counter_counts_refused_requests_too() -> None:
         assert server.counter is counter
         async with session.get(server.base_url + item("p")) as response:
             assert response.status == 401
-        assert counter.get("get_prompt", "p") == 1
+        assert counter.get("get_prompt") == 1
+        # ... but a stranger's made-up name is not kept (it would grow without bound).
+        assert counter.get("get_prompt", "p") == 0
 
 
 async def test_controls_fail_status(api: Api) -> None:

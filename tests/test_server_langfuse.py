@@ -151,3 +151,28 @@ def test_wrong_keys_are_refused(server: ServerThread, sdk: Any) -> None:
             intruder.get_prompt("p", cache_ttl_seconds=0, max_retries=0)
     finally:
         intruder.shutdown()
+
+
+def test_composed_prompts_arrive_resolved(server: ServerThread, sdk: Any) -> None:
+    sdk.create_prompt(name="tone", prompt="Be {{mood}}.", labels=["production"])
+    sdk.create_prompt(name="persona", labels=["production"],
+                      prompt="You are {{name}}. @@@langfusePrompt:name=tone|label=production@@@")
+    sdk.create_prompt(name="agent", type="chat", labels=["production"], prompt=[
+        {"role": "system", "content": "@@@langfusePrompt:name=persona|version=1@@@ Help."},
+        {"role": "user", "content": "{{question}}"},
+    ])
+    agent = sdk.get_prompt("agent", type="chat", cache_ttl_seconds=0)
+    assert agent.compile(name="Ann", mood="calm", question="Why?") == [
+        {"role": "system", "content": "You are Ann. Be calm. Help."},
+        {"role": "user", "content": "Why?"},
+    ]
+    ours = parse_prompt(wire(server, "agent"))
+    assert ours.compile(name="Ann", mood="calm", question="Why?") == agent.compile(
+        name="Ann", mood="calm", question="Why?"
+    )
+    # A new production version of a part: the next fetch of the whole has it.
+    sdk.create_prompt(name="tone", prompt="Be {{mood}}, always.", labels=["production"])
+    persona = sdk.get_prompt("persona", cache_ttl_seconds=0)
+    assert persona.compile(name="Bo", mood="brief") == "You are Bo. Be brief, always."
+    with pytest.raises(langfuse_api.Error, match=r"status_code: 400.*dependency not found: nope"):
+        sdk.create_prompt(name="broken", prompt="@@@langfusePrompt:name=nope|label=production@@@")

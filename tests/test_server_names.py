@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import string
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -37,14 +38,10 @@ HOSTILE_NAMES = [
     "100%",
     "%00",
     "a b",
-    " leading and trailing ",
     "a+b",
     "a&b=c",
     "a;b",
     "a\\b",
-    "/leading",
-    "trailing/",
-    "a//b",
     "a/versions/1",  # must not become PATCH .../a/versions/1
     "a",
     "versions",
@@ -53,6 +50,20 @@ HOSTILE_NAMES = [
     "\u200b",  # zero-width space: a format character, not a control one
     "x" * MAX_NAME_LENGTH,
 ]
+# Names Langfuse's create schema refuses, with the rule each one breaks: refused here too.
+LANGFUSE_REFUSED_NAMES = {
+    " leading and trailing ": "whitespace",  # Langfuse would store it trimmed
+    "/leading": "cannot start with a slash",
+    "trailing/": "cannot end with a slash",
+    "a//b": "consecutive slashes",
+    "/": "cannot start with a slash",
+    "a|b": "'|'",
+    "<b>bold</b>": "HTML",
+    "a<>b": "HTML",
+    "new": "cannot be 'new'",
+    "metrics": "cannot be 'metrics'",
+    "prompt-detail": "cannot be 'prompt-detail'",
+}
 
 
 def item(name: str) -> str:
@@ -195,6 +206,15 @@ def _request(base_url: str, method: str, path: str, body: Any = None) -> tuple[i
         connection.close()
 
 
+def langfuse_refuses(name: str) -> bool:
+    """Langfuse's create schema for names (PromptNameSchema), written out independently."""
+    return (
+        re.search(r"<[^<>]*>", name) is not None or "|" in name or name.startswith("/")
+        or name.endswith("/") or "//" in name or name.strip() != name
+        or name in ("new", "metrics", "prompt-detail")
+    )
+
+
 names = st.text(
     alphabet=st.characters(blacklist_categories=("Cc", "Cs")) | st.sampled_from("/.%?#& +"),
     min_size=1, max_size=40,
@@ -208,8 +228,41 @@ def test_any_name_round_trips(thread: ServerThread, name: str, extra: str) -> No
     for candidate in (name, name + extra):
         status, created = _request(thread.base_url, "POST", PROMPTS,
                                    {"name": candidate, "prompt": text_of(candidate)})
+        if langfuse_refuses(candidate):
+            assert (status, created["error"]) == (400, "InvalidRequestError"), created
+            continue
         assert status == 201, created
         status, data = _request(thread.base_url, "GET",
                                 f"{item(candidate)}?version={created['version']}")
         assert status == 200, data
         assert (data["name"], data["prompt"]) == (candidate, text_of(candidate))
+
+
+@pytest.mark.anyio
+async def test_names_langfuse_refuses_are_refused(
+    server: RunningServer, session: aiohttp.ClientSession
+) -> None:
+    for name, reason in LANGFUSE_REFUSED_NAMES.items():
+        status, data = await call(session, server, "POST", PROMPTS, {"name": name, "prompt": "x"})
+        assert status == 400, (name, data)
+        assert data["error"] == "InvalidRequestError"
+        assert reason in data["message"], (name, data)
+    # Near misses are fine: a reserved name inside a folder, a slash inside a name.
+    for name in ("team/new", "new/x", "metrics2", "a/b/c", "a < b > c"[:5]):
+        status, data = await call(session, server, "POST", PROMPTS, {"name": name, "prompt": "x"})
+        assert status == 201, (name, data)
+    assert server.counter.get("create") == len(LANGFUSE_REFUSED_NAMES) + 5
+
+
+@pytest.mark.anyio
+async def test_labels_and_commit_messages_have_langfuses_limits(
+    server: RunningServer, session: aiohttp.ClientSession
+) -> None:
+    ok = {"name": "p", "prompt": "x", "labels": ["a" * 36], "commitMessage": "m" * 500}
+    assert (await call(session, server, "POST", PROMPTS, ok))[0] == 201
+    for bad in ({"labels": ["a" * 37]}, {"commitMessage": "m" * 501}, {"labels": ["Prod"]}):
+        status, data = await call(session, server, "POST", PROMPTS, {**ok, **bad})
+        assert status == 400, (bad, data)
+    status, data = await call(session, server, "PATCH", item("p") + "/versions/1",
+                              {"newLabels": ["b" * 37]})
+    assert status == 400 and "36" in data["message"]

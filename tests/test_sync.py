@@ -28,9 +28,10 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from asyncpromptcache import (
     ChatPrompt,
     ClientStateError,
-    InvalidArgumentError,
+    FunctionSource,
     Prompt,
     PromptClient,
+    PromptKey,
     RetryPolicy,
     ServerError,
     TextPrompt,
@@ -392,14 +393,22 @@ def test_unclosed_client_warns_when_garbage_collected(server: Server) -> None:
 
 
 def test_calling_it_from_its_own_loop_thread_is_a_clear_error(server: Server) -> None:
+    holder: list[PromptClient] = []
+
+    async def reentrant_fetch(key: PromptKey) -> Prompt:  # a source runs on the loop thread
+        return holder[0].get_prompt("greet")
+
+    with PromptClient(source=FunctionSource(reentrant_fetch), env={}) as client:
+        holder.append(client)
+        with pytest.raises(ClientStateError, match="own event loop thread"):
+            client.get_prompt("nobody")
+
+
+def test_a_fallback_may_call_the_client(server: Server) -> None:
+    # Fallbacks run in the calling thread, not the loop thread: calling the client works.
     with client_for(server) as client:
-
-        def reentrant_fallback() -> str:
-            client.get_prompt("greet")
-            return "unreachable"
-
-        with pytest.raises(InvalidArgumentError, match="own event loop thread"):
-            client.get_prompt("nobody", fallback=reentrant_fallback)
+        fallback = client.get_prompt("nobody", fallback=lambda: client.get_prompt("greet").prompt)
+        assert fallback.is_fallback and fallback.prompt == "Hello {{name}}"
 
 
 def test_close_from_its_own_loop_thread(server: Server) -> None:

@@ -25,17 +25,20 @@ from aiohttp.typedefs import Handler
 from multidict import MultiMapping
 
 from .._errors import ConfigurationError
+from ._compose import ResolutionError
 from ._controls import RequestCounter, ServerControls
+from ._outbox import WebhookSender, check_webhook
 from ._schema import (
     PRODUCTION_LABEL,
     PromptDraft,
     PromptValidationError,
     parse_json_body,
     parse_new_labels,
+    parse_updated_at,
 )
-from ._store import PromptConflictError, PromptStore
+from ._store import PromptConflictError, PromptReferenceError, PromptStore
 
-__all__ = ["DEFAULT_PROJECT_ID", "MAX_BODY_BYTES", "create_app"]
+__all__ = ["DEFAULT_PROJECT_ID", "MAX_BODY_BYTES", "check_keys", "create_app"]
 
 logger = logging.getLogger("asyncpromptcache.server")
 
@@ -113,6 +116,20 @@ class _State:
 _STATE = web.AppKey("asyncpromptcache_server", _State)
 
 
+def check_keys(public_key: str | None, secret_key: str | None) -> bool:
+    """Whether the server has keys; ``ConfigurationError`` unless they make a usable pair.
+
+    Keys come in pairs, and an empty or whitespace-only key is refused: it would be a
+    password anyone can guess (and ``--public-key ""`` is more likely a slip than a wish).
+    """
+    if (public_key is None) != (secret_key is None):
+        raise ConfigurationError("give both a public key and a secret key, or neither")
+    for what, key in (("public", public_key), ("secret", secret_key)):
+        if key is not None and not key.strip():
+            raise ConfigurationError(f"the {what} key must not be empty or whitespace")
+    return public_key is not None
+
+
 def create_app(
     store: PromptStore,
     *,
@@ -121,18 +138,21 @@ def create_app(
     counter: RequestCounter | None = None,
     controls: ServerControls | None = None,
     project_id: str = DEFAULT_PROJECT_ID,
+    webhook_url: str | None = None,
+    webhook_secret: str | None = None,
 ) -> web.Application:
     """The server as an ``aiohttp.web.Application`` (run it with ``run_server`` or aiohttp).
 
     With keys, every request except ``GET /api/public/health`` needs HTTP Basic auth with
     user = ``public_key`` and password = ``secret_key``. Give both keys or neither. Whether
     serving without keys is safe depends on where it is bound; ``run_server`` checks that.
+
+    With ``webhook_url`` and ``webhook_secret``, every change to a prompt version is posted
+    there as Langfuse's signed prompt-version webhook (see ``_outbox``), in the background.
     """
-    if (public_key is None) != (secret_key is None):
-        raise ConfigurationError("give both public_key and secret_key, or neither")
-    if public_key is not None and secret_key is not None:
-        if not public_key or not secret_key:
-            raise ConfigurationError("public_key and secret_key must not be empty")
+    webhooks = check_webhook(webhook_url, webhook_secret)
+    if check_keys(public_key, secret_key):
+        assert public_key is not None and secret_key is not None
         credentials: tuple[bytes, bytes] | None = (
             public_key.encode("utf-8"), secret_key.encode("utf-8")
         )
@@ -149,6 +169,9 @@ def create_app(
         credentials=credentials,
         project_id=project_id,
     )
+    if webhooks:
+        assert webhook_url is not None and webhook_secret is not None
+        WebhookSender(webhook_url, webhook_secret, project_id=project_id).attach(app, store)
     app.router.add_get(_HEALTH_PATH, _health, name="health")
     app.router.add_get(_PROMPTS_PATH, _list_prompts)
     app.router.add_post(_PROMPTS_PATH, _create_prompt)
@@ -192,30 +215,39 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def _count_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count the request as it arrives, before auth, so a 401 counts too."""
+    """Count the request as it arrives, before auth, so a 401 counts too.
+
+    Only an authorized request is counted per prompt name: names in requests without valid
+    keys are made up by whoever sent them, and would grow the counter without bound.
+    """
     kind = _route_kind(request)
     if kind is not None:
-        request.app[_STATE].counter.record(*kind)
+        route, name = kind
+        request.app[_STATE].counter.record(route, name if _authorized(request) else None)
     return await handler(request)
 
 
 @web.middleware
 async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    credentials = request.app[_STATE].credentials
-    if credentials is not None and request.match_info.route.name != "health":
-        header = request.headers.get("Authorization")
-        if header is None:
-            raise _ApiError(
-                401, "Missing authorization header: use HTTP Basic auth with the public key "
-                "as user and the secret key as password",
-                headers={"WWW-Authenticate": 'Basic realm="asyncpromptcache"'},
-            )
-        if not _basic_auth_matches(header, credentials):
-            raise _ApiError(
-                401, "Invalid credentials: check the public and secret key",
-                headers={"WWW-Authenticate": 'Basic realm="asyncpromptcache"'},
-            )
+    if not _authorized(request):
+        message = (
+            "Invalid credentials: check the public and secret key"
+            if "Authorization" in request.headers
+            else "Missing authorization header: use HTTP Basic auth with the public key "
+            "as user and the secret key as password"
+        )
+        raise _ApiError(
+            401, message, headers={"WWW-Authenticate": 'Basic realm="asyncpromptcache"'}
+        )
     return await handler(request)
+
+
+def _authorized(request: web.Request) -> bool:
+    credentials = request.app[_STATE].credentials
+    if credentials is None or request.match_info.route.name == "health":
+        return True
+    header = request.headers.get("Authorization")
+    return header is not None and _basic_auth_matches(header, credentials)
 
 
 def _basic_auth_matches(header: str, credentials: tuple[bytes, bytes]) -> bool:
@@ -300,6 +332,16 @@ def _int_query(query: MultiMapping[str], key: str, default: int, maximum: int = 
     return default if value is None else _parse_int(value, f"{key!r}", maximum=maximum)
 
 
+def _datetime_query(query: MultiMapping[str], key: str) -> str | None:
+    value = _query_value(query, key)
+    if value is None:
+        return None
+    try:
+        return parse_updated_at(value)
+    except PromptValidationError as exc:
+        _bad_request(f"{key!r}: {exc}")
+
+
 def _version_and_label(query: MultiMapping[str]) -> tuple[int | None, str | None]:
     version = _query_value(query, "version")
     label = _query_value(query, "label")
@@ -342,6 +384,8 @@ async def _list_prompts(request: web.Request) -> web.Response:
         tag=_query_value(query, "tag"),
         page=_int_query(query, "page", 1, maximum=10**9),
         limit=_int_query(query, "limit", 50, maximum=100),
+        from_updated_at=_datetime_query(query, "fromUpdatedAt"),
+        to_updated_at=_datetime_query(query, "toUpdatedAt"),
     )
     return web.json_response(page.to_dict())
 
@@ -352,7 +396,7 @@ async def _create_prompt(request: web.Request) -> web.Response:
     try:
         draft = PromptDraft.from_json(body)
         stored = await state.store.create(draft)
-    except (PromptValidationError, PromptConflictError) as exc:
+    except (PromptValidationError, PromptConflictError, PromptReferenceError) as exc:
         _bad_request(str(exc))
     return web.json_response(stored.to_wire(state.project_id), status=201)
 
@@ -384,6 +428,9 @@ async def _get_prompt(request: web.Request, name: str) -> web.Response:
     version, label = _version_and_label(request.query)
     if version is not None and label is not None:
         _bad_request("give either 'version' or 'label', not both")
+    resolve = _query_value(request.query, "resolve")
+    if resolve not in (None, "true", "false"):
+        _bad_request(f"'resolve' must be 'true' or 'false', got {resolve[:100]!r}")
     controls = state.controls
     if controls.get_delay_seconds > 0:
         await anyio.sleep(controls.get_delay_seconds)
@@ -391,7 +438,12 @@ async def _get_prompt(request: web.Request, name: str) -> web.Response:
         raise _ApiError(controls.get_fail_status, "Failure injected by the server controls")
     if version is None and label is None:
         label = PRODUCTION_LABEL
-    stored = await state.store.get(name, version=version, label=label)
+    try:
+        stored = await state.store.get(
+            name, version=version, label=label, resolve=resolve != "false"
+        )
+    except ResolutionError as exc:
+        raise _ApiError(409, str(exc), error="LangfuseConflictError") from None
     if stored is None:
         raise _ApiError(404, f"Prompt not found: {_describe(name, version, label)}")
     return web.json_response(stored.to_wire(state.project_id))
@@ -413,7 +465,10 @@ async def _patch_labels(request: web.Request, name: str, version: int) -> web.Re
 async def _delete_prompt(request: web.Request, name: str) -> web.Response:
     state = request.app[_STATE]
     version, label = _version_and_label(request.query)
-    deleted = await state.store.delete(name, version=version, label=label)
+    try:
+        deleted = await state.store.delete(name, version=version, label=label)
+    except PromptReferenceError as exc:
+        _bad_request(str(exc))
     if not deleted:
         raise _ApiError(404, f"Prompt not found: {_describe(name, version, label)}")
     return web.Response(status=204)

@@ -13,6 +13,8 @@ from contextlib import ExitStack
 import anyio
 
 from .._errors import ConfigurationError
+from ._guard import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ConnectionGuard
+from ._outbox import check_webhook
 from ._runner import check_bind, run_server
 from ._schema import PromptValidationError
 from ._store import PromptStore
@@ -50,6 +52,26 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="delay every GET of a prompt, to play a distant server (default: 0)",
     )
     parser.add_argument(
+        "--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+        help="most connections open at once; past it, one still sending its headers is "
+        "dropped (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT, metavar="SECONDS",
+        help="close a new connection that takes longer to send its first request's "
+        "headers (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--webhook-url", metavar="URL",
+        help="post Langfuse's signed prompt-version webhook here on every create, label "
+        "change and delete (needs --webhook-secret)",
+    )
+    parser.add_argument(
+        "--webhook-secret", metavar="SECRET",
+        default=os.environ.get("LANGFUSE_WEBHOOK_SECRET") or None,
+        help="sign the webhooks with this secret (default: $LANGFUSE_WEBHOOK_SECRET)",
+    )
+    parser.add_argument(
         "--access-log", action="store_true", help="log every request to stderr"
     )
 
@@ -58,7 +80,9 @@ def run_serve(args: argparse.Namespace) -> int:
     """Run the server until Ctrl-C or SIGTERM; the exit status (0, or 2 for bad options)."""
     try:
         check_bind(args.host, args.public_key, args.secret_key)
-    except ConfigurationError as exc:
+        ConnectionGuard(max_connections=args.max_connections, header_timeout=args.header_timeout)
+        check_webhook(args.webhook_url, args.webhook_secret if args.webhook_url else None)
+    except (ConfigurationError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not 0 <= args.delay_ms <= 3_600_000:
@@ -91,7 +115,9 @@ async def _serve(args: argparse.Namespace, store: PromptStore) -> int:
         try:
             async with run_server(
                 store, args.host, args.port, args.public_key, args.secret_key, args.seed,
-                access_log=args.access_log,
+                access_log=args.access_log, max_connections=args.max_connections,
+                header_timeout=args.header_timeout, webhook_url=args.webhook_url,
+                webhook_secret=args.webhook_secret if args.webhook_url else None,
             ) as server:
                 server.controls.get_delay_seconds = args.delay_ms / 1000
                 auth = "HTTP Basic auth" if server.public_key else "no auth, loopback only"
@@ -106,7 +132,7 @@ async def _serve(args: argparse.Namespace, store: PromptStore) -> int:
                 else:
                     async for _ in signals:
                         break
-        except (PromptValidationError, OSError) as exc:
+        except (PromptValidationError, ConfigurationError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return 2 if isinstance(exc, PromptValidationError) else 1
+            return 1 if isinstance(exc, OSError) else 2
     return 0

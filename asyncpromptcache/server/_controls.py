@@ -9,32 +9,54 @@ from typing import Any
 
 import attrs
 
-__all__ = ["ROUTE_KINDS", "RequestCounter", "ServerControls"]
+__all__ = ["MAX_COUNTED_NAMES", "ROUTE_KINDS", "RequestCounter", "ServerControls"]
 
 #: What ``RequestCounter`` counts. ``other`` is any request under ``/api`` that matched no
 #: endpoint (or used a method the endpoint does not have).
 ROUTE_KINDS = ("create", "delete", "get_prompt", "health", "list", "other", "patch")
+#: Distinct (route kind, prompt name) pairs ``RequestCounter`` keeps counts for by default.
+MAX_COUNTED_NAMES = 1000
 
 
 class RequestCounter:
     """Requests the server received, per route kind and per (route kind, prompt name).
 
-    Every request is counted as it arrives, before authentication, whatever its answer:
-    the point is to show how many requests a client really sent. Thread-safe, so a test can
-    read it while the server runs on another thread (``ServerThread``).
+    Every request is counted per route kind as it arrives, before authentication, whatever
+    its answer: the point is to show how many requests a client really sent. Its memory is
+    bounded: the server passes a prompt name only for authenticated requests (so a stranger's
+    made-up names cost nothing), and at most ``max_names`` distinct (route kind, name) pairs
+    are kept; requests for further names count in ``untracked_names`` instead. Thread-safe,
+    so a test can read it while the server runs on another thread (``ServerThread``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_names: int = MAX_COUNTED_NAMES) -> None:
+        if isinstance(max_names, bool) or not isinstance(max_names, int) or max_names < 0:
+            raise ValueError(f"max_names must be an int >= 0, got {max_names!r}")
         self._lock = threading.Lock()
+        self._max_names = max_names
         self._routes: Counter[str] = Counter()
         self._prompts: Counter[tuple[str, str]] = Counter()
+        self._untracked = 0
 
     def record(self, route: str, name: str | None = None) -> None:
         """Count one request of kind ``route`` (for prompt ``name``, when it names one)."""
+        if route not in ROUTE_KINDS:
+            raise ValueError(f"unknown route kind {route!r}")
         with self._lock:
             self._routes[route] += 1
-            if name is not None:
-                self._prompts[route, name] += 1
+            if name is None:
+                return
+            key = (route, name)
+            if key in self._prompts or len(self._prompts) < self._max_names:
+                self._prompts[key] += 1
+            else:
+                self._untracked += 1
+
+    @property
+    def untracked_names(self) -> int:
+        """Requests that named a prompt but were not counted per name (the cap was reached)."""
+        with self._lock:
+            return self._untracked
 
     def get(self, route: str, name: str | None = None) -> int:
         """Requests of kind ``route``; only those for prompt ``name`` when it is given."""
@@ -52,9 +74,11 @@ class RequestCounter:
         with self._lock:
             self._routes.clear()
             self._prompts.clear()
+            self._untracked = 0
 
     def snapshot(self) -> dict[str, Any]:
-        """The counts as JSON: ``{"total", "routes": {kind: n}, "prompts": {kind: {name: n}}}``."""
+        """The counts as JSON: ``{"total", "routes": {kind: n}, "prompts": {kind: {name: n}},
+        "untracked_names": n}``."""
         with self._lock:
             prompts: dict[str, dict[str, int]] = {}
             for (route, name), count in sorted(self._prompts.items()):
@@ -63,6 +87,7 @@ class RequestCounter:
                 "total": self._routes.total(),
                 "routes": dict(sorted(self._routes.items())),
                 "prompts": prompts,
+                "untracked_names": self._untracked,
             }
 
     def __repr__(self) -> str:

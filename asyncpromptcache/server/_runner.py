@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ipaddress
 import os
@@ -16,8 +17,10 @@ import attrs
 from aiohttp import web
 
 from .._errors import ConfigurationError
-from ._app import DEFAULT_PROJECT_ID, create_app
+from ._app import DEFAULT_PROJECT_ID, check_keys, create_app
 from ._controls import RequestCounter, ServerControls
+from ._guard import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ConnectionGuard
+from ._outbox import check_webhook
 from ._store import PromptStore
 
 __all__ = [
@@ -48,12 +51,10 @@ def is_loopback_host(host: str) -> bool:
 def check_bind(host: str, public_key: str | None, secret_key: str | None) -> None:
     """Raise ``ConfigurationError`` unless the keys and the address make a safe server.
 
-    Keys come in pairs; without keys the server may only listen on a loopback address, where
-    nobody but this machine can reach it.
+    Keys come in pairs (see ``check_keys``); without keys the server may only listen on a
+    loopback address, where nobody but this machine can reach it.
     """
-    if (public_key is None) != (secret_key is None):
-        raise ConfigurationError("give both a public key and a secret key, or neither")
-    if public_key is None and not is_loopback_host(host):
+    if not check_keys(public_key, secret_key) and not is_loopback_host(host):
         raise ConfigurationError(
             f"refusing to serve on {host!r} without authentication: anyone who can reach it "
             "could read and change every prompt. Set a public and a secret key (--public-key "
@@ -75,6 +76,7 @@ class RunningServer:
     public_key: str | None = None
     secret_key: str | None = attrs.field(default=None, repr=False)
     seeded: int = 0
+    connections: ConnectionGuard = attrs.field(factory=ConnectionGuard, repr=False)
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -110,14 +112,26 @@ async def run_server(
     controls: ServerControls | None = None,
     project_id: str = DEFAULT_PROJECT_ID,
     access_log: bool = False,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    webhook_url: str | None = None,
+    webhook_secret: str | None = None,
 ) -> AsyncIterator[RunningServer]:
     """Serve the prompt API on ``host:port`` (``port=0``: a free port) for the ``async with``.
 
     Without ``store`` an in-memory one is made (and closed on exit); a given store is left
     open. ``seed_dir`` is imported first, all or nothing. Without keys, a non-loopback
-    ``host`` raises ``ConfigurationError``.
+    ``host`` raises ``ConfigurationError``. At most ``max_connections`` connections are
+    open at once, and a new connection gets ``header_timeout`` seconds to send its first
+    request's headers (see ``ConnectionGuard``). With ``webhook_url`` and
+    ``webhook_secret``, every change to a prompt version is sent there as Langfuse's signed
+    prompt-version webhook.
     """
     check_bind(host, public_key, secret_key)
+    try:
+        guard = ConnectionGuard(max_connections=max_connections, header_timeout=header_timeout)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
     owned = store is None
     if store is None:
         store = PromptStore(":memory:")
@@ -127,19 +141,27 @@ async def run_server(
         controls = controls if controls is not None else ServerControls()
         app = create_app(
             store, public_key=public_key, secret_key=secret_key, counter=counter,
-            controls=controls, project_id=project_id,
+            controls=controls, project_id=project_id, webhook_url=webhook_url,
+            webhook_secret=webhook_secret,
         )
         runner_options: dict[str, Any] = {} if access_log else {"access_log": None}
         runner = web.AppRunner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT, **runner_options)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
-            address = runner.addresses[0]
-            yield RunningServer(
-                base_url=_base_url(address), host=host, port=address[1], store=store,
-                counter=counter, controls=controls, public_key=public_key,
-                secret_key=secret_key, seeded=seeded,
+            # Our own listener instead of web.TCPSite: the guard wraps aiohttp's protocol.
+            assert runner.server is not None  # set by setup()
+            listener = await asyncio.get_running_loop().create_server(
+                guard.wrap(runner.server), host, port, reuse_address=True,
             )
+            try:
+                address = listener.sockets[0].getsockname()
+                yield RunningServer(
+                    base_url=_base_url(address), host=host, port=address[1], store=store,
+                    counter=counter, controls=controls, public_key=public_key,
+                    secret_key=secret_key, seeded=seeded, connections=guard,
+                )
+            finally:
+                listener.close()
         finally:
             await runner.cleanup()
     finally:
@@ -166,12 +188,19 @@ class ServerThread:
         counter: RequestCounter | None = None,
         controls: ServerControls | None = None,
         project_id: str = DEFAULT_PROJECT_ID,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
     ) -> None:
         check_bind(host, public_key, secret_key)  # fail in the caller's thread, early
+        check_webhook(webhook_url, webhook_secret)
         self._options: dict[str, Any] = {
             "store": store, "host": host, "port": port, "public_key": public_key,
             "secret_key": secret_key, "seed_dir": seed_dir, "counter": counter,
             "controls": controls, "project_id": project_id,
+            "max_connections": max_connections, "header_timeout": header_timeout,
+            "webhook_url": webhook_url, "webhook_secret": webhook_secret,
         }
         self._portal_cm: AbstractContextManager[anyio.from_thread.BlockingPortal] | None = None
         self._portal: anyio.from_thread.BlockingPortal | None = None

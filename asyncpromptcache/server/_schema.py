@@ -11,6 +11,7 @@ import os
 import re
 import unicodedata
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,29 @@ __all__ = [
     "load_seed_dir",
     "parse_json_body",
     "parse_new_labels",
+    "parse_updated_at",
 ]
 
 MAX_NAME_LENGTH = 1000
 PRODUCTION_LABEL = "production"
 LATEST_LABEL = "latest"
-# Langfuse's label rule. Used with fullmatch: "$" would let a trailing newline through.
+# Langfuse's create-time rules (packages/shared/src/features/prompts/constants.ts and
+# validation.ts, features/folders/validation.ts, utils/zod.ts in langfuse/langfuse).
+MAX_LABEL_LENGTH = 36
+MAX_COMMIT_MESSAGE_LENGTH = 500
+RESERVED_NAMES = ("new", "metrics", "prompt-detail")
+# Used with fullmatch: "$" would let a trailing newline through.
 _LABEL_RE = re.compile(r"[a-z0-9_\-.]+")
+_HTML_RE = re.compile(r"<[^<>]*>")
+# zod's z.iso.datetime({offset: true}), which Langfuse's list query uses for its time filters.
+_ISO_DATETIME_RE = re.compile(
+    r"((?:\d\d[2468][048]|\d\d[13579][26]|\d\d0[48]|[02468][048]00|[13579][26]00)-02-29"
+    r"|\d{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\d|30)"
+    r"|02-(?:0[1-9]|1\d|2[0-8])))"
+    r"T((?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d)(?:\.(\d+))?"
+    r"(Z|[+-]\d{2}:?\d{2})",
+    re.ASCII,
+)
 
 
 class PromptValidationError(ValueError):
@@ -57,6 +74,23 @@ def _check_name(_: Any, __: Any, name: Any) -> None:
             f"'name' is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}"
         )
     _check_text("'name'", name)
+    # Langfuse's PromptNameSchema, rule by rule and with its messages.
+    if _HTML_RE.search(name):
+        raise PromptValidationError("Text cannot contain HTML tags")
+    if "|" in name:
+        raise PromptValidationError("Prompt name cannot contain '|' character")
+    if name.startswith("/"):
+        raise PromptValidationError("Name cannot start with a slash")
+    if "//" in name:
+        raise PromptValidationError("Name cannot contain consecutive slashes")
+    if name.endswith("/"):
+        raise PromptValidationError("Name cannot end with a slash")
+    if name.strip() != name:
+        # Langfuse trims the name and stores " a" as "a", silently a version of another
+        # prompt; refusing it keeps both servers agreeing on every name we accept.
+        raise PromptValidationError("Name cannot start or end with whitespace")
+    if name in RESERVED_NAMES:
+        raise PromptValidationError(f"Prompt name cannot be '{name}'")
 
 
 def check_labels(labels: Iterable[Any], field: str) -> tuple[str, ...]:
@@ -69,10 +103,16 @@ def check_labels(labels: Iterable[Any], field: str) -> tuple[str, ...]:
             raise PromptValidationError(
                 f"'{field}[{i}]' should be a string, got {type(label).__name__}"
             )
-        if not _LABEL_RE.fullmatch(label) or len(label) > MAX_NAME_LENGTH:
+        if not _LABEL_RE.fullmatch(label):
             raise PromptValidationError(
-                f"'{field}[{i}]' is not a valid label: use lowercase letters, digits, "
-                f"'_', '-' and '.' only (^[a-z0-9_\\-.]+$), got {label!r}"
+                f"'{field}[{i}]' is not a valid label: Label must be lowercase alphanumeric "
+                f"with optional underscores, hyphens, or periods (^[a-z0-9_\\-.]+$), "
+                f"got {label[:100]!r}"
+            )
+        if len(label) > MAX_LABEL_LENGTH:
+            raise PromptValidationError(
+                f"'{field}[{i}]' is {len(label)} characters long; the limit for a label is "
+                f"{MAX_LABEL_LENGTH}"
             )
         if label == LATEST_LABEL:
             raise PromptValidationError(
@@ -113,6 +153,11 @@ def _check_commit_message(_: Any, __: Any, value: Any) -> None:
         raise PromptValidationError(
             f"'commitMessage' should be a string or null, got {type(value).__name__}"
         )
+    if value is not None and len(value) > MAX_COMMIT_MESSAGE_LENGTH:
+        raise PromptValidationError(
+            f"'commitMessage' is {len(value)} characters long; the limit is "
+            f"{MAX_COMMIT_MESSAGE_LENGTH}"
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -139,6 +184,7 @@ class PromptDraft:
             for i, item in enumerate(model.prompt):
                 if isinstance(item, Placeholder) and not item.name:
                     raise PromptValidationError(f"'prompt[{i}].name' must not be empty")
+            _check_placeholders_are_not_variables(self.prompt)
         try:
             # Lone surrogates would break SQLite and every client's JSON decoder; NaN and
             # Infinity are not JSON.
@@ -212,6 +258,34 @@ class PromptDraft:
         )
 
 
+# Langfuse's MUSTACHE_REGEX and VARIABLE_REGEX (packages/shared/src/utils/stringChecks.ts).
+_MUSTACHE_RE = re.compile(r"{{([^{}]*)}}")
+
+
+def _is_variable_name(text: str) -> bool:
+    return bool(text) and text[0].isalpha() and all(
+        ch.isalpha() or ch.isnumeric() or ch == "_" for ch in text
+    )
+
+
+def _check_placeholders_are_not_variables(messages: Any) -> None:
+    """Langfuse's createPrompt refuses a chat prompt whose placeholder names a variable."""
+    placeholders = {m.get("name") for m in messages if m.get("type") == "placeholder"}
+    variables: dict[str, None] = {}
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            for name in _MUSTACHE_RE.findall(content):
+                if _is_variable_name(name):
+                    variables[name] = None
+    clashes = [name for name in variables if name in placeholders]
+    if clashes:
+        raise PromptValidationError(
+            "Cannot create prompt, variables and placeholders must be unique, the following "
+            f"are not: {', '.join(clashes)}"
+        )
+
+
 def _json_kind(value: Any) -> str:
     kinds: list[tuple[type, str]] = [
         (bool, "a boolean"), (int, "a number"), (float, "a number"), (str, "a string"),
@@ -272,3 +346,30 @@ def parse_json_body(raw: bytes) -> Any:
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise PromptValidationError(f"the body is not valid JSON: {exc}") from None
 
+
+
+def parse_updated_at(text: str) -> str:
+    """An ISO datetime as Langfuse's ``fromUpdatedAt``/``toUpdatedAt`` accept it, as the
+    store writes times (UTC, milliseconds, ``Z``), so the two compare as strings.
+
+    Milliseconds are truncated, as JavaScript's ``Date`` does. Raises
+    ``PromptValidationError`` for anything zod's ``iso.datetime({offset: true})`` refuses.
+    """
+    match = _ISO_DATETIME_RE.fullmatch(text)
+    if match is None:
+        raise PromptValidationError(
+            f"{text[:100]!r} is not an ISO datetime with a time zone, such as "
+            "2025-01-31T12:00:00Z or 2025-01-31T12:00:00.000+02:00"
+        )
+    day, clock, fraction, zone = match.groups()
+    offset = "+00:00" if zone == "Z" else f"{zone[:3]}:{zone[-2:]}"
+    millis = ((fraction or "") + "000")[:3]
+    try:
+        moment = datetime.fromisoformat(f"{day}T{clock}.{millis}{offset}")
+    except ValueError as exc:  # an offset past 23:59
+        raise PromptValidationError(f"{text[:100]!r} is not a valid datetime: {exc}") from None
+    try:
+        utc = moment.astimezone(UTC)
+    except OverflowError:
+        raise PromptValidationError(f"{text[:100]!r} is out of range") from None
+    return utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -27,11 +28,20 @@ import anyio.to_thread
 import attrs
 
 from .._models import Prompt, PromptType, parse_prompt
+from ._compose import (
+    PromptNode,
+    Reference,
+    ResolutionError,
+    find_references,
+    resolve as resolve_node,
+)
 from ._schema import LATEST_LABEL, PRODUCTION_LABEL, PromptDraft, load_seed_dir
 
 __all__ = [
+    "PromptChange",
     "PromptConflictError",
     "PromptPage",
+    "PromptReferenceError",
     "PromptStore",
     "PromptSummary",
     "StoreClosedError",
@@ -39,6 +49,7 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+logger = logging.getLogger("asyncpromptcache.server")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS prompt_names (
@@ -74,6 +85,8 @@ matching AS (
            OR (:label = 'latest' AND p.version = w.version)
            OR EXISTS (SELECT 1 FROM json_each(p.labels) j WHERE j.value = :label))
       AND (:tag IS NULL OR EXISTS (SELECT 1 FROM json_each(n.tags) j WHERE j.value = :tag))
+      AND (:from_updated_at IS NULL OR p.updated_at >= :from_updated_at)
+      AND (:to_updated_at IS NULL OR p.updated_at < :to_updated_at)
 )
 """
 
@@ -86,8 +99,13 @@ class PromptConflictError(ValueError):
     """A create that contradicts the name's existing versions (a different prompt type)."""
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+class PromptReferenceError(ValueError):
+    """A create whose references are missing, too deep or a cycle, or a delete that would
+    leave another prompt's reference dangling (Langfuse's 400 ``InvalidRequestError``)."""
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 @attrs.frozen
@@ -98,6 +116,8 @@ class StoredPrompt:
     id: str
     created_at: str
     updated_at: str
+    #: Langfuse's ``resolutionGraph`` when the prompt was resolved and has references.
+    resolution_graph: dict[str, Any] | None = attrs.field(default=None, hash=False)
 
     def to_wire(self, project_id: str) -> dict[str, Any]:
         """The JSON body Langfuse sends for ``GET /api/public/v2/prompts/{name}``."""
@@ -107,8 +127,17 @@ class StoredPrompt:
             "createdAt": self.created_at,
             "updatedAt": self.updated_at,
             "projectId": project_id,
-            "resolutionGraph": None,
+            "resolutionGraph": self.resolution_graph,
         }
+
+
+@attrs.frozen
+class PromptChange:
+    """One version a write changed, as Langfuse reports it in a prompt-version webhook:
+    ``action`` is ``created``, ``updated`` or ``deleted``; ``prompt`` is resolved."""
+
+    action: str
+    prompt: StoredPrompt
 
 
 @attrs.frozen
@@ -171,8 +200,14 @@ class PromptStore:
     caller's to close.
     """
 
-    def __init__(self, path: str | os.PathLike[str] = ":memory:") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str] = ":memory:", *,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
         self._path = os.fspath(path)
+        self._clock = clock  # when versions are created and updated (tests set it)
+        self._listeners: list[Callable[[list[PromptChange]], None]] = []
+        self._pending: list[PromptChange] = []  # what the write under way changed
         self._lock = threading.Lock()
         self._closed = False
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE), never implicit.
@@ -209,6 +244,18 @@ class PromptStore:
                 self._closed = True
                 self._conn.close()
 
+    def add_listener(self, listener: Callable[[list[PromptChange]], None]) -> None:
+        """Call ``listener`` with the changes of every later write, once it has committed.
+
+        It runs in the store's worker thread, under the store's lock: it must be quick and
+        must not use the store (hand the changes to an event loop and return).
+        """
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[list[PromptChange]], None]) -> None:
+        """Stop calling ``listener``."""
+        self._listeners.remove(listener)
+
     # -- async API -------------------------------------------------------------------------
 
     async def create(self, draft: PromptDraft) -> StoredPrompt:
@@ -242,14 +289,20 @@ class PromptStore:
         return await self.create_many(drafts, skip_existing=True)
 
     async def get(
-        self, name: str, *, version: int | None = None, label: str | None = None
+        self, name: str, *, version: int | None = None, label: str | None = None,
+        resolve: bool = True,
     ) -> StoredPrompt | None:
-        """One version by number or by label (``production`` when neither is given)."""
+        """One version by number or by label (``production`` when neither is given).
+
+        With ``resolve`` (the default, as in Langfuse), its references are replaced by the
+        prompts they name and ``resolution_graph`` says which; a reference that no longer
+        resolves raises ``ResolutionError``.
+        """
         if version is not None and label is not None:
             raise ValueError("give a version or a label, not both")
         if version is None and label is None:
             label = PRODUCTION_LABEL
-        return await self._run(functools.partial(self._get, name, version, label))
+        return await self._run(functools.partial(self._get, name, version, label, resolve))
 
     async def list_prompts(
         self,
@@ -259,11 +312,20 @@ class PromptStore:
         tag: str | None = None,
         page: int = 1,
         limit: int = 50,
+        from_updated_at: str | None = None,
+        to_updated_at: str | None = None,
     ) -> PromptPage:
-        """Names with at least one version matching all filters, by name, one page of them."""
+        """Names with at least one version matching all filters, by name, one page of them.
+
+        ``from_updated_at`` (inclusive) and ``to_updated_at`` (exclusive) keep the versions
+        updated in that span, as Langfuse does; give them as ``parse_updated_at`` returns.
+        """
         if page < 1 or limit < 1:
             raise ValueError("page and limit start at 1")
-        return await self._run(functools.partial(self._list, name, label, tag, page, limit))
+        span = (from_updated_at, to_updated_at)
+        return await self._run(
+            functools.partial(self._list, name, label, tag, page, limit, span)
+        )
 
     async def set_labels(
         self, name: str, version: int, new_labels: Sequence[str]
@@ -298,7 +360,27 @@ class PromptStore:
         with self._lock:
             if self._closed:
                 raise StoreClosedError("the prompt store is closed")
-            return func()
+            self._pending = []
+            try:
+                result = func()
+                changes = self._pending
+            finally:
+                self._pending = []
+            if changes:
+                for listener in list(self._listeners):
+                    try:
+                        listener(changes)
+                    except Exception:  # a listener's fault is not the writer's
+                        logger.exception("a prompt store listener failed")
+            return result
+
+    def _report(self, db: sqlite3.Connection, action: str, name: str, versions: Iterable[int]
+                ) -> None:
+        """Note the changes a write makes, resolved as they are now, for the listeners."""
+        if self._listeners:
+            for version in versions:
+                self._pending.append(PromptChange(action, self._load(db, name, version,
+                                                                     resolve=True, strict=False)))
 
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
@@ -309,6 +391,10 @@ class PromptStore:
             self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
+
+    def _now(self) -> str:
+        moment = self._clock().astimezone(UTC)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     def _create_all(
         self, drafts: list[PromptDraft], *, skip_existing: bool = False
@@ -321,6 +407,16 @@ class PromptStore:
             return [self._load(db, name, version) for name, version in keys]
 
     def _insert(self, db: sqlite3.Connection, draft: PromptDraft) -> tuple[str, int]:
+        name, version, touched = self._insert_version(db, draft)
+        # Langfuse's events: "updated" for each older version the write changed (a label or
+        # "latest" moved off it, new tags), then "created" for the new one.
+        self._report(db, "updated", name, touched)
+        self._report(db, "created", name, [version])
+        return name, version
+
+    def _insert_version(
+        self, db: sqlite3.Connection, draft: PromptDraft
+    ) -> tuple[str, int, list[int]]:
         newest = db.execute(
             "SELECT version, type FROM prompts WHERE name = ? ORDER BY version DESC LIMIT 1",
             (draft.name,),
@@ -331,7 +427,17 @@ class PromptStore:
                 f"not '{draft.type}'. Create a prompt with a different name."
             )
         version = 1 if newest is None else newest["version"] + 1
-        now = _now()
+        self._check_references(db, draft, version)
+        now = self._now()
+        old_tags = db.execute(
+            "SELECT tags FROM prompt_names WHERE name = ?", (draft.name,)
+        ).fetchone()
+        touched = set() if newest is None else {newest["version"]}  # it loses "latest"
+        if draft.tags is not None and old_tags is not None \
+                and sorted(set(json.loads(old_tags[0]))) != sorted(set(draft.tags)):
+            touched.update(row[0] for row in db.execute(
+                "SELECT version FROM prompts WHERE name = ?", (draft.name,)
+            ))
         if draft.tags is None:
             db.execute("INSERT OR IGNORE INTO prompt_names (name) VALUES (?)", (draft.name,))
         else:
@@ -340,7 +446,7 @@ class PromptStore:
                 "ON CONFLICT (name) DO UPDATE SET tags = excluded.tags",
                 (draft.name, json.dumps(list(draft.tags))),
             )
-        self._take_labels(db, draft.name, draft.labels, keep_version=None, now=now)
+        touched.update(self._take_labels(db, draft.name, draft.labels, keep_version=None, now=now))
         db.execute(
             "INSERT INTO prompts (id, name, version, type, prompt, config, labels,"
             " commit_message, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -350,16 +456,42 @@ class PromptStore:
                 draft.commit_message, now, now,
             ),
         )
-        return draft.name, version
+        return draft.name, version, sorted(touched)
+
+    def _check_references(self, db: sqlite3.Connection, draft: PromptDraft, version: int) -> None:
+        """Langfuse's create-time check: every reference resolves, without a cycle."""
+        if not find_references(draft.prompt):
+            return
+        node = PromptNode(id=str(uuid.uuid4()), name=draft.name, version=version,
+                          type=draft.type, prompt=draft.prompt, labels=draft.labels)
+        try:
+            resolve_node(node, self._lookup(db))
+        except ResolutionError as exc:
+            raise PromptReferenceError(str(exc)) from None
+
+    def _lookup(self, db: sqlite3.Connection) -> Callable[[Reference], PromptNode | None]:
+        def lookup(reference: Reference) -> PromptNode | None:
+            if reference.version is not None:
+                if not reference.version.is_integer():
+                    return None
+                found = self._find(db, reference.name, int(reference.version), None)
+            else:
+                found = self._find(db, reference.name, None, reference.label)
+            if found is None:
+                return None
+            return _node(self._row(db, reference.name, found))
+        return lookup
 
     def _take_labels(
         self, db: sqlite3.Connection, name: str, labels: Sequence[str], *,
         keep_version: int | None, now: str,
-    ) -> None:
-        """Remove ``labels`` from every version of ``name`` except ``keep_version``."""
+    ) -> list[int]:
+        """Remove ``labels`` from every version of ``name`` except ``keep_version``; the
+        versions that had one."""
         if not labels:
-            return
+            return []
         moving = set(labels)
+        changed: list[int] = []
         for row in db.execute(
             "SELECT version, labels FROM prompts WHERE name = ?", (name,)
         ).fetchall():
@@ -372,45 +504,74 @@ class PromptStore:
                     "UPDATE prompts SET labels = ?, updated_at = ? WHERE name = ? AND version = ?",
                     (json.dumps(kept), now, name, row["version"]),
                 )
+                changed.append(row["version"])
+        return changed
 
-    def _load(self, db: sqlite3.Connection, name: str, version: int) -> StoredPrompt:
+    def _load(
+        self, db: sqlite3.Connection, name: str, version: int, *, resolve: bool = False,
+        strict: bool = True,
+    ) -> StoredPrompt:
+        row = self._row(db, name, version)
+        if not resolve:
+            return _to_stored(row)
+        try:
+            content, graph = resolve_node(_node(row), self._lookup(db))
+        except ResolutionError:
+            if strict:
+                raise
+            return _to_stored(row)
+        return _to_stored(row, content, graph)
+
+    def _row(self, db: sqlite3.Connection, name: str, version: int) -> sqlite3.Row:
         row = db.execute(
             "SELECT p.*, n.tags, (SELECT MAX(version) FROM prompts q WHERE q.name = p.name)"
             " AS newest FROM prompts p JOIN prompt_names n ON n.name = p.name"
             " WHERE p.name = ? AND p.version = ?",
             (name, version),
         ).fetchone()
-        return _to_stored(row)
+        assert row is not None, (name, version)
+        return row  # type: ignore[no-any-return]
 
-    def _get(self, name: str, version: int | None, label: str | None) -> StoredPrompt | None:
+    def _get(
+        self, name: str, version: int | None, label: str | None, resolve: bool = False
+    ) -> StoredPrompt | None:
         with self._transaction(write=False) as db:
-            newest = db.execute(
-                "SELECT MAX(version) FROM prompts WHERE name = ?", (name,)
-            ).fetchone()[0]
-            if newest is None:
-                return None
-            if version is None and label == LATEST_LABEL:
-                version = newest
-            if version is None:
-                row = db.execute(
-                    "SELECT version FROM prompts p WHERE name = ? AND EXISTS"
-                    " (SELECT 1 FROM json_each(p.labels) j WHERE j.value = ?)"
-                    " ORDER BY version DESC LIMIT 1",
-                    (name, label),
-                ).fetchone()
-                if row is None:
-                    return None
-                version = row["version"]
-            found = db.execute(
-                "SELECT 1 FROM prompts WHERE name = ? AND version = ?", (name, version)
+            found = self._find(db, name, version, label)
+            return None if found is None else self._load(db, name, found, resolve=resolve)
+
+    def _find(
+        self, db: sqlite3.Connection, name: str, version: int | None, label: str | None
+    ) -> int | None:
+        """The version number that ``version`` or ``label`` names, if it exists."""
+        newest = db.execute(
+            "SELECT MAX(version) FROM prompts WHERE name = ?", (name,)
+        ).fetchone()[0]
+        if newest is None:
+            return None
+        if version is None and label == LATEST_LABEL:
+            version = newest
+        if version is None:
+            row = db.execute(
+                "SELECT version FROM prompts p WHERE name = ? AND EXISTS"
+                " (SELECT 1 FROM json_each(p.labels) j WHERE j.value = ?)"
+                " ORDER BY version DESC LIMIT 1",
+                (name, label),
             ).fetchone()
-            return None if found is None else self._load(db, name, version)
+            if row is None:
+                return None
+            version = row["version"]
+        found = db.execute(
+            "SELECT 1 FROM prompts WHERE name = ? AND version = ?", (name, version)
+        ).fetchone()
+        return None if found is None else version
 
     def _list(
-        self, name: str | None, label: str | None, tag: str | None, page: int, limit: int
+        self, name: str | None, label: str | None, tag: str | None, page: int, limit: int,
+        span: tuple[str | None, str | None] = (None, None),
     ) -> PromptPage:
         params = {"name": name, "label": label, "tag": tag, "limit": limit,
-                  "offset": (page - 1) * limit}
+                  "offset": (page - 1) * limit, "from_updated_at": span[0],
+                  "to_updated_at": span[1]}
         with self._transaction(write=False) as db:
             total = db.execute(
                 _MATCHING + "SELECT COUNT(DISTINCT name) FROM matching", params
@@ -438,8 +599,8 @@ class PromptStore:
             ).fetchone()
             if row is None:
                 return None
-            now = _now()
-            self._take_labels(db, name, new_labels, keep_version=version, now=now)
+            now = self._now()
+            moved_from = self._take_labels(db, name, new_labels, keep_version=version, now=now)
             current: list[str] = json.loads(row["labels"])
             # Langfuse's order: the new labels first, then the ones the version already had.
             merged = list(dict.fromkeys([*new_labels, *current]))
@@ -448,6 +609,10 @@ class PromptStore:
                     "UPDATE prompts SET labels = ?, updated_at = ? WHERE name = ? AND version = ?",
                     (json.dumps(merged), now, name, version),
                 )
+            # Langfuse sends "updated" for the version and for every version a label moved
+            # off (and only then the version itself: a receiver that drops what a version no
+            # longer serves never drops what the target now serves).
+            self._report(db, "updated", name, [*moved_from, version])
             return self._load(db, name, version)
 
     def _delete(self, name: str, version: int | None, label: str | None) -> int:
@@ -467,6 +632,8 @@ class PromptStore:
                     or (label == LATEST_LABEL and row["version"] == newest)
                 )
             ]
+            self._check_dependents(db, name, doomed, newest)
+            self._report(db, "deleted", name, doomed)
             db.executemany(
                 "DELETE FROM prompts WHERE name = ? AND version = ?", [(name, v) for v in doomed]
             )
@@ -477,23 +644,74 @@ class PromptStore:
             )
             return len(doomed)
 
+    def _check_dependents(
+        self, db: sqlite3.Connection, name: str, doomed: list[int], newest: int | None
+    ) -> None:
+        """Langfuse's delete check: no other prompt may be left referencing a version or a
+        label that the delete removes. Raises ``PromptReferenceError``."""
+        if not doomed:
+            return
+        remaining_labels: set[str] = set()
+        for row in db.execute("SELECT version, labels FROM prompts WHERE name = ?", (name,)):
+            if row["version"] not in doomed:
+                remaining_labels.update(json.loads(row["labels"]))
+                if row["version"] == newest:
+                    remaining_labels.add(LATEST_LABEL)
+        blocking: list[str] = []
+        for parent in db.execute(
+            "SELECT name, version, prompt FROM prompts WHERE instr(prompt, ?) > 0"
+            " ORDER BY name, version",
+            ("@@@langfusePrompt:",),
+        ):
+            for ref in find_references(json.loads(parent["prompt"])):
+                if ref.name != name:
+                    continue
+                if ref.version is not None and ref.version in doomed:
+                    target = f"v{int(ref.version)}"
+                elif ref.label is not None and ref.label not in remaining_labels:
+                    target = ref.label
+                else:
+                    continue
+                blocking.append(f"{parent['name']} v{parent['version']} depends on {name} {target}")
+        if blocking:
+            raise PromptReferenceError(
+                "Other prompts are depending on prompt versions you are trying to delete:\n\n"
+                + "\n".join(blocking) + "\n\nPlease delete the dependent prompts first."
+            )
 
-def _to_stored(row: sqlite3.Row) -> StoredPrompt:
+
+def _labels_of(row: sqlite3.Row) -> list[str]:
     labels: list[str] = json.loads(row["labels"])
     if row["version"] == row["newest"]:
         labels.append(LATEST_LABEL)
+    return labels
+
+
+def _node(row: sqlite3.Row) -> PromptNode:
+    return PromptNode(
+        id=row["id"], name=row["name"], version=row["version"], type=row["type"],
+        prompt=json.loads(row["prompt"]), labels=tuple(_labels_of(row)),
+    )
+
+
+def _to_stored(
+    row: sqlite3.Row, content: Any = None, graph: dict[str, Any] | None = None
+) -> StoredPrompt:
+    """The stored version; ``content`` and ``graph`` when it was resolved."""
+    labels = _labels_of(row)
     prompt = parse_prompt({
         "name": row["name"],
         "version": row["version"],
         "type": row["type"],
-        "prompt": json.loads(row["prompt"]),
+        "prompt": json.loads(row["prompt"]) if content is None else content,
         "config": json.loads(row["config"]),
         "labels": labels,
         "tags": json.loads(row["tags"]),
         "commitMessage": row["commit_message"],
     })
     return StoredPrompt(
-        prompt=prompt, id=row["id"], created_at=row["created_at"], updated_at=row["updated_at"]
+        prompt=prompt, id=row["id"], created_at=row["created_at"], updated_at=row["updated_at"],
+        resolution_graph=graph,
     )
 
 

@@ -1,0 +1,147 @@
+"""What a change to prompts does to a cache, as data. Pure: no I/O, no cache.
+
+A new version, a label move or a deletion (from our own write or from a webhook) becomes one
+``CacheChange``: prompts written through to the keys the version now serves, keys dropped that
+it no longer serves, and the name whose content changed, so that every cached prompt composed
+of it is dropped too (``dependents``). The client applies it in one place.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Collection, Iterable
+
+import attrs
+
+from ._composition import has_references, parse_resolution_graph
+from ._errors import InvalidResponseError
+from ._events import EventAction
+from ._keys import PromptKey
+from ._models import ChatMessage, Prompt, TextPrompt
+
+__all__ = ["LATEST_LABEL", "CacheChange", "ChangeLog", "dependents", "version_change"]
+
+LATEST_LABEL = "latest"
+
+
+@attrs.frozen
+class CacheChange:
+    """One change to apply to a cache.
+
+    ``drops``: keys to drop; ``drop_names``: names whose every key is dropped; ``puts``: prompts
+    to hold without a fetch; ``changed_names``: names whose content changed (every cached prompt
+    that includes one of them, at any depth, is dropped); ``composition_known``: false when the
+    prompts put came without their ``resolutionGraph`` (a webhook's), so what they include is
+    unknown and any later change to another prompt drops them.
+    """
+
+    drops: tuple[PromptKey, ...] = ()
+    drop_names: frozenset[str] = frozenset()
+    puts: tuple[tuple[PromptKey, Prompt], ...] = ()
+    changed_names: frozenset[str] = frozenset()
+    composition_known: bool = True
+
+
+def version_change(
+    action: EventAction, prompt: Prompt, held: Iterable[tuple[PromptKey, Prompt]],
+    *, composition_known: bool = True,
+) -> CacheChange:
+    """The change for ``prompt`` (one version, as Langfuse now has it) being ``action``-ed,
+    given the cache's ``held`` entries.
+
+    It serves its labels, its version and, when created (Langfuse moves ``latest`` to every
+    new version), ``latest``. Created or updated: those keys get the prompt, and keys held at
+    this version under a label it no longer has are dropped. Deleted: every key it served is
+    dropped. A prompt that still holds unresolved references (as Langfuse answers a create or
+    a label update) is not written through: its keys are dropped, for a fetch to resolve them.
+    """
+    name, version = prompt.name, prompt.version
+    labels = dict.fromkeys(prompt.labels)
+    if action == "created":
+        labels[LATEST_LABEL] = None
+    serves = [PromptKey(name, label, None) for label in labels]
+    serves.append(PromptKey(name, None, version))
+    at_this_version = [
+        key for key, cached in held if key.name == name and cached.version == version
+    ]
+    if action == "deleted":
+        return CacheChange(
+            drops=tuple(dict.fromkeys([*serves, *at_this_version])),
+            changed_names=frozenset({name}),
+        )
+    gone = [key for key in at_this_version if key.label is not None and key.label not in labels]
+    if has_references(_texts(prompt)):
+        return CacheChange(
+            drops=tuple(dict.fromkeys([*serves, *gone])), changed_names=frozenset({name})
+        )
+    return CacheChange(
+        drops=tuple(gone), puts=tuple((key, prompt) for key in serves),
+        changed_names=frozenset({name}), composition_known=composition_known,
+    )
+
+
+def _texts(prompt: Prompt) -> list[str]:
+    if isinstance(prompt, TextPrompt):
+        return [prompt.prompt]
+    return [item.content for item in prompt.prompt if isinstance(item, ChatMessage)]
+
+
+def dependents(
+    names: Collection[str], held: Iterable[tuple[PromptKey, Prompt]],
+    *, suspects: Collection[PromptKey] = (),
+) -> set[PromptKey]:
+    """Keys of ``held`` prompts that include a prompt named in ``names``, at any depth.
+
+    Closed transitively over what is held: a prompt dropped here changes in turn, so what
+    includes it is dropped too. ``suspects`` (keys whose parts are unknown) are dropped by a
+    change to any other name (a prompt never includes its own name: Langfuse refuses that
+    cycle). A prompt whose graph cannot be read counts as a suspect.
+    """
+    uses: dict[PromptKey, frozenset[str] | None] = {}
+    for key, prompt in held:
+        try:
+            parts = parse_resolution_graph(prompt.resolution_graph)
+        except InvalidResponseError:
+            uses[key] = None
+        else:
+            uses[key] = None if key in suspects else frozenset(part.name for part in parts)
+    if not names:
+        return set()
+    changed = set(names)
+    found: set[PromptKey] = set()
+    while True:
+        more = {
+            key for key, used in uses.items()
+            if key not in found and (
+                not changed.isdisjoint(used) if used is not None
+                else bool(changed - {key.name})
+            )
+        }
+        if not more:
+            return found
+        found |= more
+        changed.update(key.name for key in more)
+
+
+class ChangeLog:
+    """The names changed lately, numbered in order (the last ``max_size`` changes), so that a
+    fetch can tell whether a part of the prompt it read changed while it ran."""
+
+    def __init__(self, max_size: int = 256) -> None:
+        self.seq = 0
+        self._entries: deque[tuple[int, frozenset[str]]] = deque(maxlen=max_size)
+
+    def record(self, names: frozenset[str]) -> None:
+        if names:
+            self.seq += 1
+            self._entries.append((self.seq, names))
+
+    def touches(self, prompt: Prompt, since: int) -> bool:
+        """Whether a part of ``prompt`` changed after change number ``since`` (or may have:
+        changes that old are forgotten)."""
+        if self.seq == since or prompt.resolution_graph is None:
+            return False
+        parts = {part.name for part in parse_resolution_graph(prompt.resolution_graph)}
+        if not self._entries or self._entries[0][0] > since + 1:
+            return True
+        return any(seq > since and not names.isdisjoint(parts) for seq, names in self._entries)

@@ -1,0 +1,538 @@
+"""The shared tier: ``RedisTier`` (what the user configures) and ``_Link`` (one client's live
+connection to it). Everything that speaks Redis is here; the naming, value format and
+messages are in ``_shared.py``; the L1 engine knows nothing of either.
+
+How a client uses its link (SPEC section 8):
+
+* ``fetch_through`` wraps the engine's fetch of one key: a fresh L2 value is returned with its
+  age (L1 keeps it for the rest of its TTL only); a stale L2 value is served at once when L1
+  has nothing for the key; otherwise one process takes the key's lock (``SET NX PX`` with a
+  random token, released by a Lua compare-and-delete, expiring with the fetch budget),
+  fetches upstream, writes L2 and publishes ``filled``; the others wait for that message
+  (bounded by the lock's expiry), then read L2 or take the lock over.
+* ``propagate`` sends a change (invalidate, clear) to L2 and to every process's L1.
+* ``run`` keeps the pub/sub subscription, applies the changes other processes publish, and
+  reconnects with backoff. Any Redis trouble marks the tier down: fetches then go upstream
+  as a single-process cache's would, until Redis answers again. L1 entries are marked stale
+  when the subscription comes back, since invalidations may have been missed meanwhile.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+import secrets
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup, TaskStatus
+
+from ._cache import Fetched
+from ._errors import ConfigurationError, InvalidResponseError
+from ._keys import PromptKey
+from ._models import Prompt
+from ._shared import (
+    Change,
+    Names,
+    SharedStats,
+    decode_change,
+    decode_value,
+    encode_change,
+    encode_value,
+    namespace_id,
+)
+
+__all__ = ["RedisTier", "resolve_shared"]
+
+logger = logging.getLogger("asyncpromptcache")
+
+ENV_VAR = "ASYNCPROMPTCACHE_REDIS_URL"
+_SCHEMES = ("redis", "rediss", "unix")
+# Compare-and-delete: only the holder of the token releases the lock.
+_RELEASE = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
+    "else return 0 end"
+)
+_CONNECT_GRACE = 1.0  # how long opening a client waits for Redis before starting L1-only
+_MAX_UNSENT = 1000  # past this many changes kept while Redis is down, send one clear()
+
+
+class _Down(Exception):
+    """A Redis call failed; the tier is now down. Never leaves this module."""
+
+
+class _Superseded(Exception):
+    """The key was invalidated while its fetch ran. Never leaves this module."""
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+class RedisTier:
+    """A shared L2 cache in Redis for every process of a fleet: pass it (or just a URL) as
+    ``shared=`` to ``AsyncPromptClient`` or ``PromptClient``.
+
+    * ``url_or_client``: ``redis://``, ``rediss://`` or ``unix://`` URL, or your own
+      ``redis.asyncio`` client (``Redis``, ``RedisCluster``, one from ``Sentinel``), which
+      is never closed by the tier. Needs ``pip install 'asyncpromptcache[redis]'``.
+    * ``namespace``: separates applications sharing one Redis; entries are namespaced by it,
+      the Langfuse host and the public key as well.
+    * ``signing_key``: values are HMAC-signed with it, and unsigned or wrongly signed values
+      are ignored (for a Redis that other services can write).
+    * ``timeout_seconds``: the bound on every Redis call; past it the call counts as a failure
+      and the client goes on without Redis.
+    * ``stale_retention_seconds``: how long past its TTL a value stays in Redis when the
+      client's ``max_stale_seconds`` is unbounded (a last-known-good for processes that start
+      during an outage).
+    """
+
+    def __init__(
+        self,
+        url_or_client: str | Any,
+        *,
+        namespace: str = "default",
+        signing_key: str | bytes | None = None,
+        timeout_seconds: float = 0.25,
+        stale_retention_seconds: float = 7 * 24 * 3600.0,
+        reconnect_max_seconds: float = 5.0,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if importlib.util.find_spec("redis") is None:
+            raise ConfigurationError(
+                "the shared tier needs redis-py: pip install 'asyncpromptcache[redis]'"
+            )
+        if isinstance(url_or_client, str):
+            if urlsplit(url_or_client).scheme not in _SCHEMES:
+                raise ConfigurationError(
+                    f"the shared tier's URL must start with redis://, rediss:// or unix://, "
+                    f"got {_redacted(url_or_client)!r}"
+                )
+        elif not callable(getattr(url_or_client, "pubsub", None)):
+            raise ConfigurationError(
+                f"shared: expected a Redis URL or a redis.asyncio client, got "
+                f"{type(url_or_client).__name__}"
+            )
+        if not isinstance(namespace, str) or not namespace:
+            raise ConfigurationError(f"namespace must be a non-empty string, got {namespace!r}")
+        for value, what in ((timeout_seconds, "timeout_seconds"),
+                            (stale_retention_seconds, "stale_retention_seconds"),
+                            (reconnect_max_seconds, "reconnect_max_seconds")):
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise ConfigurationError(f"{what} must be a positive number, got {value!r}")
+        self._target = url_or_client
+        self.namespace = namespace
+        self._signing_key = (
+            signing_key.encode() if isinstance(signing_key, str) else signing_key
+        )
+        self.timeout_seconds = float(timeout_seconds)
+        self.stale_retention_seconds = float(stale_retention_seconds)
+        self.reconnect_max_seconds = float(reconnect_max_seconds)
+        self._wall = wall_clock
+
+    def __repr__(self) -> str:
+        target = (_redacted(self._target) if isinstance(self._target, str)
+                  else type(self._target).__name__)
+        signed = ", signed" if self._signing_key is not None else ""
+        return f"RedisTier({target!r}, namespace={self.namespace!r}{signed})"
+
+    def _connect(self) -> tuple[Any, bool]:
+        """A redis.asyncio client for the running loop, and whether the link owns it."""
+        if not isinstance(self._target, str):
+            return self._target, False
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # No silent retries: a lost connection must be seen (a re-subscription may have
+        # missed messages), and the link has its own backoff.
+        client = Redis.from_url(
+            self._target, socket_timeout=self.timeout_seconds,
+            socket_connect_timeout=self.timeout_seconds, retry=Retry(NoBackoff(), 0),
+            health_check_interval=10,
+        )
+        return client, True
+
+    def _open(
+        self, *, host: str, public_key: str | None, max_stale: float | None,
+        apply: Callable[[Change], int], put_ttl: float = 60.0,
+    ) -> _Link:
+        return _Link(self, Names(namespace_id(self.namespace, host, public_key)),
+                     max_stale, apply, put_ttl)
+
+
+def _generation(raw: Any) -> int:
+    try:
+        return max(0, int(raw or 0))
+    except (TypeError, ValueError):  # a Redis others write to: never trust its contents
+        return 0
+
+
+def resolve_shared(
+    shared: str | RedisTier | None, env: Any
+) -> RedisTier | None:
+    """The tier a client was given: ``shared=``, else ``ASYNCPROMPTCACHE_REDIS_URL``."""
+    if shared is None:
+        shared = (env.get(ENV_VAR) or "").strip() or None
+        if shared is None:
+            return None
+    if isinstance(shared, RedisTier):
+        return shared
+    if isinstance(shared, str):
+        return RedisTier(shared)
+    raise ConfigurationError(
+        f"shared must be a Redis URL or a RedisTier, got {type(shared).__name__}"
+    )
+
+
+class _Link:
+    """One client's connection to the tier, living in that client's event loop."""
+
+    def __init__(
+        self, tier: RedisTier, names: Names, max_stale: float | None,
+        apply: Callable[[Change], int], put_ttl: float = 60.0,
+    ) -> None:
+        self._tier = tier
+        self._put_ttl = put_ttl  # how long a prompt written through (not fetched) stays fresh
+        self._names = names
+        self._apply = apply
+        self._timeout = tier.timeout_seconds
+        self._retain = tier.stale_retention_seconds if max_stale is None else max_stale
+        self._wall = tier._wall
+        self._sign = tier._signing_key
+        self.id = secrets.token_hex(8)
+        self._redis: Any = None
+        self._owns = False
+        self._up = False
+        self._state = "starting"
+        self._ever_up = False
+        self._waiters: dict[PromptKey, list[anyio.Event]] = {}
+        self._pending = 0
+        # How often each name was invalidated (and the cache cleared), here or elsewhere: a
+        # fetch that saw its name dropped meanwhile may hold the old version, not for L2.
+        self._dropped: Counter[str] = Counter()
+        self._clears = 0
+        # Changes made while Redis was unreachable, sent once it answers again.
+        self._unsent: list[Change] = []
+        self._settled = anyio.Event()
+        self._settled.set()
+        self._tg: TaskGroup | None = None
+        self._n: Counter[str] = Counter()  # SharedStats' counters, by field name
+        self._pid = os.getpid()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, tg: TaskGroup) -> None:
+        """Connect in ``tg``; returns once subscribed, or after a short grace (then L1-only)."""
+        self._redis, self._owns = self._tier._connect()
+        self._tg = tg
+        await tg.start(self._run)
+
+    async def aclose(self) -> None:
+        self._up = False
+        if self._owns and self._redis is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2 * self._timeout):
+                try:
+                    await self._redis.aclose()
+                except Exception:  # closing a broken connection may fail; nothing to do
+                    logger.debug("closing the shared tier's connection failed", exc_info=True)
+
+    def stats(self) -> SharedStats:
+        return SharedStats(state=self._state, **self._n)
+
+    # -- health ----------------------------------------------------------------------------
+
+    def _trouble(self, exc: BaseException) -> None:
+        self._n["redis_errors"] += 1
+        if self._up or self._state == "starting":
+            self._n["outages"] += 1
+            logger.warning(
+                "the shared tier (Redis) is unavailable, serving from this process's cache "
+                "alone until it answers again: %s: %s", type(exc).__name__, exc,
+            )
+        self._up = False
+        self._state = "down"
+
+    def _recovered(self) -> None:
+        if not self._up:
+            if self._state == "down":
+                logger.warning("the shared tier (Redis) answers again; sharing resumed")
+            self._up = True
+            self._state = "up"
+
+    async def _call(self, awaitable: Awaitable[Any]) -> Any:
+        """One Redis command under the tier's timeout; trouble marks the tier down."""
+        try:
+            with anyio.fail_after(self._timeout):
+                return await awaitable
+        except Exception as exc:
+            self._trouble(exc)
+            raise _Down from exc
+
+    async def _run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Subscribe, apply what others publish, reconnect with backoff. Never raises."""
+        backoff = 0.05
+        started = False
+        while True:
+            pubsub = None
+            try:
+                pubsub = self._redis.pubsub()
+                with anyio.fail_after(max(self._timeout, _CONNECT_GRACE)):
+                    await pubsub.subscribe(self._names.channel)
+                    generation = await self._redis.get(self._names.generation_key)
+                self._names = attrs.evolve(self._names, generation=_generation(generation))
+                if self._ever_up:
+                    # Invalidations may have been missed while unsubscribed: revalidate.
+                    self._apply(Change("expire"))
+                self._ever_up = True
+                self._recovered()
+                unsent, self._unsent = self._unsent, []
+                for change in unsent:
+                    self.propagate_soon(change)
+                backoff = 0.05
+                if not started:
+                    started = True
+                    task_status.started()
+                await self._listen(pubsub)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception as exc:
+                self._trouble(exc)
+            finally:
+                if pubsub is not None:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout):
+                        try:
+                            await pubsub.aclose()
+                        except Exception:
+                            logger.debug("closing a pub/sub connection failed", exc_info=True)
+            if not started:
+                started = True
+                task_status.started()
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, self._tier.reconnect_max_seconds)
+
+    async def _listen(self, pubsub: Any) -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is not None and message.get("type") == "message":
+                self._received(message["data"])
+            if not self._up:
+                # A command failed while the subscription held: is Redis back?
+                with anyio.fail_after(self._timeout):
+                    await self._redis.ping()
+                self._recovered()
+
+    def _received(self, raw: bytes) -> None:
+        change = decode_change(raw)
+        if change is None or change.origin == self.id:
+            return
+        if change.kind == "filled" or change.kind == "released":
+            for key in change.keys:
+                for event in self._waiters.get(key, ()):
+                    event.set()
+            return
+        self._n["changes_received"] += 1
+        self._note_dropped(change)
+        if change.kind == "clear" and change.generation is not None \
+                and change.generation > self._names.generation:
+            self._names = attrs.evolve(self._names, generation=change.generation)
+        try:
+            self._apply(change)
+        except Exception:
+            logger.exception("applying a change from the shared tier failed")
+
+    # -- reads and fetches -----------------------------------------------------------------
+
+    async def _read(self, names: Names, key: PromptKey) -> tuple[Prompt, float] | None:
+        raw = await self._call(self._redis.get(names.value(key)))
+        if raw is None:
+            return None
+        try:
+            return decode_value(raw, key, self._sign)
+        except InvalidResponseError as exc:
+            self._n["rejected_values"] += 1
+            logger.warning("ignored the shared tier's value of prompt %s: %s",
+                           key.describe(), exc)
+            return None
+
+    async def fetch_through(
+        self, key: PromptKey, ttl: float, upstream: Callable[[], Awaitable[Prompt]],
+        budget: float, have_stale: Callable[[], bool],
+    ) -> Prompt | Fetched:
+        """The engine's fetch of ``key`` through L2 (see the module docstring)."""
+        if not self._up or os.getpid() != self._pid:
+            return await upstream()
+        if self._pending:
+            with anyio.move_on_after(4 * self._timeout):
+                await self._settled.wait()  # this process's own invalidations reach L2 first
+        deadline = anyio.current_time() + 2 * budget + 1.0
+        counted_miss = False
+        while True:
+            names = self._names
+            event = anyio.Event()
+            waiters = self._waiters.setdefault(key, [])
+            waiters.append(event)  # before reading: a fill published meanwhile is not missed
+            try:
+                found = await self._read(names, key)
+                if found is not None and self._wall() - found[1] >= ttl + self._retain:
+                    found = None  # written with a longer TTL: past what this client serves
+                if found is not None:
+                    prompt, fetched_at = found
+                    age = max(0.0, self._wall() - fetched_at)
+                    if age < ttl:
+                        self._n["l2_hits"] += 1
+                        return Fetched(prompt, age)
+                    if not have_stale():
+                        # Served at once, held stale in L1: its next use refreshes it.
+                        self._n["l2_stale_served"] += 1
+                        return Fetched(prompt, age)
+                elif not counted_miss:
+                    counted_miss = True
+                    self._n["l2_misses"] += 1
+                lock, token = names.lock(key), secrets.token_hex(16)
+                if await self._call(self._redis.set(lock, token, nx=True,
+                                                    px=max(1, int(budget * 1000)))):
+                    # The previous holder may have written it between our read and our lock.
+                    again = await self._read(names, key)
+                    if again is not None and self._wall() - again[1] < ttl:
+                        await self._call(self._redis.eval(_RELEASE, 1, lock, token))
+                        self._n["l2_hits"] += 1
+                        return Fetched(again[0], max(0.0, self._wall() - again[1]))
+                    return await self._fetch_locked(names, key, ttl, upstream, lock, token)
+                if anyio.current_time() >= deadline:
+                    return await upstream()
+                self._n["waits"] += 1
+                pttl = await self._call(self._redis.pttl(lock))
+                bound = (pttl / 1000 if isinstance(pttl, int) and pttl > 0 else 0) + 0.05
+                with anyio.move_on_after(min(bound, budget)):
+                    await event.wait()
+                if not event.is_set():
+                    self._n["takeovers"] += 1  # the holder died or overran: try the lock again
+            except _Down:
+                return await upstream()
+            finally:
+                waiters.remove(event)
+                if not waiters and self._waiters.get(key) is waiters:
+                    del self._waiters[key]
+
+    async def _fetch_locked(
+        self, names: Names, key: PromptKey, ttl: float,
+        upstream: Callable[[], Awaitable[Prompt]], lock: str, token: str,
+    ) -> Prompt | Fetched:
+        self._n["upstream_fetches"] += 1
+        seen = (self._clears, self._dropped[key.name])
+        try:
+            prompt = await upstream()
+            if (self._clears, self._dropped[key.name]) != seen:
+                raise _Superseded
+        except _Superseded:
+            # Invalidated while fetching: the caller gets what was fetched, L2 does not.
+            await self._release(key, lock, token)
+            return Fetched(prompt, 0.0)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._release(key, lock, token)
+            raise
+        try:
+            await self._write(names, key, prompt, ttl, release=(lock, token))
+            await self._publish(Change("filled", (key,)))
+        except _Down:
+            pass
+        return Fetched(prompt, 0.0)
+
+    async def _write(
+        self, names: Names, key: PromptKey, prompt: Prompt, ttl: float,
+        release: tuple[str, str] | None = None,
+    ) -> None:
+        """Write ``prompt`` to L2 for ``key``, fresh for ``ttl`` from now (and release the
+        fetch lock ``release`` in the same round trip)."""
+        value = encode_value(key, prompt, self._wall(), self._sign)
+        px = max(1, int((ttl + self._retain) * 1000))
+        pipe = self._redis.pipeline(transaction=False)  # one slot; Cluster-safe
+        pipe.set(names.value(key), value, px=px)
+        pipe.sadd(names.index(key.name), names.key_id(key))
+        pipe.pexpire(names.index(key.name), px)
+        if release is not None:
+            pipe.eval(_RELEASE, 1, *release)
+        await self._call(pipe.execute())
+
+    async def _release(self, key: PromptKey, lock: str, token: str) -> None:
+        try:
+            await self._call(self._redis.eval(_RELEASE, 1, lock, token))
+            await self._publish(Change("released", (key,)))
+        except _Down:
+            pass
+
+    async def _publish(self, change: Change) -> None:
+        change = attrs.evolve(change, origin=self.id)
+        await self._call(self._redis.publish(self._names.channel, encode_change(change)))
+
+    # -- changes ---------------------------------------------------------------------------
+
+    def propagate_soon(self, change: Change) -> None:
+        """Send ``change`` (already applied here) to L2 and every other process, in the
+        background; this process's fetches wait for it to land in L2 first."""
+        if self._tg is None or os.getpid() != self._pid:
+            return
+        self._note_dropped(change)
+        self._pending += 1
+        if self._settled.is_set():
+            self._settled = anyio.Event()
+        self._tg.start_soon(self._propagate, change)
+
+    def _note_dropped(self, change: Change) -> None:
+        if change.kind == "clear":
+            self._clears += 1
+        elif change.kind == "invalidate":
+            self._dropped.update({*change.names, *(key.name for key in change.keys)})
+
+    async def _propagate(self, change: Change) -> None:
+        try:
+            if not self._up:
+                raise _Down
+            names = self._names
+            if change.kind == "invalidate":
+                by_name: dict[str, list[str]] = {}
+                for key in change.keys:
+                    by_name.setdefault(key.name, []).append(names.value(key))
+                for name in change.names:
+                    ids = await self._call(self._redis.smembers(names.index(name)))
+                    found = by_name.setdefault(name, [])
+                    found.extend(names.value_of_id(name, i.decode() if isinstance(i, bytes)
+                                                   else str(i)) for i in ids)
+                    found.append(names.index(name))
+                written = {names.value(key) for key, _ in change.puts}
+                for keys in by_name.values():  # one hash-tagged group per command
+                    gone = [k for k in keys if k not in written]
+                    if gone:
+                        await self._call(self._redis.delete(*gone))
+                for key, prompt in change.puts:  # then the versions written through
+                    await self._write(names, key, prompt, self._put_ttl)
+                change = attrs.evolve(change, puts=())
+            elif change.kind == "clear":
+                generation = await self._call(self._redis.incr(names.generation_key))
+                self._names = attrs.evolve(self._names, generation=int(generation))
+                change = attrs.evolve(change, generation=int(generation))
+            await self._publish(change)
+            self._n["changes_sent"] += 1
+        except _Down:
+            if change.kind == "clear" or len(self._unsent) >= _MAX_UNSENT:
+                self._unsent = [Change("clear")]  # clear() supersedes everything before it
+            else:
+                self._unsent.append(change)
+        finally:
+            self._pending -= 1
+            if not self._pending:
+                self._settled.set()

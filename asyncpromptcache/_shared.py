@@ -1,0 +1,262 @@
+"""The shared tier's pure logic: Redis key and channel names, the L2 value format (with
+wall-clock times and an optional HMAC signature) and the change messages every process
+applies. No I/O and no Redis import: ``_redis.py`` does the talking.
+
+Key layout (one hash tag per prompt name, so every command touches one slot of a Cluster)::
+
+    apc:{<ns>}:gen                         the namespace's generation (``clear()`` bumps it)
+    apc:{<ns>.<gen>.<name>}:v:<key>        a prompt's value
+    apc:{<ns>.<gen>.<name>}:l:<key>        the lock of its fetch
+    apc:{<ns>.<gen>.<name>}:i              the set of <key> held for the name
+    apc:<ns>:events                        the pub/sub channel of the namespace
+
+``<ns>`` hashes the user's namespace, the Langfuse host and the public key (never the
+secret); ``<name>`` and ``<key>`` hash the prompt name and the structured key, so no name can
+reach another's entries by prefix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+from collections.abc import Hashable, Iterable
+from typing import Any, Literal
+
+import attrs
+
+from ._errors import InvalidResponseError
+from ._keys import PromptKey
+from ._models import Prompt, parse_prompt
+
+__all__ = [
+    "Change",
+    "Names",
+    "SharedStats",
+    "decode_change",
+    "decode_value",
+    "encode_change",
+    "encode_value",
+]
+
+_VALUE_TAG = b"apc1"
+_MESSAGE_VERSION = 1
+ChangeKind = Literal["invalidate", "clear", "expire", "filled", "released"]
+
+
+def _digest(*parts: Any, size: int = 16) -> str:
+    raw = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:size]
+
+
+def namespace_id(namespace: str, host: str, public_key: str | None) -> str:
+    """The hashed namespace: the user's namespace, the Langfuse host, the public key."""
+    return _digest("ns", namespace, host.rstrip("/").lower(), public_key or "")
+
+
+@attrs.frozen
+class Names:
+    """Redis key and channel names for one namespace at one generation."""
+
+    ns: str
+    generation: int = 0
+
+    @property
+    def channel(self) -> str:
+        return f"apc:{self.ns}:events"
+
+    @property
+    def generation_key(self) -> str:
+        return f"apc:{{{self.ns}}}:gen"
+
+    def _tag(self, name: str) -> str:
+        return f"apc:{{{self.ns}.{self.generation}.{_digest('name', name)}}}"
+
+    def key_id(self, key: PromptKey) -> str:
+        return _digest("key", key.name, key.label, key.version, size=32)
+
+    def value(self, key: PromptKey) -> str:
+        return f"{self._tag(key.name)}:v:{self.key_id(key)}"
+
+    def lock(self, key: PromptKey) -> str:
+        return f"{self._tag(key.name)}:l:{self.key_id(key)}"
+
+    def index(self, name: str) -> str:
+        return f"{self._tag(name)}:i"
+
+    def value_of_id(self, name: str, key_id: str) -> str:
+        return f"{self._tag(name)}:v:{key_id}"
+
+
+# -- the L2 value ----------------------------------------------------------------------------
+
+
+def _sign(signing_key: bytes, body: bytes) -> bytes:
+    return hmac.new(signing_key, body, hashlib.sha256).hexdigest().encode("ascii")
+
+
+def encode_value(
+    key: PromptKey, prompt: Prompt, fetched_at: float, signing_key: bytes | None
+) -> bytes:
+    """``apc1.<hmac-sha256 hex or ->.<canonical JSON>``; ``fetched_at`` is wall-clock time."""
+    body = json.dumps(
+        {"key": list(key), "fetched_at": fetched_at, "prompt": _wire(prompt)},
+        ensure_ascii=False, sort_keys=True, separators=(",", ":"),
+    ).encode("utf-8")
+    signature = _sign(signing_key, body) if signing_key is not None else b"-"
+    return b".".join((_VALUE_TAG, signature, body))
+
+
+def _wire(prompt: Prompt) -> dict[str, Any]:
+    """The prompt's wire form with its ``resolutionGraph``, which ``to_dict`` leaves out: a
+    process filled from L2 must know what a composed prompt includes."""
+    data = prompt.to_dict()
+    if prompt.resolution_graph is not None:
+        data["resolutionGraph"] = prompt.resolution_graph
+    return data
+
+
+def decode_value(
+    raw: bytes, key: PromptKey, signing_key: bytes | None
+) -> tuple[Prompt, float]:
+    """The prompt and its wall-clock fetch time, or ``InvalidResponseError`` saying why the
+    value must not be served: truncated, corrupt, foreign (another key's or format's),
+    unsigned or wrongly signed when a signing key is set."""
+    tag, _, rest = raw.partition(b".")
+    signature, _, body = rest.partition(b".")
+    if tag != _VALUE_TAG or not body:
+        raise InvalidResponseError("shared value: not in this SDK's format", field=None)
+    if signing_key is not None:
+        if signature == b"-":
+            raise InvalidResponseError("shared value: unsigned", field=None)
+        if not hmac.compare_digest(signature, _sign(signing_key, body)):
+            raise InvalidResponseError("shared value: wrong signature", field=None)
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidResponseError(f"shared value: bad JSON: {exc}", field=None) from None
+    if not isinstance(data, dict) or data.get("key") != list(key):
+        raise InvalidResponseError("shared value: holds another key", field="key")
+    fetched_at = data.get("fetched_at")
+    if isinstance(fetched_at, bool) or not isinstance(fetched_at, int | float) \
+            or not math.isfinite(fetched_at):
+        raise InvalidResponseError("shared value: bad fetched_at", field="fetched_at")
+    prompt = parse_prompt(data.get("prompt"))
+    if prompt.name != key.name:
+        raise InvalidResponseError("shared value: holds another prompt", field="name")
+    if key.version is not None and prompt.version != key.version:
+        raise InvalidResponseError("shared value: holds another version", field="version")
+    return prompt, float(fetched_at)
+
+
+# -- change messages -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Change:
+    """A change every process applies to its L1 (``AsyncPromptClient._apply_change``).
+
+    * ``invalidate``: drop exactly ``keys`` (structured keys) and every key of ``names``,
+      and every prompt composed of a name in ``changed`` (at any depth). ``puts`` are the
+      prompts the sender wrote through (a write, a webhook): written to L2 before the message
+      is published, never sent in it, so a receiver's next read of those keys is an L2 hit;
+    * ``clear``: drop everything (``generation`` is the namespace's new generation);
+    * ``expire``: mark every entry stale, to revalidate (local only: never published);
+    * ``filled``: ``keys`` were just written to L2 (wakes processes waiting on their fetch);
+    * ``released``: the fetch of ``keys`` failed and its lock is free (wakes them too).
+
+    Receivers ignore kinds they do not know, so new kinds (writes, composed prompts) can be
+    added without breaking older processes.
+    """
+
+    kind: ChangeKind
+    keys: tuple[PromptKey, ...] = ()
+    names: tuple[str, ...] = ()
+    generation: int | None = None
+    origin: str = ""
+    changed: tuple[str, ...] = ()
+    puts: tuple[tuple[PromptKey, Prompt], ...] = attrs.field(default=(), eq=False, repr=False)
+
+    @classmethod
+    def invalidate(
+        cls, keys: Iterable[Hashable] = (), names: Iterable[str] = (),
+        changed: Iterable[str] = (), puts: Iterable[tuple[PromptKey, Prompt]] = (),
+    ) -> Change:
+        return cls(
+            "invalidate", tuple(PromptKey._make(k) for k in keys), tuple(names),  # type: ignore[arg-type]
+            changed=tuple(changed), puts=tuple(puts),
+        )
+
+
+def encode_change(change: Change) -> bytes:
+    message: dict[str, Any] = {
+        "v": _MESSAGE_VERSION, "kind": change.kind, "origin": change.origin,
+        "keys": [list(k) for k in change.keys], "names": list(change.names),
+    }
+    if change.generation is not None:
+        message["generation"] = change.generation
+    if change.changed:
+        message["changed"] = list(change.changed)
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+_KINDS = ("invalidate", "clear", "expire", "filled", "released")
+
+
+def decode_change(raw: bytes | str) -> Change | None:
+    """The change a message carries; ``None`` for a message this version cannot apply."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("v") != _MESSAGE_VERSION:
+        return None
+    kind = data.get("kind")
+    if kind not in _KINDS:
+        return None
+    keys = []
+    for item in data.get("keys") or ():
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+                and isinstance(item[1], str | None)
+                and (item[2] is None or (isinstance(item[2], int)
+                                         and not isinstance(item[2], bool)))):
+            return None
+        keys.append(PromptKey(item[0], item[1], item[2]))
+    names = data.get("names") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    generation = data.get("generation")
+    if generation is not None and (isinstance(generation, bool)
+                                   or not isinstance(generation, int)):
+        return None
+    changed = data.get("changed") or []
+    if not isinstance(changed, list) or not all(isinstance(n, str) for n in changed):
+        return None
+    origin = data.get("origin")
+    return Change(kind, tuple(keys), tuple(names), generation,
+                  origin if isinstance(origin, str) else "", tuple(changed))
+
+
+# -- stats -----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class SharedStats:
+    """The shared tier's state and counters, in ``CacheStats.shared``.
+
+    ``state`` is ``"up"``, ``"down"`` (L1-only until Redis answers again) or ``"starting"``.
+    """
+
+    state: str
+    l2_hits: int = 0
+    l2_stale_served: int = 0
+    l2_misses: int = 0
+    upstream_fetches: int = 0
+    waits: int = 0
+    takeovers: int = 0
+    rejected_values: int = 0
+    redis_errors: int = 0
+    outages: int = 0
+    changes_sent: int = 0
+    changes_received: int = 0

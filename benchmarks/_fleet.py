@@ -1,0 +1,238 @@
+"""A fleet of real worker processes for the shared tier's tests and benchmark.
+
+``Fleet(n)`` starts ``n`` children (``python -m benchmarks._fleet``); each answers one JSON
+command per line on stdin with one JSON line on stdout, so the parent can step them all
+through the same phases (open a client, cold load, invalidate, watch for a new version...).
+A worker holds one contender at a time: ``ours`` (``AsyncPromptClient``, with ``shared=``
+a Redis URL or none) or ``cashews`` (cashews' two-tier Redis cache, ``client_side=True``,
+with its lock, around the same HTTP source).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+import attrs
+
+from ._upstream import PUBLIC_KEY, SECRET_KEY, spawn_module
+
+
+class Fleet:
+    """``with Fleet(8) as fleet: fleet.all({"op": ...})`` -> one reply per worker."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._procs = [spawn_module("benchmarks._fleet") for _ in range(size)]
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for proc in self._procs:
+            if proc.stdin is not None and not proc.stdin.closed:
+                proc.stdin.close()
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=10)
+            except Exception:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+    def send(self, index: int, command: dict[str, Any]) -> None:
+        proc = self._procs[index]
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(command) + "\n")
+        proc.stdin.flush()
+
+    def receive(self, index: int) -> Any:
+        proc = self._procs[index]
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"fleet worker {index} exited ({proc.poll()})")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"fleet worker {index}: {reply['error']}")
+        return reply
+
+    def one(self, index: int, command: dict[str, Any]) -> Any:
+        self.send(index, command)
+        return self.receive(index)
+
+    def all(self, command: dict[str, Any], only: range | None = None) -> list[Any]:
+        """Send ``command`` to every worker (or ``only`` those), then collect the replies."""
+        indexes = only or range(self.size)
+        for i in indexes:
+            self.send(i, command)
+        return [self.receive(i) for i in indexes]
+
+
+# -- the worker ------------------------------------------------------------------------------
+
+
+class _Worker:
+    def __init__(self) -> None:
+        self.get: Callable[[str], Awaitable[int]] | None = None  # name -> version
+        self.client: Any = None
+        self._close: Callable[[], Awaitable[None]] | None = None
+
+    async def open(self, command: dict[str, Any]) -> dict[str, Any]:
+        await self.close()
+        if command.get("mode", "ours") == "cashews":
+            return await self._open_cashews(command)
+        from asyncpromptcache import AsyncPromptClient, RedisTier
+
+        shared = None
+        if command.get("redis"):
+            shared = RedisTier(command["redis"], namespace=command.get("namespace", "bench"),
+                               timeout_seconds=command.get("redis_timeout", 1.0))
+        client = AsyncPromptClient(
+            base_url=command["base_url"], public_key=PUBLIC_KEY, secret_key=SECRET_KEY,
+            cache_ttl_seconds=command.get("ttl", 60.0), max_retries=0, shared=shared,
+            refresh_backoff_seconds=0.2,
+        )
+        await client.__aenter__()
+        self.client = client
+
+        async def get(name: str) -> int:
+            return (await client.get_prompt(name)).version
+
+        self.get = get
+        self._close = client.aclose
+        stats = client.stats().shared
+        return {"shared": None if stats is None else stats.state}
+
+    async def _open_cashews(self, command: dict[str, Any]) -> dict[str, Any]:
+        from cashews import Cache
+
+        from asyncpromptcache import FetchOptions, LangfuseSource, PromptKey
+
+        cache = Cache()
+        cache.setup(command["redis"], client_side=True, suppress=True)
+        source = LangfuseSource(base_url=command["base_url"], public_key=PUBLIC_KEY,
+                                secret_key=SECRET_KEY, timeout_seconds=5.0)
+        ttl = float(command.get("ttl", 60.0))
+
+        @cache(ttl=ttl, lock=True, key="prompt:{name}")
+        async def fetch(name: str) -> int:
+            prompt = await source.fetch(PromptKey(name, "production", None),
+                                        FetchOptions(max_retries=0))
+            return prompt.version
+
+        await cache.init()
+        self.get = fetch
+
+        async def close() -> None:
+            await cache.close()
+            await source.aclose()
+
+        self._close = close
+        return {}
+
+    async def close(self, command: dict[str, Any] | None = None) -> dict[str, Any]:
+        close, self._close, self.get, self.client = self._close, None, None, None
+        if close is not None:
+            await close()
+        return {}
+
+    async def load(self, command: dict[str, Any]) -> dict[str, Any]:
+        """``callers`` concurrent callers over ``names``; counts errors and versions seen."""
+        assert self.get is not None
+        names: list[str] = command["names"]
+        get = self.get
+        errors: list[str] = []
+        versions: dict[str, int] = {}
+
+        async def one(name: str) -> None:
+            try:
+                versions[name] = await get(name)
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(names[i % len(names)]) for i in range(command["callers"])))
+        return {"errors": len(errors), "first_errors": errors[:3], "versions": versions,
+                "seconds": time.perf_counter() - started}
+
+    async def settle(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Wait until no fetch or refresh runs (ours) and report the shared tier's state."""
+        if self.client is not None:
+            for _ in range(2000):  # refreshes run in the client's tasks; at most 10 s
+                if not self.client.cache.in_flight:
+                    break
+                await asyncio.sleep(0.005)
+            shared = self.client.stats().shared
+            return {"shared": None if shared is None else shared.state,
+                    "stats": None if shared is None else attrs.asdict(shared)}
+        return {}
+
+    async def watch(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Call ``name`` every millisecond until it is at ``version``: the wall time then."""
+        assert self.get is not None
+        deadline = time.time() + command.get("limit", 10.0)
+        while time.time() < deadline:
+            try:
+                if await self.get(command["name"]) == command["version"]:
+                    return {"seen_at": time.time()}
+            except Exception:
+                pass
+            await asyncio.sleep(0.001)
+        return {"seen_at": None}
+
+    async def invalidate(self, command: dict[str, Any]) -> dict[str, Any]:
+        started = time.time()
+        self.client.invalidate(command["name"])
+        return {"at": started}
+
+    async def hit_cost(self, command: dict[str, Any]) -> dict[str, Any]:
+        """ns per awaited fresh hit (best of ``rounds``), after one warm-up call."""
+        assert self.client is not None
+        get_prompt = self.client.get_prompt
+        name, calls = command["name"], command["calls"]
+        await get_prompt(name)
+        best = float("inf")
+        for _ in range(command.get("rounds", 3)):
+            start = time.perf_counter_ns()
+            for _ in range(calls):
+                await get_prompt(name)
+            best = min(best, (time.perf_counter_ns() - start) / calls)
+        return {"ns": best}
+
+
+async def _serve() -> None:
+    worker = _Worker()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    try:
+        while line := await reader.readline():
+            command = json.loads(line)
+            try:
+                handler = getattr(worker, command["op"])
+                reply = await handler(command)
+            except Exception as exc:
+                reply = {"error": f"{type(exc).__name__}: {exc}"}
+            print(json.dumps(reply), flush=True)
+    finally:
+        await worker.close()
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.getLogger("asyncpromptcache").setLevel(logging.ERROR)
+    asyncio.run(_serve())

@@ -1,0 +1,1 @@
+"""Examples of using asyncpromptcache; each runs as a script (see its docstring)."""

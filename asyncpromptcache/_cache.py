@@ -8,12 +8,21 @@ States of a key and what ``get`` does (SPEC section 3):
   starts one refresh for the key in the task group, unless one is running or the key is
   backing off after failed refreshes;
 * missing, past max staleness, or asked with ``ttl=0``: waits for the key's one in-flight
-  fetch, starting it if none runs. A waiter that is cancelled stops waiting; the fetch goes on.
-  On failure a waiter gets the stale copy when one may still be served, else the error.
+  fetch, starting it if none runs. A waiter that is cancelled, or whose own ``wait`` runs
+  out, stops waiting; the fetch goes on for the others. On failure a waiter gets the stale
+  copy when one may still be served, else the error;
+* missing after a failed fetch (an error or a 404, nothing servable held): for
+  ``negative_ttl_seconds`` the key's callers get that error again at once, without a fetch
+  (``ttl=0`` callers excepted: they always fetch).
+
+Whatever a fetch does (returns something that is not a prompt, raises anything, or the
+engine's own bookkeeping fails), the task that ran it ends quietly: its waiters get a
+``PromptCacheError`` and the client's task group is never cancelled by it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -26,9 +35,16 @@ import cachetools
 from anyio.abc import TaskGroup
 
 from ._checks import check_count, check_seconds
-from ._errors import ClientStateError, FetchError, PromptCacheError, PromptNotFoundError
+from ._errors import (
+    ClientStateError,
+    FetchError,
+    FetchTimeoutError,
+    InvalidResponseError,
+    PromptCacheError,
+    PromptNotFoundError,
+)
 from ._keys import DEFAULT_LABEL, PromptKey, make_key
-from ._models import Prompt
+from ._models import ChatPrompt, Prompt, TextPrompt
 from ._shared import SharedStats
 
 __all__ = ["AsyncPromptCache", "CacheStats", "Fetched", "KeyStats"]
@@ -104,9 +120,23 @@ class KeyStats:
     last_error_at: float | None
 
 
+_KeySnapshot = tuple[float, dict[Hashable, "_Entry"],
+                     dict[Hashable, tuple[int, str | None, float | None]]]
+
+
 @attrs.frozen
 class CacheStats:
-    """Counters since the cache was made, and the state of every key it holds."""
+    """Counters since the cache was made, and the state of every key it holds.
+
+    Taking the stats costs about a copy of the index; ``keys``, the per-key detail as it was
+    then, is built when first read (on a cache of 100,000 keys that takes a while: read it
+    off the event loop's hot path).
+
+    ``negative_hits`` counts calls answered from the negative cache (a recent failure,
+    raised again without a fetch), ``negative_entries`` the keys held there now;
+    ``wait_timeouts`` counts callers that stopped waiting for a shared fetch when their own
+    budget ran out.
+    """
 
     hits: int
     stale_hits: int
@@ -120,9 +150,35 @@ class CacheStats:
     fallbacks: int
     entries: int
     in_flight: int
-    keys: tuple[KeyStats, ...]
+    negative_hits: int = 0
+    negative_entries: int = 0
+    wait_timeouts: int = 0
     #: The shared tier's state and counters, when the client has one.
     shared: SharedStats | None = None
+    _snapshot: _KeySnapshot | None = attrs.field(
+        default=None, eq=False, repr=False, alias="snapshot")
+
+    @functools.cached_property
+    def keys(self) -> tuple[KeyStats, ...]:
+        """Per-key state: version, age, freshness, failures, last error."""
+        if self._snapshot is None:
+            return ()
+        now, entries, infos = self._snapshot
+        none: tuple[int, str | None, float | None] = (0, None, None)
+        keys = []
+        for key, entry in entries.items():
+            failures, last_error, last_error_at = infos.get(key, none)
+            keys.append(KeyStats(
+                key=PromptKey._make(key),  # type: ignore[arg-type]
+                version=entry.prompt.version,
+                fetched_at=entry.fetched_at,
+                age_seconds=now - entry.fetched_at,
+                fresh=now < entry.expires_at,
+                consecutive_failures=failures,
+                last_error=last_error,
+                last_error_at=last_error_at,
+            ))
+        return tuple(keys)
 
 
 class _Store(cachetools.LRUCache[Hashable, _Entry]):
@@ -145,7 +201,9 @@ class AsyncPromptCache:
     ``max_stale_seconds`` bounds how long past its TTL a prompt is still served (``None``:
     for ever, as Langfuse does). A key whose refreshes fail waits
     ``refresh_backoff_seconds * 2**(failures-1)`` (capped at ``refresh_backoff_max_seconds``)
-    before the next one.
+    before the next one. A key whose fetch failed with nothing servable held answers with that
+    failure for ``negative_ttl_seconds`` (0: never). ``inline_hits=False`` gives ``hit_path()``
+    an index that stays empty (for a client whose every call must reach ``get``).
     """
 
     def __init__(
@@ -156,8 +214,11 @@ class AsyncPromptCache:
         clock: Clock = time.monotonic,
         refresh_backoff_seconds: float = 1.0,
         refresh_backoff_max_seconds: float = 300.0,
+        negative_ttl_seconds: float = 0.0,
+        inline_hits: bool = True,
     ) -> None:
         check_count(max_size, "max_size", minimum=1)
+        negative_ttl_seconds = check_seconds(negative_ttl_seconds, "negative_ttl_seconds")
         self._clock = clock
         self._max_stale = math.inf if max_stale_seconds is None else check_seconds(
             max_stale_seconds, "max_stale_seconds", allow_inf=True)
@@ -175,8 +236,16 @@ class AsyncPromptCache:
         # but a default-label name finds an entry here.
         self._by_name: dict[str, _Entry] = {}
         self._touched: dict[_Entry, float] = {}
+        # What hit_path() hands out: the indexes, or (inline_hits=False) dicts that stay empty.
+        self._hit_index: dict[Hashable, _Entry] = self._hot if inline_hits else {}
+        self._hit_by_name: dict[str, _Entry] = self._by_name if inline_hits else {}
         self._inflight: dict[Hashable, _Flight] = {}
         self._info: dict[Hashable, _KeyInfo] = {}
+        # Recent failures of keys with nothing servable: key -> the error, raised again.
+        self._negative: cachetools.TTLCache[Hashable, PromptCacheError] | None = (
+            cachetools.TTLCache(max_size, negative_ttl_seconds, timer=clock)
+            if negative_ttl_seconds > 0 else None
+        )
         self._tg: TaskGroup | None = None
         self._closed_error: str = "the cache is not attached to a running client"
         self._hits = 0
@@ -189,6 +258,8 @@ class AsyncPromptCache:
         self._refresh_errors = 0
         self._evictions = 0
         self._fallbacks = 0
+        self._negative_hits = 0
+        self._wait_timeouts = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -203,11 +274,16 @@ class AsyncPromptCache:
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def get(self, key: Hashable, fetch: FetchFunc, *, ttl: float) -> Prompt:
+    async def get(
+        self, key: Hashable, fetch: FetchFunc, *, ttl: float, wait: float = math.inf
+    ) -> Prompt:
         """The prompt for ``key``, fetching it with ``fetch`` as the state of the key requires.
 
         ``ttl`` is how long a prompt this call fetches stays fresh; ``ttl=0`` always waits
-        for a fetch (single-flight and stale-if-error still hold).
+        for a fetch (single-flight and stale-if-error still hold). ``wait`` bounds, in
+        seconds, how long this caller waits for a fetch (its own or one it joins): past it
+        the caller gets the stale copy if one may be served, else ``FetchTimeoutError``,
+        while the fetch goes on for the others.
         """
         entry = self._hot.get(key)
         if entry is not None:
@@ -224,14 +300,29 @@ class AsyncPromptCache:
         self._misses += 1
         flight = self._inflight.get(key)
         if flight is None:
+            if ttl > 0 and self._negative is not None:
+                failed = self._negative.get(key)
+                if failed is not None:
+                    self._negative_hits += 1
+                    # A fresh traceback each time: the one error is raised again and again.
+                    raise failed.with_traceback(None)
             flight = self._start(key, fetch, ttl, is_refresh=False)
         else:
             self._joined += 1
-        await flight.event.wait()
+        with anyio.move_on_after(wait):
+            await flight.event.wait()
+        held = self._servable(key)
+        if not flight.event.is_set():
+            self._wait_timeouts += 1
+            if held is not None:
+                return held.prompt
+            raise FetchTimeoutError(
+                f"prompt {_describe(key)}: no answer within this call's budget of {wait:g}s",
+                name=_name_of(key), key=key,
+            )
         if flight.result is not None:
             return flight.result
         assert flight.error is not None
-        held = self._servable(key)
         if held is not None and not isinstance(flight.error, PromptNotFoundError):
             return held.prompt
         raise flight.error
@@ -288,40 +379,53 @@ class AsyncPromptCache:
         return flight
 
     async def _run(self, key: Hashable, flight: _Flight, fetch: FetchFunc, ttl: float) -> None:
-        # Never raises: an exception here would cancel the client's whole task group.
+        # Never raises but cancellation: an exception here would cancel the client's whole
+        # task group, and with it every fetch and refresh of every other caller.
         stale_on_arrival = False
         try:
-            result = await fetch()
-        except anyio.get_cancelled_exc_class():
-            flight.error = ClientStateError(
-                f"the fetch of {_describe(key)} was cancelled: {self._closed_error}"
-            )
-            raise
-        except Exception as exc:
-            error = exc if isinstance(exc, PromptCacheError) else FetchError(
-                f"fetching {_describe(key)} failed: {type(exc).__name__}: {exc}",
-                name=_name_of(key), key=key,
-            )
-            if error is not exc:
-                error.__cause__ = exc
-            flight.error = error
-            self._failed(key, flight, error)
-        else:
-            if isinstance(result, Fetched):
-                prompt, age = result.prompt, max(0.0, result.age)
+            try:
+                result = await fetch()
+                if isinstance(result, Fetched):
+                    prompt, age = _checked(key, result.prompt), max(0.0, result.age)
+                else:
+                    prompt, age = _checked(key, result), 0.0
+            except anyio.get_cancelled_exc_class():
+                flight.error = ClientStateError(
+                    f"the fetch of {_describe(key)} was cancelled: {self._closed_error}"
+                )
+                raise
+            except Exception as exc:
+                error = exc if isinstance(exc, PromptCacheError) else FetchError(
+                    f"fetching {_describe(key)} failed: {type(exc).__name__}: {exc}",
+                    name=_name_of(key), key=key,
+                )
+                if error is not exc:
+                    error.__cause__ = exc
+                flight.error = error
+                self._failed(key, flight, error)
             else:
-                prompt, age = result, 0.0
-            flight.result = prompt
-            if flight.writes_back:
-                self._put(key, prompt, ttl, age)
-                stale_on_arrival = 0 < ttl <= age
+                flight.result = prompt
+                if flight.writes_back:
+                    self._put(key, prompt, ttl, age)
+                    stale_on_arrival = 0 < ttl <= age
+        except Exception as exc:  # a fault of the engine's own (or an error that cannot print)
+            _internal_error()
+            if flight.result is None and flight.error is None:
+                flight.error = FetchError(
+                    f"fetching a prompt failed: internal error ({type(exc).__name__})",
+                    name=_name_of(key), key=key,
+                )
+                flight.error.__cause__ = exc
         finally:
             if self._inflight.get(key) is flight:
                 del self._inflight[key]
             flight.event.set()
         if stale_on_arrival:
             # Already past its TTL (another process's copy, served at once): refresh it now.
-            self._maybe_refresh(key, fetch, ttl, self._clock())
+            try:
+                self._maybe_refresh(key, fetch, ttl, self._clock())
+            except Exception:
+                _internal_error()
 
     def _failed(self, key: Hashable, flight: _Flight, error: PromptCacheError) -> None:
         now = self._clock()
@@ -333,8 +437,11 @@ class AsyncPromptCache:
             # A removed label must stop being served.
             if flight.writes_back:
                 self._remove(key)
+                self._remember_failure(key, error)
             logger.info("prompt %s not found; dropped from the cache", _describe(key))
             return
+        if flight.writes_back and self._servable(key) is None:
+            self._remember_failure(key, error)
         # A fetch orphaned by invalidate()/clear() says nothing of the entry held now (which a
         # later fetch may have stored): it must not count a failure or back that entry off.
         info = self._info.get(key) if flight.writes_back else None
@@ -353,6 +460,11 @@ class AsyncPromptCache:
             "next refresh in %.1fs: %s",
             _describe(key), info.consecutive_failures, delay, error,
         )
+
+    def _remember_failure(self, key: Hashable, error: PromptCacheError) -> None:
+        """Answer the key's callers with ``error`` for a while (nothing servable is held)."""
+        if self._negative is not None:
+            self._negative[key] = error
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -375,6 +487,8 @@ class AsyncPromptCache:
         self._apply_touches()
         self._store[key] = entry  # may evict the least recently used key first
         self._index(key, entry)
+        if self._negative is not None:
+            self._negative.pop(key, None)
         info = self._info.get(key)
         if info is not None:  # the last error stays visible in stats()
             info.consecutive_failures = 0
@@ -417,6 +531,8 @@ class AsyncPromptCache:
     def _remove(self, key: Hashable) -> None:
         self._store.pop(key, None)
         self._forget(key)
+        if self._negative is not None:
+            self._negative.pop(key, None)
 
     # -- copying entries (a forked child keeps its parent's prompts) -------------------------
 
@@ -451,7 +567,9 @@ class AsyncPromptCache:
         if label is not None or version is not None:
             keys: list[Hashable] = [make_key(name, version, label)]
         else:
-            keys = [k for k in {*self._hot, *self._inflight} if k[0] == name]  # type: ignore[index]
+            negative = self._negative if self._negative is not None else {}
+            keys = [k for k in {*self._hot, *self._inflight, *negative}
+                    if k[0] == name]  # type: ignore[index]
         dropped = 0
         for key in keys:
             if key in self._hot:
@@ -473,6 +591,8 @@ class AsyncPromptCache:
         self._by_name.clear()
         self._touched.clear()
         self._info.clear()
+        if self._negative is not None:
+            self._negative.clear()
         return dropped
 
     def expire_all(self) -> int:
@@ -518,37 +638,60 @@ class AsyncPromptCache:
         ``recency_notes[entry] = now`` and
         reports its hit count through ``stats(extra_hits=...)``. The dicts live as long as
         the cache. The async client inlines this because a method call here measured as a
-        quarter of the whole hit cost.
+        quarter of the whole hit cost. With ``inline_hits=False`` (a client whose default TTL
+        is 0, so that its calls fetch as ``ttl=0`` calls do) the index stays empty.
         """
-        return self._hot, self._by_name, self._touched, self._clock
+        return self._hit_index, self._hit_by_name, self._touched, self._clock
 
     def stats(self, *, extra_hits: int = 0) -> CacheStats:
-        """Counters and per-key state; ``extra_hits`` adds hits counted by an inlined hit path."""
-        now = self._clock()
-        keys = []
-        for key, entry in self._hot.items():
-            info = self._info.get(key) or _KeyInfo()
-            keys.append(KeyStats(
-                key=PromptKey._make(key),  # type: ignore[arg-type]
-                version=entry.prompt.version,
-                fetched_at=entry.fetched_at,
-                age_seconds=now - entry.fetched_at,
-                fresh=now < entry.expires_at,
-                consecutive_failures=info.consecutive_failures,
-                last_error=info.last_error,
-                last_error_at=info.last_error_at,
-            ))
+        """Counters and per-key state; ``extra_hits`` adds hits counted by an inlined hit path.
+
+        Costs a copy of the index (entries are immutable); the per-key detail is built from
+        it when ``keys`` is first read.
+        """
+        if self._negative is not None:
+            self._negative.expire()
+        snapshot: _KeySnapshot = (
+            self._clock(),
+            self._hot.copy(),  # one allocation: no tuple per entry for the collector to chase
+            {key: (info.consecutive_failures, info.last_error, info.last_error_at)
+             for key, info in self._info.items()},
+        )
         return CacheStats(
             hits=self._hits + extra_hits, stale_hits=self._stale_hits, misses=self._misses,
             joined=self._joined, fetches=self._fetches, fetch_errors=self._fetch_errors,
             refreshes=self._refreshes, refresh_errors=self._refresh_errors,
             evictions=self._evictions, fallbacks=self._fallbacks, entries=len(self._hot),
-            in_flight=len(self._inflight), keys=tuple(keys),
+            in_flight=len(self._inflight), negative_hits=self._negative_hits,
+            negative_entries=0 if self._negative is None else len(self._negative),
+            wait_timeouts=self._wait_timeouts, snapshot=snapshot,
         )
 
 
 def _reading(note: tuple[_Entry, float]) -> float:
     return note[1]
+
+
+def _internal_error() -> None:
+    logger.error("internal error in the fetch of a prompt", exc_info=True)
+
+
+def _checked(key: Any, value: object) -> Prompt:
+    """What a fetch returned, if it is a prompt that may be cached: a real version (1 or
+    more), not a fallback. Anything else is an invalid response and replaces nothing."""
+    if not isinstance(value, TextPrompt | ChatPrompt):
+        raise InvalidResponseError(
+            f"fetching {_describe(key)} returned a {type(value).__name__}, not a prompt",
+            name=_name_of(key), key=key,
+        )
+    version = value.version
+    if version.__class__ is not int or version < 1 or value.is_fallback:
+        raise InvalidResponseError(
+            f"fetching {_describe(key)} returned version {version!r}"
+            + (" (a fallback)" if value.is_fallback else "") + "; versions count up from 1",
+            field="version", name=_name_of(key), key=key,
+        )
+    return value
 
 
 def _describe(key: Any) -> str:

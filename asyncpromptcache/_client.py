@@ -17,7 +17,7 @@ import attrs
 
 from ._cache import AsyncPromptCache, CacheStats, Clock
 from ._changes import CacheChange, ChangeLog, dependents, version_change
-from ._checks import check_count
+from ._checks import check_count, check_seconds
 from ._errors import (
     ClientStateError,
     ConfigurationError,
@@ -32,7 +32,14 @@ from ._errors import (
 from ._events import PromptVersionEvent, SeenIds, VersionStates, parse_event
 from ._keys import PromptKey, make_key, prefetch_keys
 from ._langfuse import LangfuseSource
-from ._models import ChatPrompt, Prompt, PromptType, TextPrompt, prompt_from_value
+from ._models import (
+    ChatPrompt,
+    Prompt,
+    PromptType,
+    TextPrompt,
+    check_prompt_type,
+    prompt_from_value,
+)
 from ._redis import RedisTier, _Link, resolve_shared
 from ._retry import RetryPolicy
 from ._runtime import current_backend, current_loop, spawn_detached
@@ -53,6 +60,9 @@ ChatFallback: TypeAlias = (
 )
 
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
+DEFAULT_NEGATIVE_CACHE_SECONDS = 5.0
+# Past a call's deadline, time for its source to report its own error before the safety net.
+_GRACE_SECONDS = 0.25
 _NOT_OPEN = (
     "the client is not open: use `async with AsyncPromptClient(...) as client:` "
     "and call it inside that block"
@@ -75,6 +85,9 @@ class AsyncPromptClient:
     * ``max_size``: entries held; the least recently used is evicted past it.
     * ``max_stale_seconds``: how long past its TTL a prompt may still be served while it is
       refreshed (default: for ever, as Langfuse does).
+    * ``negative_cache_seconds``: how long a key whose fetch failed (an error or a 404) with
+      nothing cached is answered with that failure again (its fallback, else the error)
+      without asking the source; ``0`` turns it off. Default 5 seconds.
     * ``clock``: a monotonic ``() -> float`` in seconds, for tests.
     * ``shared``: a Redis URL or a ``RedisTier``, to share one cache among every process of
       a fleet (default: ``ASYNCPROMPTCACHE_REDIS_URL`` when set). See ``RedisTier``.
@@ -102,6 +115,7 @@ class AsyncPromptClient:
         refresh_backoff_max_seconds: float = 300.0,
         clock: Clock | None = None,
         env: Mapping[str, str] | None = None,
+        negative_cache_seconds: float = DEFAULT_NEGATIVE_CACHE_SECONDS,
         shared: str | RedisTier | None = None,
         webhook_secret: str | Secret | None = None,
     ) -> None:
@@ -157,6 +171,9 @@ class AsyncPromptClient:
             clock=clock or time.monotonic,
             refresh_backoff_seconds=refresh_backoff_seconds,
             refresh_backoff_max_seconds=refresh_backoff_max_seconds,
+            negative_ttl_seconds=check_seconds(negative_cache_seconds, "negative_cache_seconds"),
+            # A default TTL of 0 fetches on every call, as a call's cache_ttl_seconds=0 does.
+            inline_hits=self._ttl > 0,
         )
         self._cache.detach(_NOT_OPEN)
         # The fresh-hit check is inlined in get_prompt: see AsyncPromptCache.hit_path.
@@ -392,7 +409,7 @@ class AsyncPromptClient:
                 if stale is not None:
                     return stale
         return await self._get_prompt(
-            make_key(name, version, label), type, cache_ttl_seconds, fallback,
+            make_key(name, version, label), check_prompt_type(type), cache_ttl_seconds, fallback,
             max_retries, fetch_timeout_seconds,
         )
 
@@ -410,15 +427,16 @@ class AsyncPromptClient:
         self._check_loop()
         ttl = self._ttl if cache_ttl_seconds is None else check_ttl(cache_ttl_seconds)
         options = self._options(max_retries, fetch_timeout_seconds)
-        fetch: Callable[[], Awaitable[Any]] = functools.partial(
-            self._fetch, key, prompt_type, options)
+        # The fetch is shared by every caller of the key: it knows nothing of this caller's
+        # type, which is checked below for this caller only.
+        fetch: Callable[[], Awaitable[Any]] = functools.partial(self._fetch, key, options)
         if self._link is not None and ttl > 0:
             fetch = functools.partial(
                 self._link.fetch_through, key, ttl, fetch, self._budget(options),
                 functools.partial(self._cache.holds, key),
             )
         try:
-            prompt = await self._cache.get(key, fetch, ttl=ttl)
+            prompt = await self._cache.get(key, fetch, ttl=ttl, wait=self._budget(options))
             if prompt_type is not None and prompt.type != prompt_type:
                 raise _wrong_type(key, prompt, prompt_type)
         except FetchError as exc:
@@ -438,14 +456,14 @@ class AsyncPromptClient:
         return FetchOptions(max_retries=max_retries, timeout_seconds=timeout)
 
     def _budget(self, options: FetchOptions) -> float:
-        """How long one fetch may take at most, retries included."""
+        """How long one call with ``options`` may take in all: its timeout times its attempts
+        (the deadline the source keeps), and a little for the source to report its error."""
         timeout = self._timeout if options.timeout_seconds is None else options.timeout_seconds
-        return self._retry.for_call(options.max_retries).worst_case_seconds(timeout) + 1.0
+        budget = self._retry.for_call(options.max_retries).budget_seconds(timeout)
+        return budget + min(_GRACE_SECONDS, budget)
 
-    async def _fetch(
-        self, key: PromptKey, prompt_type: PromptType | None, options: FetchOptions
-    ) -> Prompt:
-        # A safety net for any source: no fetch outlives its whole retry budget.
+    async def _fetch(self, key: PromptKey, options: FetchOptions) -> Prompt:
+        # A safety net for any source: no fetch outlives its budget.
         budget = self._budget(options)
         since = self._change_log.seq
         try:
@@ -455,8 +473,6 @@ class AsyncPromptClient:
             raise FetchTimeoutError(
                 f"prompt {key.describe()}: no answer within {budget:g}s", name=key.name, key=key
             ) from exc
-        if prompt_type is not None and prompt.type != prompt_type:
-            raise _wrong_type(key, prompt, prompt_type)
         if self._change_log.touches(prompt, since):
             # Resolved from a part that changed meanwhile: it answers its waiters, not kept.
             self._cache.invalidate(key.name, label=key.label, version=key.version)

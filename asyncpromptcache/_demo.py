@@ -83,6 +83,7 @@ async def demo() -> None:
     finally:
         if server_cm is not None:
             await server_cm.__aexit__(None, None, None)
+    await _responses()
     _say("\nDone: client closed, server stopped.")
 
 
@@ -170,6 +171,50 @@ def _report(client: AsyncPromptClient) -> None:
         state = "fresh" if key.fresh else "stale"
         error = f"; last error: {key.last_error}" if key.last_error else ""
         _say(f"   {key.key.describe():34} v{key.version} {state}{error}")
+
+
+async def _responses() -> None:
+    """Part 7: the LLM response cache against the local OpenAI-compatible endpoint."""
+    from .response import OpenAIChatProducer, ResponseCache, chunk_text
+
+    _say("\n7. The LLM response cache: 50 users ask the same question at the same moment")
+    request = {"model": "local-model", "temperature": 0, "max_tokens": 12,
+               "messages": [{"role": "user", "content": "What does the cache do?"}]}
+    async with run_server() as server, aiohttp.ClientSession() as session, \
+            OpenAIChatProducer(base_url=server.base_url + "/v1", session=session) as llm, \
+            ResponseCache() as cache:
+        async with session.post(server.base_url + "/_admin/chat/controls",
+                                json={"token_delay_seconds": 0.02}) as response:
+            response.raise_for_status()
+        first_chunk: list[float] = []
+        texts: list[str] = []
+        start = time.perf_counter()
+
+        async def ask() -> None:
+            parts: list[str] = []
+            async for chunk in cache.stream(request, llm.producer(request)):
+                if not parts:
+                    first_chunk.append(time.perf_counter() - start)
+                parts.append(chunk_text(chunk))
+            texts.append("".join(parts))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(50):
+                tg.start_soon(ask)
+        took = time.perf_counter() - start
+        async with session.get(server.base_url + "/_admin/chat/requests") as response:
+            streams = (await response.json())["streams"]
+        _say(f"   {len(texts)} answers in {took * 1000:.0f} ms from {streams} upstream "
+             f"stream(s); first chunk after {min(first_chunk) * 1000:.0f} ms, all identical: "
+             f"{len(set(texts)) == 1}")
+        replay = cache.stream(request, llm.producer(request))
+        chunks = [chunk_text(chunk) async for chunk in replay]
+        _say(f"   asked again: source={replay.source!r}, {len(chunks)} chunks replayed in their "
+             f"original boundaries:")
+        _say("   " + "|".join(chunks))
+        stats = cache.stats()
+        _say(f"   hits {stats.hits}, misses {stats.misses}, joins {stats.joins}, "
+             f"stored answers {stats.entries} ({stats.bytes:,} bytes)")
 
 
 def find_redis_server() -> str | None:

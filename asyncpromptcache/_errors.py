@@ -10,6 +10,19 @@ The tree::
     ├── WebhookError                    a webhook that cannot be applied (bad body, no secret)
     │   ├── WebhookSignatureError       missing, malformed, wrong or expired signature
     │   └── WebhookReplayError          an event id seen before (already applied: answer 2xx)
+    ├── ResponseError                   the LLM response cache (``ResponseCache``) and its producers
+    │   ├── NotCachedError              ``mode="cache_only"`` and no answer stored or in flight
+    │   ├── SlowConsumerError           a consumer fell more than its buffer behind the live
+    │   │                               stream and was dropped (the others go on)
+    │   ├── ResponseFailedError         the answer's upstream failed or was cut off: raised to
+    │   │                               each consumer after the chunks it got; ``.upstream``
+    │   │                               (also ``__cause__``) is the producer's error
+    │   └── UpstreamError               what an LLM producer raises (``OpenAIChatProducer``)
+    │       ├── UpstreamStatusError     a non-2xx answer, ``.status`` (``.retry_after`` on 429)
+    │       ├── UpstreamEventError      an error event inside the stream, ``.error_type``
+    │       ├── UpstreamProtocolError   not SSE or JSON, or the stream ended before ``[DONE]``
+    │       └── UpstreamTransportError  no answer, or the connection was lost mid-stream
+    │           └── UpstreamTimeoutError  no data within the producer's timeout
     └── FetchError                      a request for a prompt failed (a fetch, or a write:
                                         create/update_prompt); ``.name`` and ``.key`` say which
         ├── PromptNotFoundError         404: no such prompt, label or version
@@ -41,13 +54,23 @@ __all__ = [
     "FetchTimeoutError",
     "InvalidArgumentError",
     "InvalidResponseError",
+    "NotCachedError",
     "PromptCacheError",
     "PromptNotFoundError",
     "RateLimitError",
+    "ResponseError",
+    "ResponseFailedError",
     "ServerError",
+    "SlowConsumerError",
     "TemplateError",
     "TransportError",
     "UnexpectedStatusError",
+    "UpstreamError",
+    "UpstreamEventError",
+    "UpstreamProtocolError",
+    "UpstreamStatusError",
+    "UpstreamTimeoutError",
+    "UpstreamTransportError",
     "WebhookError",
     "WebhookReplayError",
     "WebhookSignatureError",
@@ -169,3 +192,78 @@ class InvalidResponseError(FetchError):
     ) -> None:
         super().__init__(message, name=name, key=key)
         self.field = field
+
+
+class ResponseError(PromptCacheError):
+    """Raised by the LLM response cache or one of its producers."""
+
+
+class NotCachedError(ResponseError):
+    """``mode="cache_only"``: no answer for the request is stored or in flight."""
+
+
+class ResponseFailedError(ResponseError):
+    """The answer's upstream stream failed or was cut off; nothing was stored.
+
+    Raised to each consumer after the chunks it received (``chunks_received``).
+    ``upstream`` (also ``__cause__``) is what the producer raised: an ``UpstreamError`` from
+    our producers, or whatever a producer of yours raised.
+    """
+
+    def __init__(
+        self, message: str, *, upstream: BaseException | None = None, chunks_received: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.upstream = upstream
+        self.chunks_received = chunks_received
+
+
+class SlowConsumerError(ResponseError):
+    """This consumer fell more than its buffer behind the live stream and was dropped.
+
+    The stream goes on for the others and is stored when it completes.
+    ``chunks_received`` is how many chunks this consumer had taken.
+    """
+
+    def __init__(self, message: str, *, chunks_received: int = 0) -> None:
+        super().__init__(message)
+        self.chunks_received = chunks_received
+
+
+class UpstreamError(ResponseError):
+    """An LLM producer failed: the call could not start, or its stream broke."""
+
+
+class UpstreamStatusError(UpstreamError):
+    """The LLM endpoint answered with a non-2xx status (``status``; ``retry_after`` in seconds
+    when a 429 or 503 said). ``error_type`` is the body's ``error.type`` when it had one."""
+
+    def __init__(
+        self, message: str, *, status: int, retry_after: float | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+        self.error_type = error_type
+
+
+class UpstreamEventError(UpstreamError):
+    """The stream carried an error event (``error_type`` names its kind when given)."""
+
+    def __init__(self, message: str, *, error_type: str | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The answer is not what the protocol says: not SSE, not JSON, or cut off before its end
+    marker (``[DONE]``)."""
+
+
+class UpstreamTransportError(UpstreamError):
+    """No answer (connection refused, DNS, TLS), or the connection was lost mid-stream."""
+
+
+class UpstreamTimeoutError(UpstreamTransportError):
+    """No data from the LLM endpoint within the producer's timeout."""

@@ -52,9 +52,11 @@ class LangfuseSource:
 
     One ``aiohttp.ClientSession`` for the source's life, made on first use; a session passed
     in is used as is and never closed here. ``timeout_seconds`` bounds each attempt, body
-    included; failed attempts are retried as ``retry`` says. ``proxy`` is an http(s) proxy URL
-    (``user:password@`` in it is sent as ``Proxy-Authorization``); without one, ``trust_env``
-    takes it from ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` and ``NO_PROXY``, read here.
+    included; failed attempts are retried as ``retry`` says, within one deadline per call
+    (``retry.budget_seconds(timeout)`` on ``clock``, the event loop's by default). ``proxy`` is
+    an http(s) proxy URL (``user:password@`` in it is sent as ``Proxy-Authorization``); without
+    one, ``trust_env`` takes it from ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` and
+    ``NO_PROXY``, read here.
     """
 
     # aiohttp runs on asyncio only: a client refuses to start with this source elsewhere.
@@ -74,6 +76,7 @@ class LangfuseSource:
         trust_env: bool = True,
         proxy: str | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        clock: Callable[[], float] = anyio.current_time,
     ) -> None:
         # Secrets from the first statement on: error reporters record the locals of frames.
         self.__auth = _basic_auth(public_key, None if secret_key is None else Secret(secret_key))
@@ -91,6 +94,7 @@ class LangfuseSource:
         self._max_bytes = check_count(max_response_bytes, "max_response_bytes", minimum=1)
         self._verify_ssl = verify_ssl
         self._sleep = sleep
+        self._clock = clock
         self.requests_sent = 0
 
     def __repr__(self) -> str:
@@ -128,27 +132,30 @@ class LangfuseSource:
 
     async def fetch(self, key: PromptKey, options: FetchOptions) -> Prompt:
         """Fetch ``key``, retrying what is worth retrying; raises our errors only."""
-        timeout = self._timeout if options.timeout_seconds is None else options.timeout_seconds
         return await self._retrying(
-            functools.partial(self._attempt, key, timeout), key.describe(), options
+            functools.partial(self._attempt, key), key.describe(), options
         )
 
     async def _retrying(
         self,
-        attempt_once: Callable[[], Awaitable[Prompt]],
+        attempt_once: Callable[[float], Awaitable[Prompt]],
         what: str,
         options: FetchOptions,
         may_repeat: Callable[[FetchError], bool] | None = None,
     ) -> Prompt:
-        """``attempt_once()`` until it succeeds or the policy (and ``may_repeat``) says stop."""
+        """``attempt_once(timeout)`` until it succeeds or the policy (and ``may_repeat``) says
+        stop, all within one deadline: the call's timeout times its attempts."""
         retry = self._retry.for_call(options.max_retries)
+        timeout = self._timeout if options.timeout_seconds is None else options.timeout_seconds
+        # One deadline for the whole call: attempts, slow bodies and waits all count.
+        deadline = self._clock() + retry.budget_seconds(timeout)
         attempt = 0
         while True:
             try:
-                return await attempt_once()
+                return await attempt_once(max(0.0, min(timeout, deadline - self._clock())))
             except FetchError as exc:
                 attempt += 1
-                delay = retry.delay(attempt, exc)
+                delay = retry.delay(attempt, exc, remaining=deadline - self._clock())
                 if delay is None or (may_repeat is not None and not may_repeat(exc)):
                     raise
                 logger.info(
@@ -195,7 +202,7 @@ class LangfuseSource:
         except TimeoutError as exc:
             _forget_credentials(exc)
             raise FetchTimeoutError(
-                f"prompt {what}: no complete answer within {timeout:g}s", name=name, key=key,
+                f"prompt {what}: no complete answer within {timeout:.3g}s", name=name, key=key,
             ) from exc
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
             _forget_credentials(exc)
@@ -252,8 +259,7 @@ class LangfuseSource:
         url = yarl.URL(f"{self._base}/api/public/v2/prompts")
         what = f"{_shown(new.name)}: create"
         return await self._retrying(
-            functools.partial(self._write, "POST", url, new.to_json(), what, new.name, None,
-                              options),
+            functools.partial(self._write, "POST", url, new.to_json(), what, new.name, None),
             what, options, _not_acted_on,
         )
 
@@ -269,15 +275,14 @@ class LangfuseSource:
         what = f"{_shown(name)} (version {version}): label update"
         return await self._retrying(
             functools.partial(self._write, "PATCH", url, {"newLabels": new_labels}, what, name,
-                              version, options),
+                              version),
             what, options,
         )
 
     async def _write(
         self, method: str, url: yarl.URL, payload: Any, what: str, name: str,
-        version: int | None, options: FetchOptions,
+        version: int | None, timeout: float,  # noqa: ASYNC109
     ) -> Prompt:
-        timeout = self._timeout if options.timeout_seconds is None else options.timeout_seconds
         status, body, retry_after = await self._exchange(
             method, url, payload, timeout, what, name=name, key=None
         )
@@ -298,6 +303,11 @@ class LangfuseSource:
                 f"prompt {what}: response is not valid JSON ({_excerpt(body)})",
                 name=name, key=key,
             ) from exc
+        except RecursionError:
+            raise InvalidResponseError(
+                f"prompt {what}: response is nested too deeply ({_excerpt(body)})",
+                name=name, key=key,
+            ) from None
         try:
             prompt = parse_prompt(data)
         except InvalidResponseError as exc:
@@ -320,10 +330,15 @@ class LangfuseSource:
         self, what: str, status: int, body: bytes, retry_after: str | None, *,
         name: str, key: PromptKey | None,
     ) -> FetchError:
-        detail = _error_message(body)
+        data = _json_body(body)
+        detail = _error_message(data, body)
         what = f"{what}: HTTP {status}" + (f": {detail}" if detail else "")
         if status == 404:
-            return PromptNotFoundError(what, name=name, key=key)
+            if data is _TOO_DEEP or (isinstance(data, dict) and isinstance(data.get("error"), str)):
+                return PromptNotFoundError(what, name=name, key=key)
+            # Not Langfuse's answer (its 404 is JSON naming the error, LangfuseNotFoundError):
+            # a proxy or gateway in between, which must not make us drop a cached prompt.
+            return ServerError(what, status=status, name=name, key=key)
         if status in (401, 403):
             return AuthenticationError(what, status=status, name=name, key=key)
         if status == 429:
@@ -396,11 +411,23 @@ def _excerpt(body: bytes, limit: int = 80) -> str:
     return repr(text) + ("..." if len(body) > limit else "")
 
 
-def _error_message(body: bytes) -> str:
-    """The server's ``message`` from a Langfuse error body, else a short excerpt."""
+_NOT_JSON = object()
+_TOO_DEEP = object()  # JSON, as far as can be told, but nested too deeply to read
+
+
+def _json_body(body: bytes) -> Any:
+    """The error body as JSON, else ``_NOT_JSON`` or ``_TOO_DEEP``."""
     try:
-        data: Any = json.loads(body)
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError):
+        return _NOT_JSON
+    except RecursionError:
+        return _TOO_DEEP
+
+
+def _error_message(data: Any, body: bytes) -> str:
+    """The server's ``message`` from a Langfuse error body, else a short excerpt."""
+    if data is _NOT_JSON or data is _TOO_DEEP:
         return _excerpt(body) if body else ""
     if isinstance(data, dict) and isinstance(data.get("message"), str):
         # Escaped: a server echoing a name or label with a newline must not forge log lines.

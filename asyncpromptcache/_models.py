@@ -27,6 +27,13 @@ logger = logging.getLogger("asyncpromptcache")
 PromptType: TypeAlias = Literal["text", "chat"]
 
 
+def check_prompt_type(value: object) -> PromptType:
+    """``value`` if it is ``"text"`` or ``"chat"``, else ``InvalidArgumentError``."""
+    if isinstance(value, str) and value in ("text", "chat"):
+        return value  # type: ignore[return-value]
+    raise InvalidArgumentError(f"type must be 'text' or 'chat', got {value!r}")
+
+
 def _tuple_of_str(value: Sequence[str]) -> tuple[str, ...]:
     return tuple(value)
 
@@ -311,6 +318,15 @@ def _parse_chat_item(item: Any, path: str) -> ChatItem:
     )
 
 
+def _version(data: Mapping[str, Any]) -> int:
+    version: int = _field(data, "version", int, "version")
+    if version < 1:  # Langfuse counts versions from 1; 0 is what a fallback carries
+        raise InvalidResponseError(
+            f"invalid prompt: field 'version' should be 1 or more, got {version}", field="version"
+        )
+    return version
+
+
 def parse_prompt(data: Any) -> Prompt:
     """Parse one prompt from Langfuse's wire format (``GET /api/public/v2/prompts/{name}``).
 
@@ -329,7 +345,7 @@ def parse_prompt(data: Any) -> Prompt:
         raise InvalidResponseError("invalid prompt: field 'name' is empty", field="name")
     common: dict[str, Any] = {
         "name": name,
-        "version": _field(data, "version", int, "version"),
+        "version": _version(data),
         "config": _field(data, "config", object, "config"),
         "labels": _str_list(data, "labels"),
         "tags": _str_list(data, "tags"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -56,6 +57,10 @@ class RetryPolicy:
     Retried: transport errors and timeouts, 408, 429 and 5xx. Never: 400/401/403/404 or an
     invalid response. A ``Retry-After`` longer than ``max_retry_after`` is not waited for: the
     error is raised at once so that callers fall back instead of hanging.
+
+    One call has one deadline, ``budget_seconds(timeout)`` after it starts (its timeout times
+    its attempts): every attempt, slow body and wait counts against it, and a wait that would
+    end past it ends the retries.
     """
 
     # Checked as they enter: a NaN or infinite delay or a float retry count would make a
@@ -76,17 +81,24 @@ class RetryPolicy:
     def is_retryable(self, error: FetchError) -> bool:
         return isinstance(error, TransportError | RateLimitError | ServerError)
 
-    def delay(self, attempt: int, error: FetchError) -> float | None:
-        """Seconds to wait before retry number ``attempt`` (1-based), or ``None``: give up."""
+    def delay(
+        self, attempt: int, error: FetchError, *, remaining: float = math.inf
+    ) -> float | None:
+        """Seconds to wait before retry number ``attempt`` (1-based), or ``None``: give up.
+
+        ``remaining`` is the time left before the call's deadline: a wait that would reach it
+        leaves no time for the retry, so the call gives up instead.
+        """
         if attempt > self.max_retries or not self.is_retryable(error):
             return None
         retry_after = error.retry_after if isinstance(error, RateLimitError) else None
         if retry_after is not None:
-            return retry_after if retry_after <= self.max_retry_after else None
-        jitter: float = self.rng()
-        return jitter * min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
+            wait = retry_after if retry_after <= self.max_retry_after else None
+        else:
+            jitter: float = self.rng()
+            wait = jitter * min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
+        return wait if wait is not None and wait < remaining else None
 
-    def worst_case_seconds(self, timeout: float) -> float:
-        """An upper bound on one fetch: every attempt times out and every wait is the longest."""
-        waits = self.max_retries * max(self.max_delay, self.max_retry_after)
-        return (self.max_retries + 1) * timeout + waits
+    def budget_seconds(self, timeout: float) -> float:
+        """The deadline of one call, from its start: its timeout times its attempts."""
+        return timeout * (self.max_retries + 1)

@@ -32,6 +32,7 @@ from anyio.from_thread import BlockingPortal
 from ._cache import CacheStats, Clock
 from ._checks import check_seconds
 from ._client import (
+    DEFAULT_NEGATIVE_CACHE_SECONDS,
     AsyncPromptClient,
     ChatFallback,
     TextFallback,
@@ -41,7 +42,14 @@ from ._client import (
 from ._errors import ClientStateError, FetchError, InvalidArgumentError, PromptCacheError
 from ._events import PromptVersionEvent
 from ._keys import PromptKey, make_key, prefetch_keys
-from ._models import ChatPrompt, Prompt, PromptType, TextPrompt, prompt_from_value
+from ._models import (
+    ChatPrompt,
+    Prompt,
+    PromptType,
+    TextPrompt,
+    check_prompt_type,
+    prompt_from_value,
+)
 from ._redis import RedisTier
 from ._retry import RetryPolicy
 from ._secret import Secret
@@ -123,6 +131,7 @@ class PromptClient:
         refresh_backoff_max_seconds: float = 300.0,
         clock: Clock | None = None,
         env: Mapping[str, str] | None = None,
+        negative_cache_seconds: float = DEFAULT_NEGATIVE_CACHE_SECONDS,
         shared: str | RedisTier | None = None,
         webhook_secret: str | None = None,
     ) -> None:
@@ -135,6 +144,7 @@ class PromptClient:
             max_retries=max_retries, retry=retry, verify_ssl=verify_ssl, trust_env=trust_env,
             refresh_backoff_seconds=refresh_backoff_seconds,
             refresh_backoff_max_seconds=refresh_backoff_max_seconds, clock=clock,
+            negative_cache_seconds=negative_cache_seconds,
             shared=shared,
             webhook_secret=webhook,
         )
@@ -370,6 +380,7 @@ class PromptClient:
                 self._hits.cell[0] += 1
                 prompt: Prompt = entry.prompt
                 return prompt
+        check_prompt_type(type)  # here, before the loop thread is started or woken
         try:
             return self._call(functools.partial(
                 _get_prompt, name, version, label, type, cache_ttl_seconds, None, max_retries,

@@ -34,6 +34,7 @@ from ._report import (
     write_json,
 )
 from ._upstream import Upstream
+from .response_stream import response_stream
 from .scenarios import (
     ASYNC_SCENARIOS,
     FULL,
@@ -48,9 +49,10 @@ from .shared_tier import shared, shared_targets
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The order of the report; "sync" runs 1b and 7 together.
 ORDER = ("hit_async", "hit_instructions", "hit_sync", "stampede", "refresh", "outage", "web_app",
-         "memory", "sync_threads", "shared")
+         "memory", "sync_threads", "shared", "response_stream")
 CHOICES = ("hit_async", "hit_instructions", "sync", "stampede", "refresh", "outage", "web_app",
-           "memory", "shared")
+           "memory", "shared", "response_stream")
+ASYNC_SCENARIOS = {**ASYNC_SCENARIOS, "response_stream": response_stream}  # issue 12
 
 
 def _load() -> tuple[float, float, float]:

@@ -24,7 +24,13 @@ FAULTS = (
     "wrong-name", "401",
     # Added for tests/test_faults.py:
     "html-502", "oversized-chunked", "latin1",
+    # Added for tests/test_containment.py: a 404 from something in front of the server (an HTML
+    # page, or JSON without Langfuse's "error" name), and bodies nested deeper than Python's
+    # recursion limit, as an answer and as an error body.
+    "html-404", "json-404", "deep-200", "deep-404", "deep-503",
 )
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
 
 PREFIX = "/api/public/v2/prompts/"
 
@@ -132,6 +138,15 @@ class FaultServer:
             return web.Response(
                 text="<html><body>502 Bad Gateway</body></html>", content_type="text/html"
             )
+        if fault == "html-404":
+            return web.Response(
+                text="<html><head><title>404 Not Found</title></head><body>nginx</body></html>",
+                status=404, content_type="text/html",
+            )
+        if fault == "json-404":
+            return web.json_response({"message": "no route"}, status=404)
+        if fault.startswith("deep-"):
+            return web.Response(body=DEEP, status=int(fault[5:]), content_type="application/json")
         if fault == "html-502":
             return web.Response(
                 text="<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>",

@@ -30,7 +30,7 @@ def test_smoke_run_writes_every_result(tmp_path: Path) -> None:
     scenarios = document["scenarios"]
     assert set(scenarios) == {
         "hit_async", "hit_instructions", "hit_sync", "stampede", "refresh", "outage", "web_app",
-        "memory", "sync_threads", "shared",
+        "memory", "sync_threads", "shared", "response_stream",
     }
     for scenario in scenarios.values():
         assert scenario["title"] in markdown
@@ -83,6 +83,14 @@ def test_smoke_run_writes_every_result(tmp_path: Path) -> None:
         }
         assert instructions["x_floor"][hit_instructions.FLOOR] == 1.0
         assert all(n > 0 for n in instructions["instructions"].values())
+
+    # One upstream stream for 100 identical concurrent streams; every consumer got its chunks.
+    response = scenarios["response_stream"]["data"]["peers"]["asyncpromptcache ResponseCache"]
+    assert [r["upstream_calls"] for r in response["runs"]] == [1]
+    assert [(r["errors"], r["joins"], r["same_chunks_all"]) for r in response["runs"]] == [
+        (0, 99, True)]
+    assert response["replay"]["upstream_calls"] == 0
+    assert response["replay"]["chunk_boundaries_kept"] is True
 
     targets = {t["target"] for t in document["targets"]}
     assert "100 cold callers of 1 key -> exactly 1 upstream request" in targets

@@ -224,6 +224,7 @@ async def test_retries_then_gives_typed_error_within_budget(
         assert info.value.status == 503 and info.value.name == "greet"
         assert server.total == 4  # 1 + 3 retries
         server.requests.clear()
+        clock.advance(10)  # past the negative cache of that failure
         server.fault = "hang"
         with pytest.raises(FetchTimeoutError):
             await client.get_prompt("greet", max_retries=1, fetch_timeout_seconds=0.1)
@@ -260,6 +261,7 @@ async def test_retry_after_is_honoured(server: FaultServer, clock: FakeClock) ->
         assert server.total == 3
         del slept
         server.requests.clear()
+        clock.advance(10)  # past the negative cache of that failure
         server.retry_after = "3600"  # longer than anyone should wait: fail at once
         with pytest.raises(RateLimitError):
             await client.get_prompt("greet")

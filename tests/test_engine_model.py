@@ -45,6 +45,7 @@ TTL = 10.0
 MAX_STALE = 30.0
 BACKOFF = 5.0
 BACKOFF_MAX = 20.0
+NEGATIVE = 4.0
 MAX_SIZE = 2
 # "a" and "ab": invalidating one name must not touch the other (no prefix matching).
 KEYS = [
@@ -110,7 +111,7 @@ class MCaller:
 
 
 COUNTERS = ("hits", "stale_hits", "misses", "joined", "fetches", "fetch_errors", "refreshes",
-            "refresh_errors", "evictions", "fallbacks")
+            "refresh_errors", "evictions", "fallbacks", "negative_hits")
 
 
 class CacheMachine(RuleBasedStateMachine):
@@ -127,7 +128,7 @@ class CacheMachine(RuleBasedStateMachine):
         self.client = AsyncPromptClient(
             source=self.upstream, clock=self.clock, cache_ttl_seconds=TTL,
             max_stale_seconds=MAX_STALE, max_size=MAX_SIZE, refresh_backoff_seconds=BACKOFF,
-            refresh_backoff_max_seconds=BACKOFF_MAX, env={},
+            refresh_backoff_max_seconds=BACKOFF_MAX, env={}, negative_cache_seconds=NEGATIVE,
         )
         self.stop: asyncio.Event | None = None
         self.host = self.loop.create_task(self._host())
@@ -136,6 +137,9 @@ class CacheMachine(RuleBasedStateMachine):
         self.entries: OrderedDict[PromptKey, MEntry] = OrderedDict()  # LRU first
         self.touched: dict[PromptKey, float] = {}  # uses not yet applied to the LRU order
         self.inflight: dict[PromptKey, MFlight] = {}
+        # Recent failures of keys with nothing servable, least recently used first (bounded
+        # by MAX_SIZE like the store): key -> (until, error name).
+        self.negative: OrderedDict[PromptKey, tuple[float, str]] = OrderedDict()
         self.flights: dict[int, MFlight] = {}  # every unresolved fetch, orphans included
         self.rids = 0
         self.callers: dict[int, MCaller] = {}
@@ -195,6 +199,28 @@ class CacheMachine(RuleBasedStateMachine):
         self.touched.pop(key, None)
         return self.entries.pop(key, None) is not None
 
+    def _drop(self, key: PromptKey) -> bool:
+        """Invalidation or a 404: the entry and any negative entry go."""
+        self.negative.pop(key, None)
+        return self._forget(key)
+
+    def _negative_hit(self, key: PromptKey) -> str | None:
+        if key not in self.negative:
+            return None
+        self.negative.move_to_end(key)  # a lookup counts as a use, expired or not
+        until, error = self.negative[key]
+        return error if self.clock() < until else None
+
+    def _remember(self, key: PromptKey, error: str) -> None:
+        now = self.clock()
+        for old in [k for k, (until, _) in self.negative.items() if until <= now]:
+            del self.negative[old]
+        if key in self.negative:
+            self.negative.move_to_end(key)
+        elif len(self.negative) >= MAX_SIZE:
+            self.negative.popitem(last=False)
+        self.negative[key] = (now + NEGATIVE, error)
+
     def _put(self, key: PromptKey, version: int, ttl: float) -> None:
         now = self.clock()
         for touched in sorted(self.touched, key=self.touched.__getitem__):
@@ -205,6 +231,7 @@ class CacheMachine(RuleBasedStateMachine):
             self.counts["evictions"] += 1
         self.entries[key] = MEntry(version, now + ttl, now + ttl + MAX_STALE)
         self.entries.move_to_end(key)
+        self.negative.pop(key, None)
 
     def _orphan(self, key: PromptKey) -> None:
         flight = self.inflight.pop(key, None)
@@ -250,11 +277,16 @@ class CacheMachine(RuleBasedStateMachine):
         else:
             self.counts["misses"] += 1
             flight = self.inflight.get(key)
-            if flight is None:
+            failed = self._negative_hit(key) if flight is None and ttl > 0 else None
+            if failed is not None:
+                self.counts["negative_hits"] += 1
+                caller.expected = self._fail_waiter(caller, failed)
+            elif flight is None:
                 flight = self._start(key, ttl, is_refresh=False)
             else:
                 self.counts["joined"] += 1
-            flight.waiters.append(cid)
+            if flight is not None:
+                flight.waiters.append(cid)
         caller.task = self.loop.create_task(self._call(cid, caller))
         self.settle()
         if then is not None and self.rids > started:
@@ -298,7 +330,8 @@ class CacheMachine(RuleBasedStateMachine):
             if outcome == "404":
                 future.set_exception(PromptNotFoundError("gone", name=key.name, key=key))
                 if flight.writes_back:
-                    self._forget(key)
+                    self._drop(key)
+                    self._remember(key, "PromptNotFoundError")
                 for caller in waiters:
                     caller.expected = self._fail_waiter(caller, "PromptNotFoundError")
             else:
@@ -310,6 +343,8 @@ class CacheMachine(RuleBasedStateMachine):
                     delay = min(BACKOFF * 2.0 ** (entry.failures - 1), BACKOFF_MAX)
                     entry.retry_not_before = now + delay
                 held = self.entries.get(key)
+                if flight.writes_back and (held is None or now >= held.stale_until):
+                    self._remember(key, "ServerError")
                 for caller in waiters:
                     if held is not None and now < held.stale_until:
                         caller.expected = ("ok", held.version)  # stale-if-error
@@ -335,12 +370,12 @@ class CacheMachine(RuleBasedStateMachine):
     def invalidate(self, what: PromptKey | str) -> None:
         """Drop one key, every key of one name, or everything."""
         if isinstance(what, PromptKey):
-            expected = 1 if self._forget(what) else 0
+            expected = 1 if self._drop(what) else 0
             self._orphan(what)
             assert self.client.invalidate(what.name, label=what.label) == expected
         elif what != "clear":
-            keys = [k for k in {*self.entries, *self.inflight} if k.name == what]
-            expected = sum(1 for k in keys if self._forget(k))
+            keys = [k for k in {*self.entries, *self.inflight, *self.negative} if k.name == what]
+            expected = sum(1 for k in keys if self._drop(k))
             for key in keys:
                 self._orphan(key)
             assert self.client.invalidate(what) == expected
@@ -348,6 +383,7 @@ class CacheMachine(RuleBasedStateMachine):
             expected = len(self.entries)
             self.entries.clear()
             self.touched.clear()
+            self.negative.clear()
             for key in list(self.inflight):
                 self._orphan(key)
             assert self.client.clear() == expected
@@ -366,6 +402,8 @@ class CacheMachine(RuleBasedStateMachine):
             key: (e.version, now < e.expires, e.failures) for key, e in self.entries.items()
         }
         assert stats.entries == len(self.entries)
+        assert stats.negative_entries == sum(1 for until, _ in self.negative.values()
+                                             if now < until)
         assert self.client.cache.in_flight == stats.in_flight == len(self.inflight)
         # Upstream: one request per flight started, each still pending until resolved.
         assert self.upstream.started == self.rids

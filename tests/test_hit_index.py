@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import anyio
 import anyio.lowlevel
 import pytest
 
@@ -145,6 +146,32 @@ async def test_expire_all_reaches_the_entries_found_by_name() -> None:
         await client.get_prompt("b", label="production")
         stats = client.stats()
         assert (stats.hits, stats.stale_hits, stats.refreshes) == (0, 2, 2)
+
+
+async def test_a_client_whose_ttl_is_zero_never_serves_by_name_without_a_fetch() -> None:
+    """Its calls fetch as ``ttl=0`` calls do: a caller by name joins the fetch in flight
+    rather than take the copy held (which the inlined stale path would serve)."""
+    source = StaticSource([_prompt("a")])
+    async with AsyncPromptClient(source=source, cache_ttl_seconds=0, env={}) as client:
+        assert (await client.get_prompt("a")).version == 1
+        source.add(_prompt("a", 2))
+        source.hold()
+        got: list[int] = []
+
+        async def call() -> None:
+            got.append((await client.get_prompt("a")).version)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            while not source.waiting:
+                await anyio.lowlevel.checkpoint()
+            tg.start_soon(call)
+            for _ in range(10):
+                await anyio.lowlevel.checkpoint()
+            source.release()
+        assert got == [2, 2]
+        assert source.fetches[_default("a")] == 2
+        assert client.stats().hits == 0
 
 
 async def test_restore_indexes_default_label_entries_by_name() -> None:

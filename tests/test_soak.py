@@ -143,9 +143,10 @@ async def test_soak_books_balance() -> None:
     assert not wrong, wrong[:10]
     outcomes = sum(got.values())
     assert outcomes == calls, (calls, got)
-    # Every call was a hit, a stale hit or a miss; every miss started a fetch or joined one.
+    # Every call was a hit, a stale hit or a miss; every miss started a fetch, joined one, or
+    # was answered by the negative cache (a recent failure of that key).
     assert stats.hits + stats.stale_hits + stats.misses == calls
-    assert stats.misses == stats.fetches + stats.joined
+    assert stats.misses == stats.fetches + stats.joined + stats.negative_hits
     # Fallbacks as the callers saw them; only a miss can end in a fallback or an error.
     assert stats.fallbacks == got["fallback"]
     errors = sum(n for outcome, n in got.items() if outcome.startswith("error:"))

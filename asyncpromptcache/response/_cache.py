@@ -1,0 +1,557 @@
+"""``ResponseCache``: the LLM response cache. Stream first, cache after.
+
+A request's key is looked up in the flights in flight, then in the store:
+
+* an identical request in flight: join it (``source == "join"``): the chunks so far, then
+  the live ones;
+* a whole answer stored: replay its chunks with their boundaries (``"hit"``), no upstream;
+* neither: start one upstream stream in the cache's task group (``"miss"``); every identical
+  request meanwhile joins it; only an answer that completes normally is stored.
+
+Requests that are not deterministic, and calls with ``mode="bypass"``, go straight to the
+producer (``"bypass"``): nothing is looked up, shared or stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from types import TracebackType
+from typing import Any, Literal, TypeAlias
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup
+
+from .._errors import (
+    ClientStateError,
+    ConfigurationError,
+    InvalidArgumentError,
+    NotCachedError,
+    ResponseFailedError,
+)
+from ._fanout import AbandonPolicy, Consumer, Flight, LocalFlights, Produce
+from ._keys import (
+    DEFAULT_IGNORED_FIELDS,
+    Chunk,
+    KeyKind,
+    chunk_size,
+    is_deterministic,
+    response_key,
+)
+from ._store import MemoryStore, ResponseStore, StoredAnswer
+
+__all__ = ["Mode", "Pace", "ResponseCache", "ResponseCacheStats", "ResponseStream", "Source"]
+
+logger = logging.getLogger("asyncpromptcache")
+
+Source: TypeAlias = Literal["hit", "miss", "join", "bypass"]
+#: ``normal``: hit, else join, else go upstream. ``bypass``: straight to the producer, no
+#: cache. ``refresh``: go upstream now (identical requests join it) and store the new answer.
+#: ``cache_only``: a hit or a join, else ``NotCachedError``; never starts an upstream stream.
+Mode: TypeAlias = Literal["normal", "bypass", "refresh", "cache_only"]
+#: Replay pacing: ``None`` as fast as the consumer reads, seconds between chunks, or
+#: ``"original"`` (the original stream's duration spread evenly over its chunks).
+Pace: TypeAlias = float | Literal["original"] | None
+ProduceWhole: TypeAlias = Callable[[], Awaitable[Chunk]]
+
+_NEW, _OPEN, _CLOSED = "new", "open", "closed"
+_NOT_OPEN = ("the response cache is not open: use `async with ResponseCache(...) as cache:` "
+             "and call it inside that block")
+_MODES = ("normal", "bypass", "refresh", "cache_only")
+_UNSET: Any = object()
+
+
+@attrs.frozen
+class ResponseCacheStats:
+    """Counters since the cache was opened, and what it holds now.
+
+    ``hits`` replays, ``joins`` consumers that joined a stream in flight, ``misses`` upstream
+    streams started for cacheable requests, ``bypasses`` calls that went straight upstream
+    (``mode="bypass"`` or not deterministic), ``upstream_errors`` streams that failed,
+    ``stored`` answers stored, ``too_large`` answers over ``max_answer_bytes`` (not stored),
+    ``abandoned`` streams cancelled because every consumer left (``on_abandon="cancel"``),
+    ``slow_consumers`` consumers dropped for falling behind.
+    """
+
+    hits: int
+    misses: int
+    joins: int
+    bypasses: int
+    upstream_errors: int
+    stored: int
+    too_large: int
+    abandoned: int
+    slow_consumers: int
+    cache_only_misses: int
+    entries: int
+    bytes: int
+    evictions: int
+    expirations: int
+    in_flight: int
+
+
+class ResponseCache:
+    """Caches LLM answers, streamed or whole; use it with ``async with``.
+
+    * ``max_bytes``: the in-process store's bound (least recently used answers go first).
+    * ``ttl_seconds``: how long a stored answer is replayed (per call: ``ttl_seconds=``).
+    * ``max_answer_bytes``: a larger answer is streamed to its consumers but never stored.
+    * ``namespace``: the tenant; part of every key (per call: ``namespace=``).
+    * ``consumer_buffer``: live chunks a consumer may leave untaken before it is dropped with
+      ``SlowConsumerError`` (``None``: never dropped).
+    * ``on_abandon``: when the last consumer of a stream in flight leaves, ``"finish"`` (the
+      default) reads it to the end and stores it; ``"cancel"`` cancels it.
+    * ``cache_nondeterministic``: cache requests sampled at a temperature above 0 without a
+      seed, or with ``n`` above 1 (by default they pass through uncached).
+    * ``default_temperature``: the temperature of a request that sets none (OpenAI's: 1).
+    * ``ignored_fields``: request fields left out of the key (default: ``stream``).
+    * ``replay_pace``: default pacing of hits (see ``Pace``).
+    * ``store``: a ``ResponseStore`` to use instead of the in-process ``MemoryStore``
+      (``max_bytes`` is then unused; the store is closed with the cache).
+    * ``shared``: the shared tier. Not supported yet: only ``None``.
+    * ``clock``, ``sleep``: monotonic seconds and the pacing sleep, for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_bytes: int = 64 * 1024 * 1024,
+        ttl_seconds: float = 3600.0,
+        max_answer_bytes: int = 1024 * 1024,
+        namespace: str = "",
+        consumer_buffer: int | None = 1024,
+        on_abandon: AbandonPolicy = "finish",
+        cache_nondeterministic: bool = False,
+        default_temperature: float = 1.0,
+        ignored_fields: Collection[str] = DEFAULT_IGNORED_FIELDS,
+        replay_pace: Pace = None,
+        store: ResponseStore | None = None,
+        shared: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        if shared is not None:
+            raise ConfigurationError(
+                "ResponseCache(shared=...) is not supported yet: answers are cached in this "
+                "process only; pass shared=None"
+            )
+        _check_ttl(ttl_seconds, "ttl_seconds")
+        for name, value in (("max_bytes", max_bytes), ("max_answer_bytes", max_answer_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+        if consumer_buffer is not None and (
+                isinstance(consumer_buffer, bool) or not isinstance(consumer_buffer, int)
+                or consumer_buffer < 1):
+            raise ConfigurationError(
+                f"consumer_buffer must be a positive integer or None, got {consumer_buffer!r}")
+        if on_abandon not in ("finish", "cancel"):
+            raise ConfigurationError(
+                f"on_abandon must be 'finish' or 'cancel', got {on_abandon!r}")
+        if not isinstance(namespace, str):
+            raise ConfigurationError(f"namespace must be a string, got {namespace!r}")
+        _check_pace(replay_pace)
+        self._ttl = float(ttl_seconds)
+        self._max_answer = max_answer_bytes
+        self._namespace = namespace
+        self._buffer = consumer_buffer
+        self._on_abandon: AbandonPolicy = on_abandon
+        self._nondeterministic = cache_nondeterministic
+        self._default_temperature = default_temperature
+        self._ignored = frozenset(ignored_fields)
+        self._pace = replay_pace
+        self._store: ResponseStore = (
+            store if store is not None else MemoryStore(max_bytes=max_bytes, clock=clock))
+        self._clock = clock
+        self._sleep = sleep
+        self._flights = LocalFlights()
+        self._running: set[Flight] = set()
+        self._tg: TaskGroup | None = None
+        self._state = _NEW
+        self._hits = self._misses = self._joins = self._bypasses = 0
+        self._upstream_errors = self._stored = self._too_large = self._abandoned = 0
+        self._slow = self._cache_only_misses = 0
+
+    def __repr__(self) -> str:
+        return f"<ResponseCache {self._state} store={self._store!r}>"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> ResponseCache:
+        if self._state != _NEW:
+            raise ClientStateError(f"a ResponseCache can be entered once; it is {self._state}")
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        self._state = _OPEN
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Cancel the streams in flight (their consumers get ``ClientStateError``) and close
+        the store. Idempotent; call it from the task that entered the cache."""
+        if self._state == _CLOSED:
+            return
+        self._state = _CLOSED
+        tg, self._tg = self._tg, None
+        try:
+            if tg is not None:
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(None, None, None)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._store.aclose()
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def key_for(self, request: Mapping[str, Any], *, namespace: str | None = None,
+                kind: KeyKind = "stream") -> str:
+        """The key ``request`` is cached under (see ``response_key``)."""
+        return response_key(
+            request, namespace=self._namespace if namespace is None else namespace, kind=kind,
+            ignored_fields=self._ignored,
+        )
+
+    def is_cacheable(self, request: Mapping[str, Any], *,
+                     cache_nondeterministic: bool | None = None) -> bool:
+        """Whether ``request`` is cached (deterministic, or the caller opted in)."""
+        if cache_nondeterministic is None:
+            cache_nondeterministic = self._nondeterministic
+        return cache_nondeterministic or is_deterministic(
+            request, default_temperature=self._default_temperature)
+
+    # -- the API ---------------------------------------------------------------------------
+
+    def stream(
+        self,
+        request: Mapping[str, Any],
+        produce: Produce,
+        *,
+        mode: Mode = "normal",
+        namespace: str | None = None,
+        ttl_seconds: float | None = None,
+        pace: Pace = _UNSET,
+        cache_nondeterministic: bool | None = None,
+    ) -> ResponseStream:
+        """The answer to ``request`` as an async iterator of chunks.
+
+        ``produce`` is a zero-argument callable returning an async iterable of chunks (str,
+        bytes or JSON-able dicts) from the upstream; it is called only when this request
+        goes upstream. The returned ``ResponseStream`` says where its chunks come from in
+        ``source`` (``"hit"``, ``"miss"``, ``"join"`` or ``"bypass"``) once started (its
+        first chunk, or ``await stream.start()``). A failed upstream raises
+        ``ResponseFailedError`` after the chunks received. Leave early with ``aclose()`` or
+        ``async with``; a stream dropped unfinished leaves when it is garbage collected.
+        """
+        return self._open(request, produce, "stream", mode, namespace, ttl_seconds,
+                          self._pace if pace is _UNSET else pace, cache_nondeterministic)
+
+    async def get(
+        self,
+        request: Mapping[str, Any],
+        produce_whole: ProduceWhole,
+        *,
+        mode: Mode = "normal",
+        namespace: str | None = None,
+        ttl_seconds: float | None = None,
+        cache_nondeterministic: bool | None = None,
+    ) -> Chunk:
+        """The whole answer to ``request`` (a non-streaming call): ``await produce_whole()``
+        at most once for any number of identical concurrent calls, then stored."""
+        async def one() -> AsyncIterator[Chunk]:
+            yield await produce_whole()
+
+        async with self._open(request, one, "whole", mode, namespace, ttl_seconds, None,
+                              cache_nondeterministic) as answer:
+            chunks = [chunk async for chunk in answer]
+        if len(chunks) != 1:
+            raise ResponseFailedError(
+                f"a whole answer is one value, the store held {len(chunks)} chunks")
+        return chunks[0]
+
+    async def invalidate(self, request: Mapping[str, Any], *,
+                         namespace: str | None = None) -> bool:
+        """Drop the stored answers of ``request`` (streamed and whole); a stream in flight
+        for it answers its consumers but is not stored. Whether anything was stored."""
+        dropped = False
+        for kind in ("stream", "whole"):
+            key = self.key_for(request, namespace=namespace, kind=kind)
+            self._flights.forget(key)
+            dropped = await self._store.delete(key) or dropped
+        return dropped
+
+    async def clear(self) -> int:
+        """Drop every stored answer; streams in flight are not stored. How many answers."""
+        for flight in self._flights.values():
+            self._flights.forget(flight.key)
+        return await self._store.clear()
+
+    async def drain(self) -> None:
+        """Wait until every upstream stream running now is over (stored, failed or
+        cancelled): for a graceful shutdown that keeps the answers in flight."""
+        for flight in list(self._running):
+            await flight.settled.wait()
+
+    def stats(self) -> ResponseCacheStats:
+        store = self._store.stats()
+        return ResponseCacheStats(
+            hits=self._hits, misses=self._misses, joins=self._joins, bypasses=self._bypasses,
+            upstream_errors=self._upstream_errors, stored=self._stored,
+            too_large=self._too_large, abandoned=self._abandoned, slow_consumers=self._slow,
+            cache_only_misses=self._cache_only_misses, entries=store.entries,
+            bytes=store.bytes, evictions=store.evictions, expirations=store.expirations,
+            in_flight=len(self._running),
+        )
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _open(
+        self, request: Mapping[str, Any], produce: Produce, kind: KeyKind, mode: Mode,
+        namespace: str | None, ttl_seconds: float | None, pace: Pace,
+        cache_nondeterministic: bool | None,
+    ) -> ResponseStream:
+        if self._state != _OPEN:
+            raise ClientStateError(_NOT_OPEN if self._state == _NEW else
+                                   "the response cache is closed")
+        if mode not in _MODES:
+            raise InvalidArgumentError(f"mode must be one of {', '.join(_MODES)}, got {mode!r}")
+        if not callable(produce):
+            raise InvalidArgumentError("produce must be a zero-argument callable")
+        ttl = self._ttl if ttl_seconds is None else _check_ttl(ttl_seconds, "ttl_seconds")
+        _check_pace(pace)
+        if not isinstance(request, Mapping):
+            raise InvalidArgumentError(
+                f"a request is a mapping (model, messages, parameters), got "
+                f"{type(request).__name__}")
+        if mode == "bypass" or not self.is_cacheable(
+                request, cache_nondeterministic=cache_nondeterministic):
+            if mode == "cache_only":
+                self._cache_only_misses += 1
+                raise NotCachedError(
+                    "mode='cache_only' on a request that is never cached (not deterministic; "
+                    "pass cache_nondeterministic=True to cache it)")
+            return ResponseStream(self, None, produce, "bypass", ttl, pace)
+        key = self.key_for(request, namespace=namespace, kind=kind)
+        return ResponseStream(self, key, produce, mode, ttl, pace)
+
+    async def _resolve(self, stream: ResponseStream) -> None:
+        """Find ``stream``'s source and set it up (see the module docstring)."""
+        key, mode = stream.key, stream._mode
+        if key is None:
+            self._bypasses += 1
+            stream._source = "bypass"
+            stream._bypass = _checked(stream._produce)
+            return
+        if mode != "refresh":
+            if self._join(stream, key):
+                return
+            answer = await self._store.get(key)
+            if answer is not None:
+                self._hits += 1
+                stream._source = "hit"
+                stream._replay = answer
+                return
+            if self._join(stream, key):  # started while the store was asked
+                return
+            if mode == "cache_only":
+                self._cache_only_misses += 1
+                raise NotCachedError("no answer is stored or in flight for this request "
+                                     "(mode='cache_only')")
+        if self._tg is None:
+            raise ClientStateError("the response cache is closed")
+        flight = Flight(key, buffer_chunks=self._buffer, max_store_bytes=self._max_answer,
+                        on_abandon=self._on_abandon, clock=self._clock)
+        self._flights.add(flight)
+        self._running.add(flight)
+        self._misses += 1
+        stream._source = "miss"
+        stream._attach(flight)
+        self._tg.start_soon(self._fly, flight, stream._produce, stream._ttl,
+                            name=f"asyncpromptcache.response:{key[:12]}")
+
+    def _join(self, stream: ResponseStream, key: str) -> bool:
+        flight = self._flights.get(key)
+        if flight is None:
+            return False
+        self._joins += 1
+        stream._source = "join"
+        stream._attach(flight)
+        return True
+
+    async def _fly(self, flight: Flight, produce: Produce, ttl: float) -> None:
+        # Never raises but cancellation: an error here would cancel the cache's task group.
+        try:
+            await flight.run(produce)
+            if flight.done:
+                if not flight.storable:
+                    self._too_large += 1
+                elif flight.writes_back:
+                    answer = StoredAnswer(flight.chunks, flight.size, flight.duration)
+                    try:
+                        if await self._store.put(flight.key, answer, ttl):
+                            self._stored += 1
+                    except Exception:
+                        logger.exception("storing an answer failed; it was not cached")
+            elif flight.abandoned:
+                self._abandoned += 1
+            else:
+                self._upstream_errors += 1
+                logger.warning("an upstream stream failed after %d chunks: %s: %s",
+                               flight.total, type(flight.error).__name__, flight.error)
+        finally:
+            self._slow += flight.slow_dropped
+            flight.end()
+            self._running.discard(flight)
+            flight.settled.set()
+
+
+class ResponseStream:
+    """The chunks of one answer; an async iterator. ``source`` says where they come from
+    (``None`` until started: the first ``__anext__`` or ``await start()``); ``key`` is the
+    cache key (``None`` for a bypass)."""
+
+    def __init__(self, cache: ResponseCache, key: str | None, produce: Produce, mode: str,
+                 ttl: float, pace: Pace) -> None:
+        self._cache = cache
+        self.key = key
+        self._produce = produce
+        self._mode = mode
+        self._ttl = ttl
+        self._pace = pace
+        self._source: Source | None = None
+        self._consumer: Consumer | None = None
+        self._replay: StoredAnswer | None = None
+        self._bypass: AsyncIterator[Chunk] | None = None
+        self._position = 0
+        self._started = False
+        self._closed = False
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"<ResponseStream {self._source or 'unstarted'} key={(self.key or '')[:12]}>"
+
+    @property
+    def source(self) -> Source | None:
+        """``"hit"``, ``"miss"``, ``"join"`` or ``"bypass"``; ``None`` until started."""
+        return self._source
+
+    @property
+    def chunks_received(self) -> int:
+        return self._position
+
+    async def start(self) -> Source:
+        """Look the request up (joining or starting its stream); returns ``source``."""
+        if not self._started:
+            if self._closed:
+                raise ClientStateError("this response stream is closed")
+            self._started = True
+            await self._cache._resolve(self)
+        assert self._source is not None
+        return self._source
+
+    def _attach(self, flight: Flight) -> None:
+        consumer = self._consumer = flight.attach()
+        # A stream dropped unfinished (a ``break``, a cancelled task) leaves its flight when
+        # it is collected: the others go on, and ``on_abandon`` applies if it was the last.
+        self._finalizer = weakref.finalize(self, consumer.close)
+        self._finalizer.atexit = False
+
+    def __aiter__(self) -> ResponseStream:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        if not self._started:
+            await self.start()
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            chunk = await self._next()
+        except BaseException:  # the end, an error or a cancellation: this reader is done
+            self._leave()
+            raise
+        self._position += 1
+        return chunk
+
+    async def _next(self) -> Chunk:
+        if self._consumer is not None:
+            return await self._consumer.next()
+        if self._replay is not None:
+            chunks = self._replay.chunks
+            if self._position >= len(chunks):
+                raise StopAsyncIteration
+            if self._position and self._pace is not None:
+                await self._cache._sleep(_pace_seconds(self._pace, self._replay))
+            return chunks[self._position]
+        assert self._bypass is not None
+        try:
+            return await anext(self._bypass)
+        except (StopAsyncIteration, anyio.get_cancelled_exc_class()):
+            raise
+        except Exception as exc:
+            raise _bypass_failed(exc, self._position) from exc
+
+    def _leave(self) -> AsyncIterator[Chunk] | None:
+        self._closed = True
+        if self._finalizer is not None:
+            self._finalizer()  # Consumer.close, once
+        bypass, self._bypass = self._bypass, None
+        return bypass
+
+    async def aclose(self) -> None:
+        """Stop reading. A stream in flight goes on for its other consumers."""
+        bypass = self._leave()
+        if bypass is not None and hasattr(bypass, "aclose"):
+            await bypass.aclose()
+
+    async def __aenter__(self) -> ResponseStream:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+
+async def _checked(produce: Produce) -> AsyncIterator[Chunk]:
+    """A bypass: the producer's chunks, checked as a cached stream's are."""
+    async for chunk in produce():
+        chunk_size(chunk)
+        yield chunk
+
+
+def _bypass_failed(exc: Exception, received: int) -> ResponseFailedError:
+    error = ResponseFailedError(
+        f"the upstream failed: {type(exc).__name__}: {exc} (after {received} chunks)",
+        upstream=exc, chunks_received=received,
+    )
+    return error
+
+
+def _pace_seconds(pace: float | str, answer: StoredAnswer) -> float:
+    if pace == "original":
+        return answer.duration_seconds / max(1, len(answer.chunks))
+    return float(pace)
+
+
+def _check_pace(pace: Pace) -> None:
+    if pace is None or pace == "original":
+        return
+    if isinstance(pace, bool) or not isinstance(pace, int | float) or not (
+            math.isfinite(pace) and pace >= 0):
+        raise InvalidArgumentError(
+            f"pace must be None, 'original' or seconds (0 or more), got {pace!r}")
+
+
+def _check_ttl(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            math.isfinite(value) and value >= 0):
+        raise ConfigurationError(f"{name} must be a number of seconds, 0 or more, got {value!r}")
+    return float(value)

@@ -1,0 +1,179 @@
+"""Server-sent events and OpenAI's chat-completion stream on top of them. Pure: bytes in,
+events and chunks out; no I/O.
+
+``SSEDecoder`` follows the WHATWG event-stream rules (LF, CRLF or CR line ends, split
+anywhere across reads; ``data`` lines joined with newlines; comments ignored; an event without
+its closing blank line at the end of the stream is dropped). ``openai_chunk`` reads one event
+of OpenAI's chat-completion stream: a chunk, the ``[DONE]`` marker, or an error event.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from typing import Any
+
+import attrs
+
+from .._errors import UpstreamEventError, UpstreamProtocolError, UpstreamStatusError
+
+__all__ = ["SSEDecoder", "SSEEvent", "chunk_text", "openai_chunk", "status_error"]
+
+
+@attrs.frozen(slots=True)
+class SSEEvent:
+    data: str
+    event: str = "message"
+    id: str | None = None
+
+
+class SSEDecoder:
+    """Incremental: ``feed(bytes)`` returns the events completed by those bytes."""
+
+    def __init__(self, max_event_bytes: int = 1024 * 1024) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+        self._pending = ""
+        self._data: list[str] = []
+        self._event = ""
+        self._id: str | None = None
+        self._size = 0
+        self._max = max_event_bytes
+        self._first = True
+        self._skip_lf = False  # the last read ended in CR: an LF first in the next is its pair
+
+    def feed(self, raw: bytes) -> list[SSEEvent]:
+        try:
+            text = self._decoder.decode(raw)
+        except UnicodeDecodeError as exc:
+            raise UpstreamProtocolError(f"the event stream is not UTF-8: {exc}") from None
+        if self._first and text:
+            self._first = False
+            text = text.removeprefix("\ufeff")
+        if self._skip_lf and text:
+            self._skip_lf = False
+            text = text.removeprefix("\n")
+        text = self._pending + text
+        events: list[SSEEvent] = []
+        start = 0
+        length = len(text)
+        while True:
+            cr, lf = text.find("\r", start), text.find("\n", start)
+            if cr == -1 and lf == -1:
+                break
+            end = lf if cr == -1 else cr if lf == -1 else min(cr, lf)
+            if text[end] == "\r":
+                if end + 1 == length:
+                    self._skip_lf = True  # a CR at the end: an LF may follow in the next read
+                    step = 1
+                else:
+                    step = 2 if text[end + 1] == "\n" else 1
+            else:
+                step = 1
+            self._line(text[start:end], events)
+            start = end + step
+        self._pending = text[start:]
+        self._size += len(raw)
+        if len(self._pending) > self._max or self._size > self._max:
+            raise UpstreamProtocolError(
+                f"an event of the stream exceeds {self._max} bytes")
+        return events
+
+    def _line(self, line: str, events: list[SSEEvent]) -> None:
+        if not line:
+            if self._data:
+                events.append(SSEEvent("\n".join(self._data), self._event or "message",
+                                       self._id))
+            self._data, self._event, self._size = [], "", 0
+            return
+        if line.startswith(":"):
+            return
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\0" not in value:
+            self._id = value
+
+
+def openai_chunk(event: SSEEvent) -> dict[str, Any] | None:
+    """The chunk an event of a chat-completion stream carries; ``None`` for ``[DONE]``.
+
+    Raises ``UpstreamEventError`` for an error event and ``UpstreamProtocolError`` for data
+    that is not a JSON object.
+    """
+    if event.data.strip() == "[DONE]":
+        return None
+    try:
+        data = json.loads(event.data)
+    except ValueError:
+        raise UpstreamProtocolError(
+            f"an event of the stream is not JSON: {_excerpt(event.data)}") from None
+    if isinstance(data, dict) and (event.event == "error" or "error" in data):
+        message, kind = _error_fields(data)
+        raise UpstreamEventError(f"the stream sent an error: {message}", error_type=kind)
+    if event.event == "error":
+        raise UpstreamEventError(f"the stream sent an error: {_excerpt(event.data)}")
+    if not isinstance(data, dict):
+        raise UpstreamProtocolError(
+            f"an event of the stream is not a JSON object: {_excerpt(event.data)}")
+    return data
+
+
+def status_error(status: int, body: bytes, retry_after: str | None) -> UpstreamStatusError:
+    """The error for a non-2xx answer, with the body's ``error.message`` when it has one."""
+    try:
+        data: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if isinstance(data, dict) and ("error" in data or "message" in data):
+        message, kind = _error_fields(data)
+    else:
+        message, kind = _excerpt(body.decode("utf-8", "replace")) if body else "", None
+    return UpstreamStatusError(
+        f"HTTP {status}" + (f": {message}" if message else ""), status=status,
+        retry_after=_seconds(retry_after), error_type=kind,
+    )
+
+
+def chunk_text(chunk: Any) -> str:
+    """The text a chat-completion chunk adds (its first choice's ``delta.content``), or of a
+    whole completion (``message.content``); ``""`` when it has none."""
+    if not isinstance(chunk, dict):
+        return ""
+    choices = chunk.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return ""
+    part = choices[0].get("delta") or choices[0].get("message")
+    content = part.get("content") if isinstance(part, dict) else None
+    return content if isinstance(content, str) else ""
+
+
+def _error_fields(data: dict[str, Any]) -> tuple[str, str | None]:
+    error = data.get("error", data)
+    if isinstance(error, dict):
+        message = error.get("message")
+        kind = error.get("type") or error.get("code")
+        return (_printable(str(message)) if message is not None else _excerpt(json.dumps(error)),
+                str(kind) if kind is not None else None)
+    return _printable(str(error)), None
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < 86400 else None
+
+
+def _printable(text: str, limit: int = 300) -> str:
+    # Escaped: an upstream message with a newline must not forge log lines.
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text[:limit])
+
+
+def _excerpt(text: str, limit: int = 80) -> str:
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")

@@ -32,7 +32,9 @@ class CacheChange:
     to hold without a fetch; ``changed_names``: names whose content changed (every cached prompt
     that includes one of them, at any depth, is dropped); ``composition_known``: false when the
     prompts put came without their ``resolutionGraph`` (a webhook's), so what they include is
-    unknown and any later change to another prompt drops them.
+    unknown and any later change to another prompt drops them; ``moved``: the ``drops`` of
+    labels that left this version (Langfuse announces the version a label moved to next, so
+    a shared tier has the fleet wait briefly for it rather than fetch it).
     """
 
     drops: tuple[PromptKey, ...] = ()
@@ -40,6 +42,7 @@ class CacheChange:
     puts: tuple[tuple[PromptKey, Prompt], ...] = ()
     changed_names: frozenset[str] = frozenset()
     composition_known: bool = True
+    moved: tuple[PromptKey, ...] = ()
 
 
 def version_change(
@@ -72,11 +75,13 @@ def version_change(
     gone = [key for key in at_this_version if key.label is not None and key.label not in labels]
     if has_references(_texts(prompt)):
         return CacheChange(
-            drops=tuple(dict.fromkeys([*serves, *gone])), changed_names=frozenset({name})
+            drops=tuple(dict.fromkeys([*serves, *gone])), changed_names=frozenset({name}),
+            moved=tuple(gone),
         )
     return CacheChange(
         drops=tuple(gone), puts=tuple((key, prompt) for key in serves),
         changed_names=frozenset({name}), composition_known=composition_known,
+        moved=tuple(gone),
     )
 
 

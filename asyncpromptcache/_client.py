@@ -566,7 +566,7 @@ class AsyncPromptClient:
             self._link.propagate_soon(Change.invalidate(
                 keys=[*change.drops, *(key for key, _ in change.puts)],
                 names=change.drop_names, changed=change.changed_names,
-                puts=change.puts,
+                puts=change.puts, moved=change.moved,
             ))
         return dropped
 

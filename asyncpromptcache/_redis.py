@@ -44,9 +44,12 @@ from ._shared import (
     SharedStats,
     decode_change,
     decode_value,
+    dependent_member,
     encode_change,
     encode_value,
     namespace_id,
+    parse_dependent_member,
+    parts_of,
 )
 
 __all__ = ["RedisTier", "resolve_shared"]
@@ -55,6 +58,9 @@ logger = logging.getLogger("asyncpromptcache")
 
 ENV_VAR = "ASYNCPROMPTCACHE_REDIS_URL"
 _SCHEMES = ("redis", "rediss", "unix")
+#: The token of the lock that holds readers of a label that moved until its new version is
+#: written through (no process holds it: it only expires or is released by that write).
+_MOVED = "moved"
 # Compare-and-delete: only the holder of the token releases the lock.
 _RELEASE = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
@@ -97,6 +103,9 @@ class RedisTier:
     * ``stale_retention_seconds``: how long past its TTL a value stays in Redis when the
       client's ``max_stale_seconds`` is unbounded (a last-known-good for processes that start
       during an outage).
+    * ``moved_grace_seconds``: when a webhook says a label left a version, how long readers
+      of that label wait for the webhook of the version it moved to (Langfuse sends it next)
+      before fetching it themselves (a label removed, not moved, costs them that wait once).
     """
 
     def __init__(
@@ -108,6 +117,7 @@ class RedisTier:
         timeout_seconds: float = 0.25,
         stale_retention_seconds: float = 7 * 24 * 3600.0,
         reconnect_max_seconds: float = 5.0,
+        moved_grace_seconds: float = 1.0,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if importlib.util.find_spec("redis") is None:
@@ -129,7 +139,8 @@ class RedisTier:
             raise ConfigurationError(f"namespace must be a non-empty string, got {namespace!r}")
         for value, what in ((timeout_seconds, "timeout_seconds"),
                             (stale_retention_seconds, "stale_retention_seconds"),
-                            (reconnect_max_seconds, "reconnect_max_seconds")):
+                            (reconnect_max_seconds, "reconnect_max_seconds"),
+                            (moved_grace_seconds, "moved_grace_seconds")):
             if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise ConfigurationError(f"{what} must be a positive number, got {value!r}")
         self._target = url_or_client
@@ -140,6 +151,7 @@ class RedisTier:
         self.timeout_seconds = float(timeout_seconds)
         self.stale_retention_seconds = float(stale_retention_seconds)
         self.reconnect_max_seconds = float(reconnect_max_seconds)
+        self.moved_grace_seconds = float(moved_grace_seconds)
         self._wall = wall_clock
 
     def __repr__(self) -> str:
@@ -224,10 +236,15 @@ class _Link:
         # fetch that saw its name dropped meanwhile may hold the old version, not for L2.
         self._dropped: Counter[str] = Counter()
         self._clears = 0
+        # The last change (a number counting up) to each name's content, here or elsewhere: a
+        # composed prompt resolved from a part that changed meanwhile is not for L2 either.
+        self._changes = 0
+        self._changed_at: dict[str, int] = {}
         # Changes made while Redis was unreachable, sent once it answers again.
         self._unsent: list[Change] = []
         self._settled = anyio.Event()
         self._settled.set()
+        self._propagating = anyio.Lock()  # changes reach L2 in the order they were made
         self._tg: TaskGroup | None = None
         self._n: Counter[str] = Counter()  # SharedStats' counters, by field name
         self._pid = os.getpid()
@@ -339,12 +356,12 @@ class _Link:
         if change is None or change.origin == self.id:
             return
         if change.kind == "filled" or change.kind == "released":
-            for key in change.keys:
-                for event in self._waiters.get(key, ()):
-                    event.set()
+            self._wake(change.keys)
             return
         self._n["changes_received"] += 1
         self._note_dropped(change)
+        if change.kind == "invalidate":
+            self._wake(change.keys)  # a label's new version may have landed in L2
         if change.kind == "clear" and change.generation is not None \
                 and change.generation > self._names.generation:
             self._names = attrs.evolve(self._names, generation=change.generation)
@@ -352,6 +369,12 @@ class _Link:
             self._apply(change)
         except Exception:
             logger.exception("applying a change from the shared tier failed")
+
+    def _wake(self, keys: tuple[PromptKey, ...]) -> None:
+        """Wake this process's readers waiting on ``keys``: they read L2 again."""
+        for key in keys:
+            for event in self._waiters.get(key, ()):
+                event.set()
 
     # -- reads and fetches -----------------------------------------------------------------
 
@@ -432,10 +455,12 @@ class _Link:
         upstream: Callable[[], Awaitable[Prompt]], lock: str, token: str,
     ) -> Prompt | Fetched:
         self._n["upstream_fetches"] += 1
-        seen = (self._clears, self._dropped[key.name])
+        seen, since = (self._clears, self._dropped[key.name]), self._changes
         try:
             prompt = await upstream()
-            if (self._clears, self._dropped[key.name]) != seen:
+            if (self._clears, self._dropped[key.name]) != seen or any(
+                self._changed_at.get(part, 0) > since for part in parts_of(prompt)
+            ):
                 raise _Superseded
         except _Superseded:
             # Invalidated while fetching: the caller gets what was fetched, L2 does not.
@@ -467,6 +492,32 @@ class _Link:
         if release is not None:
             pipe.eval(_RELEASE, 1, *release)
         await self._call(pipe.execute())
+        member = dependent_member(names, key)
+        for part in sorted(parts_of(prompt)):  # what it includes: dropped when a part changes
+            pipe = self._redis.pipeline(transaction=False)  # the part's slot
+            pipe.sadd(names.dependents(part), member)
+            pipe.pexpire(names.dependents(part), px)
+            await self._call(pipe.execute())
+
+    async def _dependents(self, names: Names, changed: tuple[str, ...]) -> dict[str, list[str]]:
+        """The L2 values composed of ``changed`` names at any depth, by name, and the
+        dependents sets read (the values are about to be dropped, so are their entries)."""
+        found: dict[str, list[str]] = {}
+        queue, seen = list(changed), set(changed)
+        while queue:
+            name = queue.pop()
+            members = await self._call(self._redis.smembers(names.dependents(name)))
+            found.setdefault(name, []).append(names.dependents(name))
+            for raw in members or ():
+                parsed = parse_dependent_member(raw)
+                if parsed is None:
+                    continue
+                parent, key_id = parsed
+                found.setdefault(parent, []).append(names.value_of_id(parent, key_id))
+                if parent not in seen:
+                    seen.add(parent)
+                    queue.append(parent)
+        return found
 
     async def _release(self, key: PromptKey, lock: str, token: str) -> None:
         try:
@@ -497,8 +548,15 @@ class _Link:
             self._clears += 1
         elif change.kind == "invalidate":
             self._dropped.update({*change.names, *(key.name for key in change.keys)})
+            for name in change.changed:
+                self._changes += 1
+                self._changed_at[name] = self._changes
 
     async def _propagate(self, change: Change) -> None:
+        async with self._propagating:
+            await self._propagate_now(change)
+
+    async def _propagate_now(self, change: Change) -> None:
         try:
             if not self._up:
                 raise _Down
@@ -513,14 +571,25 @@ class _Link:
                     found.extend(names.value_of_id(name, i.decode() if isinstance(i, bytes)
                                                    else str(i)) for i in ids)
                     found.append(names.index(name))
+                for name, keys in (await self._dependents(names, change.changed)).items():
+                    by_name.setdefault(name, []).extend(keys)
                 written = {names.value(key) for key, _ in change.puts}
+                for key in change.moved:
+                    # A label left this version; the version it moved to comes next: readers
+                    # wait for that (as for a fetch in flight) rather than fetch it.
+                    if names.value(key) not in written:
+                        await self._call(self._redis.set(
+                            names.lock(key), _MOVED, nx=True,
+                            px=max(1, int(self._tier.moved_grace_seconds * 1000))))
                 for keys in by_name.values():  # one hash-tagged group per command
                     gone = [k for k in keys if k not in written]
                     if gone:
                         await self._call(self._redis.delete(*gone))
                 for key, prompt in change.puts:  # then the versions written through
-                    await self._write(names, key, prompt, self._put_ttl)
-                change = attrs.evolve(change, puts=())
+                    await self._write(names, key, prompt, self._put_ttl,
+                                      release=(names.lock(key), _MOVED))
+                self._wake(tuple(key for key, _ in change.puts))
+                change = attrs.evolve(change, puts=(), moved=())
             elif change.kind == "clear":
                 generation = await self._call(self._redis.incr(names.generation_key))
                 self._names = attrs.evolve(self._names, generation=int(generation))

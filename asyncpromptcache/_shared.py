@@ -8,6 +8,7 @@ Key layout (one hash tag per prompt name, so every command touches one slot of a
     apc:{<ns>.<gen>.<name>}:v:<key>        a prompt's value
     apc:{<ns>.<gen>.<name>}:l:<key>        the lock of its fetch
     apc:{<ns>.<gen>.<name>}:i              the set of <key> held for the name
+    apc:{<ns>.<gen>.<name>}:d              the values composed of the name: [parent, <key>]
     apc:<ns>:events                        the pub/sub channel of the namespace
 
 ``<ns>`` hashes the user's namespace, the Langfuse host and the public key (never the
@@ -26,6 +27,7 @@ from typing import Any, Literal
 
 import attrs
 
+from ._composition import parse_resolution_graph
 from ._errors import InvalidResponseError
 from ._keys import PromptKey
 from ._models import Prompt, parse_prompt
@@ -36,8 +38,11 @@ __all__ = [
     "SharedStats",
     "decode_change",
     "decode_value",
+    "dependent_member",
     "encode_change",
     "encode_value",
+    "parse_dependent_member",
+    "parts_of",
 ]
 
 _VALUE_TAG = b"apc1"
@@ -87,6 +92,37 @@ class Names:
 
     def value_of_id(self, name: str, key_id: str) -> str:
         return f"{self._tag(name)}:v:{key_id}"
+
+    def dependents(self, name: str) -> str:
+        """The set of values composed of ``name`` (members from ``dependent_member``)."""
+        return f"{self._tag(name)}:d"
+
+
+def parts_of(prompt: Prompt) -> frozenset[str]:
+    """The names ``prompt`` is composed of (its ``resolutionGraph``); none if unreadable."""
+    if prompt.resolution_graph is None:
+        return frozenset()
+    try:
+        parts = parse_resolution_graph(prompt.resolution_graph)
+    except InvalidResponseError:
+        return frozenset()
+    return frozenset(part.name for part in parts) - {prompt.name}
+
+
+def dependent_member(names: Names, key: PromptKey) -> str:
+    """A member of a part's dependents set: the including value's name and key id."""
+    return json.dumps([key.name, names.key_id(key)], ensure_ascii=False, separators=(",", ":"))
+
+
+def parse_dependent_member(raw: bytes | str) -> tuple[str, str] | None:
+    """``(name, key id)`` of a dependents-set member; ``None`` for anything else."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(data, list) and len(data) == 2 and all(isinstance(x, str) for x in data):
+        return data[0], data[1]
+    return None
 
 
 # -- the L2 value ----------------------------------------------------------------------------
@@ -161,6 +197,8 @@ class Change:
       and every prompt composed of a name in ``changed`` (at any depth). ``puts`` are the
       prompts the sender wrote through (a write, a webhook): written to L2 before the message
       is published, never sent in it, so a receiver's next read of those keys is an L2 hit;
+      ``moved`` (local too) are labels that left a version: until the version they moved to
+      is written through (or a short grace ends), readers wait for it instead of fetching;
     * ``clear``: drop everything (``generation`` is the namespace's new generation);
     * ``expire``: mark every entry stale, to revalidate (local only: never published);
     * ``filled``: ``keys`` were just written to L2 (wakes processes waiting on their fetch);
@@ -177,15 +215,17 @@ class Change:
     origin: str = ""
     changed: tuple[str, ...] = ()
     puts: tuple[tuple[PromptKey, Prompt], ...] = attrs.field(default=(), eq=False, repr=False)
+    moved: tuple[PromptKey, ...] = attrs.field(default=(), eq=False, repr=False)
 
     @classmethod
     def invalidate(
         cls, keys: Iterable[Hashable] = (), names: Iterable[str] = (),
         changed: Iterable[str] = (), puts: Iterable[tuple[PromptKey, Prompt]] = (),
+        moved: Iterable[PromptKey] = (),
     ) -> Change:
         return cls(
             "invalidate", tuple(PromptKey._make(k) for k in keys), tuple(names),  # type: ignore[arg-type]
-            changed=tuple(changed), puts=tuple(puts),
+            changed=tuple(changed), puts=tuple(puts), moved=tuple(moved),
         )
 
 

@@ -89,6 +89,9 @@ class _Worker:
         self.get: Callable[[str], Awaitable[int]] | None = None  # name -> version
         self.client: Any = None
         self._close: Callable[[], Awaitable[None]] | None = None
+        self.received: dict[str, int] = {}  # webhook answers by status, see ``listen``
+        self._receiver: Any = None
+        self.paused = False
 
     async def open(self, command: dict[str, Any]) -> dict[str, Any]:
         await self.close()
@@ -103,7 +106,7 @@ class _Worker:
         client = AsyncPromptClient(
             base_url=command["base_url"], public_key=PUBLIC_KEY, secret_key=SECRET_KEY,
             cache_ttl_seconds=command.get("ttl", 60.0), max_retries=0, shared=shared,
-            refresh_backoff_seconds=0.2,
+            refresh_backoff_seconds=0.2, webhook_secret=command.get("webhook_secret"),
         )
         await client.__aenter__()
         self.client = client
@@ -198,6 +201,66 @@ class _Worker:
         self.client.invalidate(command["name"])
         return {"at": started}
 
+    async def listen(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Start an aiohttp app on a free loopback port that hands Langfuse's webhooks to
+        ``client.handle_webhook`` (as examples/webhook_aiohttp.py does); its URL."""
+        from aiohttp import web
+
+        from asyncpromptcache import WebhookError, WebhookReplayError, WebhookSignatureError
+
+        async def receive(request: web.Request) -> web.Response:
+            body = await request.read()
+            status = 200
+            try:
+                if self.client is None or self.paused:
+                    status = 202  # taken, not applied (see ``pause``)
+                else:
+                    await self.client.handle_webhook(
+                        body, request.headers.get("x-langfuse-signature"))
+            except WebhookReplayError:
+                status = 208
+            except WebhookSignatureError:
+                status = 401
+            except WebhookError:
+                status = 400
+            self.received[str(status)] = self.received.get(str(status), 0) + 1
+            return web.Response(status=status)
+
+        app = web.Application()
+        app.router.add_post("/webhook", receive)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self._receiver = runner
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return {"url": f"http://127.0.0.1:{port}/webhook"}
+
+    async def pause(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Answer webhooks without applying them (``paused``: true) or apply them again."""
+        self.paused = bool(command["paused"])
+        return {}
+
+    async def webhooks(self, command: dict[str, Any]) -> dict[str, Any]:
+        """The receiver's answers so far, by status (200 applied, 401 bad signature...)."""
+        return {"received": dict(self.received)}
+
+    async def text(self, command: dict[str, Any]) -> dict[str, Any]:
+        """``get_prompt(name)``: its version and text."""
+        prompt = await self.client.get_prompt(command["name"])
+        return {"version": prompt.version, "text": prompt.prompt}
+
+    async def create(self, command: dict[str, Any]) -> dict[str, Any]:
+        """``create_prompt`` of a text prompt through this worker's client."""
+        created = await self.client.create_prompt(
+            name=command["name"], prompt=command["prompt"], labels=command.get("labels"))
+        return {"version": created.version}
+
+    async def stats(self, command: dict[str, Any]) -> dict[str, Any]:
+        """The client's shared-tier counters."""
+        shared = self.client.stats().shared
+        return {"stats": None if shared is None else attrs.asdict(shared)}
+
     async def hit_cost(self, command: dict[str, Any]) -> dict[str, Any]:
         """ns per awaited fresh hit (best of ``rounds``), after one warm-up call."""
         assert self.client is not None
@@ -229,6 +292,8 @@ async def _serve() -> None:
             print(json.dumps(reply), flush=True)
     finally:
         await worker.close()
+        if worker._receiver is not None:
+            await worker._receiver.cleanup()
 
 
 if __name__ == "__main__":

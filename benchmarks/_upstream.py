@@ -22,12 +22,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 
 
-def spawn_module(module: str) -> subprocess.Popen[str]:
-    """``python -m module`` in a child process that can import this repo, talking over pipes."""
+def spawn_module(module: str, *args: str) -> subprocess.Popen[str]:
+    """``python -m module *args`` in a child process that can import this repo, talking over
+    pipes."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.Popen(
-        [sys.executable, "-m", module], cwd=REPO, env=env,
+        [sys.executable, "-m", module, *args], cwd=REPO, env=env,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
 
@@ -58,14 +59,20 @@ def bench_drafts(count: int = SEED_COUNT) -> list[dict[str, Any]]:
 
 
 class Upstream:
-    """The server in a child process. ``with Upstream() as upstream: upstream.base_url``."""
+    """The server in a child process. ``with Upstream() as upstream: upstream.base_url``.
 
-    def __init__(self) -> None:
+    With ``webhook_url`` and ``webhook_secret`` it sends Langfuse's signed prompt-version
+    webhooks there (``serve --webhook-url --webhook-secret``)."""
+
+    def __init__(
+        self, *, webhook_url: str | None = None, webhook_secret: str | None = None
+    ) -> None:
         self.base_url = ""
         self._proc: subprocess.Popen[str] | None = None
+        self._args = [] if webhook_url is None else [webhook_url, webhook_secret or ""]
 
     def __enter__(self) -> Upstream:
-        self._proc = spawn_module("benchmarks._upstream")
+        self._proc = spawn_module("benchmarks._upstream", *self._args)
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline()
         if not line:
@@ -154,14 +161,15 @@ class Upstream:
 # -- the child process -------------------------------------------------------------------------
 
 
-async def _serve() -> None:
+async def _serve(webhook_url: str | None, webhook_secret: str | None) -> None:
     from asyncpromptcache.server import PromptDraft, PromptStore, run_server
 
     store = PromptStore(":memory:")
     try:
         await store.import_dir(EXAMPLES)
         await store.create_many([PromptDraft.from_json(d) for d in bench_drafts()])
-        async with run_server(store=store, host="127.0.0.1") as server:
+        async with run_server(store=store, host="127.0.0.1", webhook_url=webhook_url,
+                              webhook_secret=webhook_secret) as server:
             print(json.dumps({"base_url": server.base_url}), flush=True)
             await asyncio.to_thread(sys.stdin.read)  # until the parent closes our stdin
     finally:
@@ -169,4 +177,5 @@ async def _serve() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(_serve())
+    _url, _secret = (sys.argv[1], sys.argv[2]) if len(sys.argv) == 3 else (None, None)
+    asyncio.run(_serve(_url, _secret))

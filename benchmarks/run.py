@@ -34,6 +34,7 @@ from ._report import (
     write_json,
 )
 from ._upstream import Upstream
+from .propagation import propagation, propagation_targets
 from .response_stream import response_stream
 from .scenarios import (
     ASYNC_SCENARIOS,
@@ -49,10 +50,11 @@ from .shared_tier import shared, shared_targets
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The order of the report; "sync" runs 1b and 7 together.
 ORDER = ("hit_async", "hit_instructions", "hit_sync", "stampede", "refresh", "outage", "web_app",
-         "memory", "sync_threads", "shared", "response_stream")
+         "memory", "sync_threads", "shared", "response_stream", "propagation")
 CHOICES = ("hit_async", "hit_instructions", "sync", "stampede", "refresh", "outage", "web_app",
-           "memory", "shared", "response_stream")
-ASYNC_SCENARIOS = {**ASYNC_SCENARIOS, "response_stream": response_stream}  # issue 12
+           "memory", "shared", "response_stream", "propagation")
+ASYNC_SCENARIOS = {**ASYNC_SCENARIOS, "response_stream": response_stream,  # issue 12
+                   "propagation": propagation}  # issue 11
 
 
 def _load() -> tuple[float, float, float]:
@@ -168,7 +170,8 @@ def run(smoke: bool, only: set[str], out: Path, log: Any = print) -> dict[str, A
         load_note += (" Absolute figures are noisier for it; ratios are measured within the "
                       "same rounds.")
     ordered = {key: results[key] for key in ORDER if key in results}
-    targets = evaluate_targets(ordered, load_note) + shared_targets(ordered, load_note)
+    targets = (evaluate_targets(ordered, load_note) + shared_targets(ordered, load_note)
+               + propagation_targets(ordered, load_note))
     argv = ["python", "-m", "benchmarks"] + (["--smoke"] if smoke else [])
     if only:
         argv += ["--only", ",".join(sorted(only))]

@@ -30,7 +30,7 @@ def test_smoke_run_writes_every_result(tmp_path: Path) -> None:
     scenarios = document["scenarios"]
     assert set(scenarios) == {
         "hit_async", "hit_instructions", "hit_sync", "stampede", "refresh", "outage", "web_app",
-        "memory", "sync_threads", "shared", "response_stream",
+        "memory", "sync_threads", "shared", "response_stream", "propagation",
     }
     for scenario in scenarios.values():
         assert scenario["title"] in markdown
@@ -67,6 +67,14 @@ def test_smoke_run_writes_every_result(tmp_path: Path) -> None:
     assert shared["invalidation_ms"]["missed"] == 0
     assert shared["redis_killed"]["caller_errors_while_down"] == 0
     assert shared["redis_killed"]["requests_for_a_new_prompt_after_restart"] == 1
+
+    # A label moved on the server reaches every worker, from Redis: no upstream GET for it.
+    moves = scenarios["propagation"]["data"]
+    hook = moves["webhook"]
+    assert hook["every_worker_ms"]["n"] == moves["sizes"]["moves"]
+    assert hook["missed"] == 0 and hook["webhooks_not_applied"] == 0
+    assert hook["upstream_gets_for_new_versions"] == 0
+    assert moves["ttl_only"]["missed"] == 0
 
     memory = scenarios["memory"]["data"]
     assert memory["per_entry"][OURS]["entries"] == 2000

@@ -43,7 +43,7 @@ from ._errors import (
     PromptCacheError,
     PromptNotFoundError,
 )
-from ._keys import PromptKey, make_key
+from ._keys import DEFAULT_LABEL, PromptKey, make_key
 from ._models import ChatPrompt, Prompt, TextPrompt
 from ._shared import SharedStats
 
@@ -231,9 +231,14 @@ class AsyncPromptCache:
         # the clock reading it took anyway; the notes are applied to the LRU order, oldest
         # reading first, before any insertion can evict.
         self._hot: dict[Hashable, _Entry] = {}
+        # Default-label entries again, by the name alone: the hit path looks a name up without
+        # building a key tuple (a str caches its hash). A str never equals a tuple, so nothing
+        # but a default-label name finds an entry here.
+        self._by_name: dict[str, _Entry] = {}
         self._touched: dict[_Entry, float] = {}
-        # What hit_path() hands out: the index, or (inline_hits=False) a dict that stays empty.
+        # What hit_path() hands out: the indexes, or (inline_hits=False) dicts that stay empty.
         self._hit_index: dict[Hashable, _Entry] = self._hot if inline_hits else {}
+        self._hit_by_name: dict[str, _Entry] = self._by_name if inline_hits else {}
         self._inflight: dict[Hashable, _Flight] = {}
         self._info: dict[Hashable, _KeyInfo] = {}
         # Recent failures of keys with nothing servable: key -> the error, raised again.
@@ -481,7 +486,7 @@ class AsyncPromptCache:
         entry = _Entry(key, prompt, fetched_at, expires, expires + self._max_stale)
         self._apply_touches()
         self._store[key] = entry  # may evict the least recently used key first
-        self._hot[key] = entry
+        self._index(key, entry)
         if self._negative is not None:
             self._negative.pop(key, None)
         info = self._info.get(key)
@@ -504,6 +509,12 @@ class AsyncPromptCache:
             if key in store:
                 store[key]  # LRUCache.__getitem__ marks the key as recently used
 
+    def _index(self, key: Hashable, entry: _Entry) -> None:
+        self._hot[key] = entry
+        name = _default_label_name(key)
+        if name is not None:
+            self._by_name[name] = entry
+
     def _evicted(self, key: Hashable) -> None:
         self._evictions += 1
         self._forget(key)
@@ -512,6 +523,9 @@ class AsyncPromptCache:
         entry = self._hot.pop(key, None)
         if entry is not None:
             self._touched.pop(entry, None)
+            name = _default_label_name(key)
+            if name is not None:
+                self._by_name.pop(name, None)
         self._info.pop(key, None)
 
     def _remove(self, key: Hashable) -> None:
@@ -536,7 +550,7 @@ class AsyncPromptCache:
         for key, entry in entries:
             self._apply_touches()
             self._store[key] = entry  # may evict the least recently used key first
-            self._hot[key] = entry
+            self._index(key, entry)
             count += 1
         return count
 
@@ -574,6 +588,7 @@ class AsyncPromptCache:
         self._inflight.clear()
         self._store.clear()
         self._hot.clear()
+        self._by_name.clear()
         self._touched.clear()
         self._info.clear()
         if self._negative is not None:
@@ -593,7 +608,7 @@ class AsyncPromptCache:
                            now + (entry.stale_until - entry.expires_at))
             self._touched.pop(entry, None)
             self._store[key] = stale  # replaces in place: no eviction
-            self._hot[key] = stale
+            self._index(key, stale)
             marked += 1
         return marked
 
@@ -610,18 +625,23 @@ class AsyncPromptCache:
         """Fetches and refreshes running now."""
         return len(self._inflight)
 
-    def hit_path(self) -> tuple[dict[Hashable, Any], dict[Any, float], Clock]:
-        """``(index, recency_notes, clock)`` for a caller that inlines the fresh-hit check.
+    def hit_path(
+        self,
+    ) -> tuple[dict[Hashable, Any], dict[str, Any], dict[Any, float], Clock]:
+        """``(index, by_name, recency_notes, clock)`` for a caller that inlines the fresh-hit
+        check.
 
-        A hit is ``entry = index.get(key)``, fresh while ``now = clock()`` is below
+        A hit is ``entry = index.get(key)``, or ``entry = by_name.get(name)`` for the default
+        label (``by_name`` holds those entries under the name string, which never equals a
+        key tuple), fresh while ``now = clock()`` is below
         ``entry.expires_at``, serving ``entry.prompt``; the caller then sets
         ``recency_notes[entry] = now`` and
-        reports its hit count through ``stats(extra_hits=...)``. Both dicts live as long as
+        reports its hit count through ``stats(extra_hits=...)``. The dicts live as long as
         the cache. The async client inlines this because a method call here measured as a
         quarter of the whole hit cost. With ``inline_hits=False`` (a client whose default TTL
         is 0, so that its calls fetch as ``ttl=0`` calls do) the index stays empty.
         """
-        return self._hit_index, self._touched, self._clock
+        return self._hit_index, self._hit_by_name, self._touched, self._clock
 
     def stats(self, *, extra_hits: int = 0) -> CacheStats:
         """Counters and per-key state; ``extra_hits`` adds hits counted by an inlined hit path.
@@ -679,6 +699,14 @@ def _describe(key: Any) -> str:
         return PromptKey._make(key).describe()
     except TypeError:
         return repr(key)
+
+
+def _default_label_name(key: Any) -> str | None:
+    """The name a key of the default label is indexed by as well; ``None`` for other keys."""
+    if (isinstance(key, tuple) and len(key) == 3 and key[1] == DEFAULT_LABEL and key[2] is None
+            and isinstance(key[0], str)):
+        return key[0]
+    return None
 
 
 def _name_of(key: Any) -> str | None:

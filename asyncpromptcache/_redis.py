@@ -92,8 +92,9 @@ class RedisTier:
     ``shared=`` to ``AsyncPromptClient`` or ``PromptClient``.
 
     * ``url_or_client``: ``redis://``, ``rediss://`` or ``unix://`` URL, or your own
-      ``redis.asyncio`` client (``Redis``, ``RedisCluster``, one from ``Sentinel``), which
-      is never closed by the tier. Needs ``pip install 'asyncpromptcache[redis]'``.
+      ``redis.asyncio`` client (``Redis``, ``RedisCluster`` from redis-py 8 on, one from
+      ``Sentinel``), which is never closed by the tier. Needs
+      ``pip install 'asyncpromptcache[redis]'``.
     * ``namespace``: separates applications sharing one Redis; entries are namespaced by it,
       the Langfuse host and the public key as well.
     * ``signing_key``: values are HMAC-signed with it, and unsigned or wrongly signed values
@@ -131,9 +132,11 @@ class RedisTier:
                     f"got {_redacted(url_or_client)!r}"
                 )
         elif not callable(getattr(url_or_client, "pubsub", None)):
+            kind = type(url_or_client).__name__
             raise ConfigurationError(
-                f"shared: expected a Redis URL or a redis.asyncio client, got "
-                f"{type(url_or_client).__name__}"
+                f"shared: expected a Redis URL or a redis.asyncio client, got {kind}"
+                + (" without pubsub(): redis-py's asyncio RedisCluster has it from "
+                   "redis-py 8.0" if "Cluster" in kind else "")
             )
         if not isinstance(namespace, str) or not namespace:
             raise ConfigurationError(f"namespace must be a non-empty string, got {namespace!r}")
@@ -316,8 +319,13 @@ class _Link(_Connection):
         while True:
             pubsub = None
             try:
-                pubsub = self._redis.pubsub()
                 with anyio.fail_after(max(self._timeout, _CONNECT_GRACE)):
+                    # An asyncio RedisCluster maps its slots on its first command, and its
+                    # pubsub() needs that map: initialize first (a no-op on other clients).
+                    initialize = getattr(self._redis, "initialize", None)
+                    if initialize is not None:
+                        await initialize()
+                    pubsub = self._redis.pubsub()
                     await pubsub.subscribe(self._names.channel)
                     generation = await self._redis.get(self._names.generation_key)
                 self._names = attrs.evolve(self._names, generation=_generation(generation))

@@ -170,7 +170,8 @@ class PromptClient:
     def _bind(self, client: AsyncPromptClient) -> None:
         """Point the hit path at ``client``'s store, with hit counts starting from zero."""
         self._hot: dict[Hashable, Any]
-        self._hot, self._touched, self._clock = client.cache.hit_path()
+        self._by_name: dict[str, Any]
+        self._hot, self._by_name, self._touched, self._clock = client.cache.hit_path()
         self._hit_cells: dict[int, list[int]] = {}
         self._hits = _HitCell(self._hit_cells)
 
@@ -206,7 +207,7 @@ class PromptClient:
             # From a fallback or a source: the loop can end only once this returns. Ask it to,
             # without the lock (a close() in another thread may hold it, joining this thread).
             self._closed = True
-            self._hot = {}
+            self._hot, self._by_name = {}, {}
             _clients.discard(self)
             loop.stop_soon()
             return
@@ -214,7 +215,7 @@ class PromptClient:
             if self._closed:
                 return
             self._closed = True
-            self._hot = {}  # every later call misses and meets the closed state
+            self._hot, self._by_name = {}, {}  # every later call misses, meets the closed state
             _clients.discard(self)
             loop = self._loop
             if loop is not None and loop.pid == os.getpid():
@@ -362,17 +363,18 @@ class PromptClient:
         """
         if cache_ttl_seconds is None:
             # The hit path, as in AsyncPromptClient.get_prompt: no lock, no hop to the loop.
-            key = (
-                (name, "production" if label is None else label, None)
-                if version is None
-                # Only an int may hit: version=True or 1.0 hash equal to version 1.
-                else (name, label, version) if version.__class__ is int else None
-            )
             try:
-                entry = self._hot.get(key)
+                entry = (
+                    self._by_name.get(name) if label is None and version is None
+                    else self._hot.get((name, label, None)) if version is None
+                    # Only an int may hit: version=True or 1.0 hash equal to version 1.
+                    else self._hot.get((name, label, version)) if version.__class__ is int
+                    else None
+                )
             except TypeError:  # an unhashable argument: the slow path names the mistake
                 entry = None
-            if entry is not None and (now := self._clock()) < entry.expires_at \
+            clock = self._clock  # not self._clock(): see AsyncPromptClient.get_prompt
+            if entry is not None and (now := clock()) < entry.expires_at \
                     and entry.type == type:
                 self._touched[entry] = now
                 self._hits.cell[0] += 1

@@ -40,7 +40,7 @@ from asyncpromptcache import (
 )
 from asyncpromptcache.testing import FakeClock, StaticSource
 
-from . import sync_hit
+from . import hit_instructions, sync_hit
 from ._load import ERROR, OK, UNFINISHED, Load
 from ._loadgen import LoadGenerator
 from ._peers import (
@@ -888,6 +888,7 @@ def silence_loggers() -> None:
 
 ASYNC_SCENARIOS: dict[str, Callable[[Context], Coroutine[Any, Any, Result]]] = {
     "hit_async": hit_async,
+    "hit_instructions": hit_instructions.scenario,
     "stampede": stampede,
     "refresh": refresh_window,
     "outage": outage,

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from benchmarks import hit_path, run
+from benchmarks import hit_instructions, hit_path, run
 
 OURS = "asyncpromptcache AsyncPromptClient"
 
@@ -28,8 +29,8 @@ def test_smoke_run_writes_every_result(tmp_path: Path) -> None:
     assert document["meta"]["machine"]["python"]
     scenarios = document["scenarios"]
     assert set(scenarios) == {
-        "hit_async", "hit_sync", "stampede", "refresh", "outage", "web_app", "memory",
-        "sync_threads", "shared", "response_stream", "propagation",
+        "hit_async", "hit_instructions", "hit_sync", "stampede", "refresh", "outage", "web_app",
+        "memory", "sync_threads", "shared", "response_stream", "propagation",
     }
     for scenario in scenarios.values():
         assert scenario["title"] in markdown
@@ -79,6 +80,18 @@ def test_smoke_run_writes_every_result(tmp_path: Path) -> None:
     assert memory["per_entry"][OURS]["entries"] == 2000
     assert len(memory["rss_bytes"][OURS]) == 5  # a sample at the start and every 2,500 calls
 
+    # Instructions per hit under callgrind, or a note saying valgrind is missing.
+    instructions = scenarios["hit_instructions"]["data"]
+    if shutil.which("valgrind") is None:
+        assert "valgrind" in instructions["skipped"]
+    else:
+        assert set(instructions["x_floor"]) >= {
+            hit_instructions.FLOOR, hit_instructions.OURS, hit_instructions.LABEL,
+            hit_instructions.VERSION,
+        }
+        assert instructions["x_floor"][hit_instructions.FLOOR] == 1.0
+        assert all(n > 0 for n in instructions["instructions"].values())
+
     # One upstream stream for 100 identical concurrent streams; every consumer got its chunks.
     response = scenarios["response_stream"]["data"]["peers"]["asyncpromptcache ResponseCache"]
     assert [r["upstream_calls"] for r in response["runs"]] == [1]
@@ -95,6 +108,7 @@ def test_smoke_run_writes_every_result(tmp_path: Path) -> None:
     targets = {t["target"] for t in document["targets"]}
     assert "100 cold callers of 1 key -> exactly 1 upstream request" in targets
     assert "zero caller errors for cached keys through the outage (503, then a hang)" in targets
+    assert hit_instructions.target(instructions)["target"] in targets
 
     if importlib.util.find_spec("matplotlib") is not None:
         charts = sorted(p.name for p in tmp_path.glob("*.png"))
@@ -102,3 +116,14 @@ def test_smoke_run_writes_every_result(tmp_path: Path) -> None:
             "hit_cost.png", "memory.png", "outage.png", "refresh_window.png",
             "stampede_and_web_app.png", "sync_threads.png",
         ]
+
+
+def test_hit_instructions_skips_itself_without_valgrind(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    data = hit_instructions.measure(10)
+    assert "valgrind is not installed" in data["skipped"]
+    assert hit_instructions.target(data)["met"] is None
+    hit_instructions.report(data)
+    assert "valgrind is not installed" in capsys.readouterr().out

@@ -104,6 +104,8 @@ class MCaller:
     key: PromptKey
     ttl: float | None
     fallback: str | None
+    # Asks for the default label by the name alone (the hit path's by-name index).
+    by_name: bool = False
     expected: Outcome | None = None  # None: still waiting
     task: asyncio.Task[None] | None = None
 
@@ -160,7 +162,8 @@ class CacheMachine(RuleBasedStateMachine):
     async def _call(self, cid: int, caller: MCaller) -> None:
         try:
             prompt = await self.client.get_prompt(
-                caller.key.name, label=caller.key.label, cache_ttl_seconds=caller.ttl,
+                caller.key.name, label=None if caller.by_name else caller.key.label,
+                cache_ttl_seconds=caller.ttl,
                 fallback=caller.fallback,
             )
         except asyncio.CancelledError:
@@ -249,13 +252,15 @@ class CacheMachine(RuleBasedStateMachine):
             self.get(key, KINDS[0], "ok")
 
     @rule(key=st.sampled_from(KEYS), kind=st.sampled_from(KINDS),
-          then=st.sampled_from([None, None, "ok", "fail"]))
+          then=st.sampled_from([None, None, "ok", "fail"]), by_name=st.booleans())
     def get(self, key: PromptKey, kind: tuple[float | None, str | None],
-            then: str | None) -> None:
-        """A call; ``then``: resolve at once the fetch it started (a fast upstream), if any."""
+            then: str | None, by_name: bool = False) -> None:
+        """A call; ``then``: resolve at once the fetch it started (a fast upstream), if any;
+        ``by_name``: a default-label key asked for without its label."""
         started = self.rids
         cid = len(self.callers)
-        caller = self.callers[cid] = MCaller(key, kind[0], kind[1])
+        caller = self.callers[cid] = MCaller(
+            key, kind[0], kind[1], by_name=by_name and key.label == "production")
         now = self.clock()
         ttl = TTL if caller.ttl is None else caller.ttl
         entry = self.entries.get(key)

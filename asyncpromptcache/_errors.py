@@ -61,6 +61,8 @@ __all__ = [
     "ResponseError",
     "ResponseFailedError",
     "ServerError",
+    "SharedStreamError",
+    "SharedStreamLostError",
     "SlowConsumerError",
     "TemplateError",
     "TransportError",
@@ -267,3 +269,13 @@ class UpstreamTransportError(UpstreamError):
 
 class UpstreamTimeoutError(UpstreamTransportError):
     """No data from the LLM endpoint within the producer's timeout."""
+
+
+class SharedStreamError(UpstreamError):
+    """The answer this process followed from another process's stream failed there (the
+    shared tier of the response cache)."""
+
+
+class SharedStreamLostError(SharedStreamError):
+    """The other process streaming this answer vanished (its claim expired with no new
+    chunks), or the shared tier stopped answering while this process followed it."""

@@ -163,8 +163,9 @@ class RedisTier:
         signed = ", signed" if self._signing_key is not None else ""
         return f"RedisTier({target!r}, namespace={self.namespace!r}{signed})"
 
-    def _connect(self) -> tuple[Any, bool]:
-        """A redis.asyncio client for the running loop, and whether the link owns it."""
+    def _connect(self, read_timeout: float | None = None) -> tuple[Any, bool]:
+        """A redis.asyncio client for the running loop, and whether the link owns it
+        (``read_timeout``: a longer socket timeout, for blocking reads)."""
         if not isinstance(self._target, str):
             return self._target, False
         from redis.asyncio import Redis
@@ -174,7 +175,7 @@ class RedisTier:
         # No silent retries: a lost connection must be seen (a re-subscription may have
         # missed messages), and the link has its own backoff.
         client = Redis.from_url(
-            self._target, socket_timeout=self.timeout_seconds,
+            self._target, socket_timeout=read_timeout or self.timeout_seconds,
             socket_connect_timeout=self.timeout_seconds, retry=Retry(NoBackoff(), 0),
             health_check_interval=10,
         )
@@ -212,53 +213,22 @@ def resolve_shared(
     )
 
 
-class _Link:
-    """One client's connection to the tier, living in that client's event loop."""
+class _Connection:
+    """A tier's redis.asyncio client in one event loop: every command under the tier's
+    timeout, and the health state (``up``, ``down``) with its counters. Shared by the prompt
+    tier's ``_Link`` and the response cache's Redis side (``response/_redis.py``)."""
 
-    def __init__(
-        self, tier: RedisTier, names: Names, max_stale: float | None,
-        apply: Callable[[Change], int], put_ttl: float = 60.0,
-    ) -> None:
+    def __init__(self, tier: RedisTier) -> None:
         self._tier = tier
-        self._put_ttl = put_ttl  # how long a prompt written through (not fetched) stays fresh
-        self._names = names
-        self._apply = apply
         self._timeout = tier.timeout_seconds
-        self._retain = tier.stale_retention_seconds if max_stale is None else max_stale
-        self._wall = tier._wall
-        self._sign = tier._signing_key
-        self.id = secrets.token_hex(8)
         self._redis: Any = None
         self._owns = False
         self._up = False
         self._state = "starting"
-        self._ever_up = False
-        self._waiters: dict[PromptKey, list[anyio.Event]] = {}
-        self._pending = 0
-        # How often each name was invalidated (and the cache cleared), here or elsewhere: a
-        # fetch that saw its name dropped meanwhile may hold the old version, not for L2.
-        self._dropped: Counter[str] = Counter()
-        self._clears = 0
-        # The last change (a number counting up) to each name's content, here or elsewhere: a
-        # composed prompt resolved from a part that changed meanwhile is not for L2 either.
-        self._changes = 0
-        self._changed_at: dict[str, int] = {}
-        # Changes made while Redis was unreachable, sent once it answers again.
-        self._unsent: list[Change] = []
-        self._settled = anyio.Event()
-        self._settled.set()
-        self._propagating = anyio.Lock()  # changes reach L2 in the order they were made
-        self._tg: TaskGroup | None = None
         self._n: Counter[str] = Counter()  # SharedStats' counters, by field name
-        self._pid = os.getpid()
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    async def start(self, tg: TaskGroup) -> None:
-        """Connect in ``tg``; returns once subscribed, or after a short grace (then L1-only)."""
-        self._redis, self._owns = self._tier._connect()
-        self._tg = tg
-        await tg.start(self._run)
+    def stats(self) -> SharedStats:
+        return SharedStats(state=self._state, **self._n)
 
     async def aclose(self) -> None:
         self._up = False
@@ -268,11 +238,6 @@ class _Link:
                     await self._redis.aclose()
                 except Exception:  # closing a broken connection may fail; nothing to do
                     logger.debug("closing the shared tier's connection failed", exc_info=True)
-
-    def stats(self) -> SharedStats:
-        return SharedStats(state=self._state, **self._n)
-
-    # -- health ----------------------------------------------------------------------------
 
     def _trouble(self, exc: BaseException) -> None:
         self._n["redis_errors"] += 1
@@ -292,14 +257,60 @@ class _Link:
             self._up = True
             self._state = "up"
 
-    async def _call(self, awaitable: Awaitable[Any]) -> Any:
-        """One Redis command under the tier's timeout; trouble marks the tier down."""
+    async def _call(self, awaitable: Awaitable[Any], bound: float | None = None) -> Any:
+        """One Redis command under the tier's timeout (or ``bound`` seconds, for a blocking
+        read); trouble marks the tier down."""
         try:
-            with anyio.fail_after(self._timeout):
+            with anyio.fail_after(bound or self._timeout):
                 return await awaitable
         except Exception as exc:
             self._trouble(exc)
             raise _Down from exc
+
+
+class _Link(_Connection):
+    """One client's connection to the tier, living in that client's event loop."""
+
+    def __init__(
+        self, tier: RedisTier, names: Names, max_stale: float | None,
+        apply: Callable[[Change], int], put_ttl: float = 60.0,
+    ) -> None:
+        super().__init__(tier)
+        self._put_ttl = put_ttl  # how long a prompt written through (not fetched) stays fresh
+        self._names = names
+        self._apply = apply
+        self._retain = tier.stale_retention_seconds if max_stale is None else max_stale
+        self._wall = tier._wall
+        self._sign = tier._signing_key
+        self.id = secrets.token_hex(8)
+        self._ever_up = False
+        self._waiters: dict[PromptKey, list[anyio.Event]] = {}
+        self._pending = 0
+        # How often each name was invalidated (and the cache cleared), here or elsewhere: a
+        # fetch that saw its name dropped meanwhile may hold the old version, not for L2.
+        self._dropped: Counter[str] = Counter()
+        self._clears = 0
+        # The last change (a number counting up) to each name's content, here or elsewhere: a
+        # composed prompt resolved from a part that changed meanwhile is not for L2 either.
+        self._changes = 0
+        self._changed_at: dict[str, int] = {}
+        # Changes made while Redis was unreachable, sent once it answers again.
+        self._unsent: list[Change] = []
+        self._settled = anyio.Event()
+        self._settled.set()
+        self._propagating = anyio.Lock()  # changes reach L2 in the order they were made
+        self._tg: TaskGroup | None = None
+        self._pid = os.getpid()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, tg: TaskGroup) -> None:
+        """Connect in ``tg``; returns once subscribed, or after a short grace (then L1-only)."""
+        self._redis, self._owns = self._tier._connect()
+        self._tg = tg
+        await tg.start(self._run)
+
+    # -- health ----------------------------------------------------------------------------
 
     async def _run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Subscribe, apply what others publish, reconnect with backoff. Never raises."""

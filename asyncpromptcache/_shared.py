@@ -132,6 +132,27 @@ def _sign(signing_key: bytes, body: bytes) -> bytes:
     return hmac.new(signing_key, body, hashlib.sha256).hexdigest().encode("ascii")
 
 
+def seal(tag: bytes, body: bytes, signing_key: bytes | None) -> bytes:
+    """``<tag>.<hmac-sha256 hex of body, or ->.<body>``."""
+    signature = _sign(signing_key, body) if signing_key is not None else b"-"
+    return b".".join((tag, signature, body))
+
+
+def unseal(raw: bytes, tag: bytes, signing_key: bytes | None, what: str) -> bytes:
+    """The body of a ``seal``-ed value, or ``InvalidResponseError`` if it is not one with
+    ``tag``, or (with a signing key) unsigned or wrongly signed."""
+    found, _, rest = raw.partition(b".")
+    signature, _, body = rest.partition(b".")
+    if found != tag or not body:
+        raise InvalidResponseError(f"{what}: not in this SDK's format", field=None)
+    if signing_key is not None:
+        if signature == b"-":
+            raise InvalidResponseError(f"{what}: unsigned", field=None)
+        if not hmac.compare_digest(signature, _sign(signing_key, body)):
+            raise InvalidResponseError(f"{what}: wrong signature", field=None)
+    return body
+
+
 def encode_value(
     key: PromptKey, prompt: Prompt, fetched_at: float, signing_key: bytes | None
 ) -> bytes:
@@ -140,8 +161,7 @@ def encode_value(
         {"key": list(key), "fetched_at": fetched_at, "prompt": _wire(prompt)},
         ensure_ascii=False, sort_keys=True, separators=(",", ":"),
     ).encode("utf-8")
-    signature = _sign(signing_key, body) if signing_key is not None else b"-"
-    return b".".join((_VALUE_TAG, signature, body))
+    return seal(_VALUE_TAG, body, signing_key)
 
 
 def _wire(prompt: Prompt) -> dict[str, Any]:
@@ -159,15 +179,7 @@ def decode_value(
     """The prompt and its wall-clock fetch time, or ``InvalidResponseError`` saying why the
     value must not be served: truncated, corrupt, foreign (another key's or format's),
     unsigned or wrongly signed when a signing key is set."""
-    tag, _, rest = raw.partition(b".")
-    signature, _, body = rest.partition(b".")
-    if tag != _VALUE_TAG or not body:
-        raise InvalidResponseError("shared value: not in this SDK's format", field=None)
-    if signing_key is not None:
-        if signature == b"-":
-            raise InvalidResponseError("shared value: unsigned", field=None)
-        if not hmac.compare_digest(signature, _sign(signing_key, body)):
-            raise InvalidResponseError("shared value: wrong signature", field=None)
+    body = unseal(raw, _VALUE_TAG, signing_key, "shared value")
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:

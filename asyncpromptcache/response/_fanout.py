@@ -14,7 +14,7 @@ leaves, ``on_abandon`` decides: ``"finish"`` lets the upstream run to the end an
 An answer that grows past the store's cap is not stored and stops taking new consumers (they
 start their own stream), and the chunks every consumer has taken are released as it goes.
 
-Across processes (``SharedFlights``, not implemented here): the cache wraps the producer it
+Across processes (``SharedFlights``, in Redis: ``_redis.py``): the cache wraps the producer it
 hands to a flight, so a flight's upstream is either the real producer teed to a
 ``FlightPublisher`` (this process claimed the key) or a follower of another process's flight.
 Local consumers fan out from that one source either way.

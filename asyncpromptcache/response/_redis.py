@@ -1,0 +1,430 @@
+"""The response cache's shared tier in Redis: completed answers for every process
+(``RedisResponses`` as a ``ResponseStore``, behind this process's ``MemoryStore`` in a
+``TieredStore``) and answers in flight joined across processes (``RedisResponses`` as
+``SharedFlights``).
+
+An answer in flight: the process that takes the key's lock (``SET NX PX`` with a random
+token, kept alive while it streams, released by a Lua compare-and-delete) streams upstream
+and ``XADD``\\s each chunk to the answer's Redis stream, then an end entry (done or failed).
+Other processes ``XREAD BLOCK`` that stream from its first entry: no polling. A follower
+that sees neither a new entry nor the lock for a whole block gives up with
+``SharedStreamLostError`` and claims the key itself. The owner stores a completed answer
+before it writes the end entry and releases the lock, so a request arriving meanwhile either
+joins the stream or finds the answer; the ended stream lingers for slow followers, then
+expires.
+
+Any Redis trouble marks the tier down (reads are misses, writes are skipped, claims stream
+locally) and it is tried again after a backoff; nothing here raises a Redis error to a
+caller. The connection handling is the prompt tier's (``_Connection`` in ``.._redis``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .._errors import (
+    ConfigurationError,
+    InvalidResponseError,
+    SharedStreamError,
+    SharedStreamLostError,
+)
+from .._redis import _RELEASE, RedisTier, _Connection, _Down
+from ._keys import Chunk
+from ._store import ResponseStore, StoredAnswer, StoreStats
+from ._wire import (
+    End,
+    ResponseNames,
+    decode_answer,
+    decode_entry,
+    encode_answer,
+    encode_chunk_entry,
+    encode_end_entry,
+)
+
+__all__ = ["RedisResponses", "TieredStore", "shared_responses"]
+
+logger = logging.getLogger("asyncpromptcache")
+
+# Keep the lock (and the stream) alive: only while the token is still ours.
+_EXTEND = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "redis.call('pexpire', KEYS[1], ARGV[2]) redis.call('pexpire', KEYS[2], ARGV[2]) "
+    "return 1 else return 0 end"
+)
+_FIELD = b"e"
+
+
+def shared_responses(shared: Any, **options: Any) -> RedisResponses:
+    """The Redis side of ``ResponseCache(shared=...)``: a Redis URL, a ``RedisTier`` or a
+    ``RedisResponses``. The prompt client's environment variable is not read."""
+    if isinstance(shared, RedisResponses):
+        return shared
+    if isinstance(shared, str):
+        shared = RedisTier(shared)
+    if not isinstance(shared, RedisTier):
+        raise ConfigurationError(
+            f"shared must be a Redis URL or a RedisTier, got {type(shared).__name__}")
+    return RedisResponses(shared, **options)
+
+
+class RedisResponses(_Connection):
+    """Completed answers and answers in flight in the tier's Redis, for one cache in one
+    event loop.
+
+    * ``lock_seconds``: how long a claim outlives its process (kept alive while streaming);
+      a follower of a process that died gives up after about this long with no news.
+    * ``linger_seconds``: how long an ended stream stays readable (for its slow followers).
+    * ``block_seconds``: how long one ``XREAD BLOCK`` waits before the follower checks that
+      the owner still holds its lock.
+    """
+
+    def __init__(self, tier: RedisTier, *, lock_seconds: float = 10.0,
+                 linger_seconds: float = 30.0, block_seconds: float = 1.0) -> None:
+        super().__init__(tier)
+        self._names = ResponseNames.of(tier.namespace)
+        self._sign = tier._signing_key
+        self._wall = tier._wall
+        self._lock_ms = max(1, int(lock_seconds * 1000))
+        self._linger_ms = max(1, int(linger_seconds * 1000))
+        self._block_ms = max(1, int(min(block_seconds, lock_seconds) * 1000))
+        self._blocking: Any = None
+        self._owns_blocking = False
+        self._tg: TaskGroup | None = None
+        self._backoff = 0.05
+        self._next_try = 0.0
+        self._pid = os.getpid()
+
+    def __repr__(self) -> str:
+        return f"<RedisResponses {self._tier!r} {self._state}>"
+
+    def bind(self, tg: TaskGroup) -> None:
+        """Run the claims' keep-alives in ``tg`` (the cache's task group)."""
+        self._tg = tg
+
+    async def aclose(self) -> None:
+        blocking, self._blocking = self._blocking, None
+        if self._owns_blocking and blocking is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2 * self._timeout):
+                try:
+                    await blocking.aclose()
+                except Exception:
+                    logger.debug("closing the shared tier's connection failed", exc_info=True)
+        await super().aclose()
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def _cmd(self, command: Callable[[Any], Awaitable[Any]] | str, *args: Any,
+                   blocking: bool = False, **kwargs: Any) -> Any:
+        """Run ``command(client)`` (or ``client.<command>(*args, **kwargs)``). ``_Down`` at
+        once while the tier is down and its backoff has not passed, or in a forked child
+        (the client is its parent's)."""
+        if os.getpid() != self._pid:
+            raise _Down
+        if self._state == "down" and anyio.current_time() < self._next_try:
+            raise _Down
+        if self._redis is None:
+            self._redis, self._owns = self._tier._connect()
+        client, timeout = self._redis, None
+        if blocking:
+            if self._blocking is None:
+                self._blocking, self._owns_blocking = self._tier._connect(
+                    read_timeout=self._block_ms / 1000 + self._timeout)
+            client, timeout = self._blocking, self._block_ms / 1000 + self._timeout
+        if isinstance(command, str):
+            awaitable = getattr(client, command)(*args, **kwargs)
+        else:
+            awaitable = command(client)
+        try:
+            result = await self._call(awaitable, timeout)
+        except _Down:
+            self._next_try = anyio.current_time() + self._backoff
+            self._backoff = min(2 * self._backoff, self._tier.reconnect_max_seconds)
+            raise
+        if not self._up:
+            self._recovered()
+            self._backoff = 0.05
+        return result
+
+    # -- completed answers (a ResponseStore, but see TieredStore) --------------------------
+
+    async def fetch(self, key: str) -> tuple[StoredAnswer, float] | None:
+        """The answer stored for ``key`` and the seconds it has left, else ``None`` (also
+        when Redis is down or the value is not one to serve)."""
+        try:
+            raw = await self._cmd(lambda r: r.get(self._names.answer(key)))
+        except _Down:
+            return None
+        if raw is None:
+            self._n["l2_misses"] += 1
+            return None
+        try:
+            answer, expires_at = decode_answer(raw, key, self._sign)
+        except (InvalidResponseError, ValueError) as exc:
+            self._n["rejected_values"] += 1
+            logger.warning("ignored the shared tier's answer %s: %s", key[:12], exc)
+            return None
+        left = expires_at - self._wall()
+        if left <= 0:
+            self._n["l2_misses"] += 1
+            return None
+        self._n["l2_hits"] += 1
+        return answer, left
+
+    async def get(self, key: str) -> StoredAnswer | None:
+        found = await self.fetch(key)
+        return None if found is None else found[0]
+
+    async def put(self, key: str, answer: StoredAnswer, ttl_seconds: float) -> bool:
+        if ttl_seconds <= 0:
+            return False
+        value = encode_answer(key, answer, self._wall() + ttl_seconds, self._sign)
+        try:
+            await self._cmd(lambda r: r.set(self._names.answer(key), value,
+                                            px=max(1, int(ttl_seconds * 1000))))
+        except _Down:
+            return False
+        return True
+
+    async def delete(self, key: str) -> bool:
+        try:
+            return bool(await self._cmd(lambda r: r.delete(self._names.answer(key))))
+        except _Down:
+            return False
+
+    async def clear(self) -> int:
+        """Drop every answer of the namespace (``SCAN``, then ``UNLINK`` key by key)."""
+        count = 0
+        try:
+            cursor: Any = 0
+            while True:
+                cursor, keys = await self._cmd(
+                    "scan", cursor, match=self._names.pattern, count=500)
+                for name in keys:
+                    if (name.decode() if isinstance(name, bytes) else str(name)).endswith(":a"):
+                        count += int(await self._cmd("unlink", name))
+                if not cursor:
+                    return count
+        except _Down:
+            return count
+
+    # -- answers in flight (SharedFlights) -------------------------------------------------
+
+    async def claim(self, key: str) -> _Publisher | _Solo | None:
+        """A publisher when this process now streams ``key``, ``None`` when another does;
+        while Redis is down, a publisher that publishes nothing (stream locally)."""
+        token = secrets.token_hex(16)
+        lock, stream = self._names.lock(key), self._names.stream(key)
+        try:
+            taken = await self._cmd(lambda r: r.set(lock, token, nx=True, px=self._lock_ms))
+            if not taken:
+                self._n["waits"] += 1
+                return None
+            # The stream of an earlier answer that failed is not this one's.
+            await self._cmd(lambda r: r.delete(stream))
+        except _Down:
+            return _Solo()
+        self._n["upstream_fetches"] += 1
+        publisher = _Publisher(self, key, token)
+        if self._tg is not None:
+            self._tg.start_soon(self._keep_alive, publisher)
+        return publisher
+
+    async def _keep_alive(self, publisher: _Publisher) -> None:
+        lock, stream = self._names.lock(publisher.key), self._names.stream(publisher.key)
+        while not publisher.ended.is_set():
+            with anyio.move_on_after(self._lock_ms / 3000):
+                await publisher.ended.wait()
+            if publisher.ended.is_set() or not publisher.sharing:
+                return
+            with contextlib.suppress(_Down):
+                await self._cmd(lambda r: r.eval(_EXTEND, 2, lock, stream, publisher.token,
+                                                 self._lock_ms))
+
+    async def follow(self, key: str) -> AsyncGenerator[Chunk, None]:
+        """The chunks of the answer another process streams for ``key``, from the first.
+        Ends when it completed; ``SharedStreamError`` when it failed there,
+        ``SharedStreamLostError`` when its owner vanished or Redis stopped answering."""
+        stream, lock = self._names.stream(key), self._names.lock(key)
+        last: Any = "0"
+        index = 0
+        quiet = 0
+        while True:
+            try:
+                reply = await self._cmd(
+                    "xread", {stream: last}, count=512, block=self._block_ms, blocking=True)
+                if not reply:
+                    # Nothing for a whole block: is the owner still there? (It may also
+                    # have ended just now: read once more before giving up.)
+                    held = await self._cmd(lambda r: r.exists(lock))
+                    quiet = 0 if held else quiet + 1
+                    if quiet >= 2:
+                        self._n["takeovers"] += 1
+                        raise SharedStreamLostError(
+                            "the process streaming this answer vanished (its claim expired "
+                            f"after {index} chunks)")
+                    continue
+            except _Down:
+                raise SharedStreamLostError(
+                    f"the shared tier stopped answering after {index} chunks of an answer "
+                    "streamed by another process") from None
+            for _name, entries in reply:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    try:
+                        item = decode_entry(fields.get(_FIELD), key, index, self._sign)
+                    except InvalidResponseError as exc:
+                        self._n["rejected_values"] += 1
+                        raise SharedStreamLostError(
+                            f"the shared stream of this answer is not one to serve: {exc}"
+                        ) from None
+                    index += 1
+                    if isinstance(item, End):
+                        if item.ok:
+                            return
+                        if item.abandoned:
+                            raise SharedStreamLostError(
+                                "the process streaming this answer stopped (cancelled or "
+                                f"closed) after {index - 1} chunks")
+                        raise SharedStreamError(
+                            f"the upstream failed in the process streaming this answer: "
+                            f"{item.error} (after {index - 1} chunks)")
+                    yield item
+
+
+class _Solo:
+    """The publisher while Redis is down: this process streams on its own."""
+
+    sharing = False
+
+    async def publish(self, chunk: Chunk) -> None:
+        return None
+
+    async def complete(self) -> None:
+        return None
+
+    async def fail(self, error: BaseException) -> None:
+        return None
+
+    async def withdraw(self) -> None:
+        return None
+
+
+class _Publisher:
+    """Publishes this process's answer of ``key`` to the answer's Redis stream."""
+
+    def __init__(self, owner: RedisResponses, key: str, token: str) -> None:
+        self._owner = owner
+        self.key = key
+        self.token = token
+        self.index = 0
+        self.sharing = True  # False once Redis failed: the local stream goes on alone
+        self.ended = anyio.Event()
+
+    async def publish(self, chunk: Chunk) -> None:
+        owner, index = self._owner, self.index
+        self.index += 1
+        if not self.sharing:
+            return
+        entry = encode_chunk_entry(self.key, index, chunk, owner._sign)
+        await self._send(lambda pipe: pipe.xadd(owner._names.stream(self.key),
+                                                {_FIELD: entry}), owner._lock_ms)
+
+    async def complete(self) -> None:
+        await self._end(End(True))
+
+    async def fail(self, error: BaseException) -> None:
+        stopped = isinstance(error, GeneratorExit | anyio.get_cancelled_exc_class())
+        await self._end(End(False, type(error).__name__, abandoned=stopped))
+
+    async def withdraw(self) -> None:
+        """Give the claim up unstreamed (the answer was stored meanwhile): followers, if
+        any, claim again and find it."""
+        self._owner._n["upstream_fetches"] -= 1
+        await self._end(End(False, "withdrawn", abandoned=True))
+
+    async def _end(self, end: End) -> None:
+        if self.ended.is_set():
+            return
+        self.ended.set()
+        if not self.sharing:
+            return
+        owner = self._owner
+        entry = encode_end_entry(self.key, self.index, end, owner._sign)
+        lock = owner._names.lock(self.key)
+
+        def finish(pipe: Any) -> None:
+            pipe.xadd(owner._names.stream(self.key), {_FIELD: entry})
+            pipe.eval(_RELEASE, 1, lock, self.token)
+
+        with anyio.CancelScope(shield=True):
+            await self._send(finish, owner._linger_ms)
+
+    async def _send(self, add: Callable[[Any], Any], expire_ms: int) -> None:
+        owner = self._owner
+        stream = owner._names.stream(self.key)
+
+        def execute(client: Any) -> Awaitable[Any]:
+            pipe = client.pipeline(transaction=False)  # one slot; Cluster-safe
+            add(pipe)
+            pipe.pexpire(stream, expire_ms)
+            result: Awaitable[Any] = pipe.execute()
+            return result
+
+        try:
+            await owner._cmd(execute)
+        except _Down:
+            self.sharing = False  # followers will see the stream go quiet and take over
+
+
+class TieredStore:
+    """This process's store in front of the tier's Redis: a read tries the front first, then
+    Redis (a Redis answer is kept in front for the time it has left); a write goes to both.
+    Redis trouble reads as a miss and is never raised."""
+
+    def __init__(self, front: ResponseStore, shared: RedisResponses) -> None:
+        self.front = front
+        self.shared = shared
+
+    def __repr__(self) -> str:
+        return f"<TieredStore {self.front!r} + {self.shared!r}>"
+
+    async def get(self, key: str) -> StoredAnswer | None:
+        answer = await self.front.get(key)
+        if answer is not None:
+            return answer
+        found = await self.shared.fetch(key)
+        if found is None:
+            return None
+        answer, left = found
+        await self.front.put(key, answer, left)
+        return answer
+
+    async def put(self, key: str, answer: StoredAnswer, ttl_seconds: float) -> bool:
+        stored = await self.front.put(key, answer, ttl_seconds)
+        return await self.shared.put(key, answer, ttl_seconds) or stored
+
+    async def delete(self, key: str) -> bool:
+        here = await self.front.delete(key)
+        return await self.shared.delete(key) or here
+
+    async def clear(self) -> int:
+        here = await self.front.clear()
+        return max(here, await self.shared.clear())
+
+    def stats(self) -> StoreStats:
+        return self.front.stats()
+
+    async def aclose(self) -> None:
+        try:
+            await self.front.aclose()
+        finally:
+            await self.shared.aclose()
+

@@ -1,0 +1,170 @@
+"""The response cache's shared tier, pure parts: Redis key names, the stored answer's value
+format and the stream entries of an answer in flight. No I/O: ``_redis.py`` does the talking.
+
+Key layout (one hash tag per answer, so every command touches one slot of a Cluster)::
+
+    apr:{<ns>.<key>}:a      the stored answer (one value, with its expiry wall time)
+    apr:{<ns>.<key>}:l      the lock of the process streaming it (SET NX PX, a random token)
+    apr:{<ns>.<key>}:s      the Redis stream of the answer in flight (one entry per chunk,
+                            then one end entry: done or failed)
+
+``<ns>`` hashes the tier's namespace; ``<key>`` is the request's key (a sha256 hex digest).
+Values and stream entries are ``apr1.<hmac-sha256 hex or ->.<JSON>``, signed as the prompt
+tier's values are when the tier has a signing key, and always name their key: a value of
+another key, format or signer is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from typing import Any
+
+import attrs
+
+from .._errors import InvalidResponseError
+from .._shared import _digest, seal, unseal
+from ._keys import Chunk, chunk_size
+from ._store import StoredAnswer
+
+__all__ = ["End", "ResponseNames", "decode_answer", "decode_entry", "encode_answer",
+           "encode_chunk_entry", "encode_end_entry"]
+
+_TAG = b"apr1"
+
+
+@attrs.frozen
+class ResponseNames:
+    """Redis key names of one namespace's answers."""
+
+    ns: str
+
+    @classmethod
+    def of(cls, namespace: str) -> ResponseNames:
+        return cls(_digest("responses", namespace))
+
+    def _tag(self, key: str) -> str:
+        return f"apr:{{{self.ns}.{key}}}"
+
+    def answer(self, key: str) -> str:
+        return f"{self._tag(key)}:a"
+
+    def lock(self, key: str) -> str:
+        return f"{self._tag(key)}:l"
+
+    def stream(self, key: str) -> str:
+        return f"{self._tag(key)}:s"
+
+    @property
+    def pattern(self) -> str:
+        """A SCAN pattern matching every key of the namespace."""
+        return f"apr:{{{self.ns}.*"
+
+
+def _wrap(payload: dict[str, Any], signing_key: bytes | None) -> bytes:
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"),
+                      allow_nan=False).encode("utf-8", "surrogatepass")
+    return seal(_TAG, body, signing_key)
+
+
+def _unwrap(raw: Any, key: str, signing_key: bytes | None) -> dict[str, Any]:
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    if not isinstance(raw, bytes):
+        raise InvalidResponseError("shared answer: not bytes", field=None)
+    body = unseal(raw, _TAG, signing_key, "shared answer")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidResponseError(f"shared answer: bad JSON: {exc}", field=None) from None
+    if not isinstance(data, dict) or data.get("key") != key:
+        raise InvalidResponseError("shared answer: holds another key", field="key")
+    return data
+
+
+def _chunk_wire(chunk: Chunk) -> list[Any]:
+    if isinstance(chunk, str):
+        return ["s", chunk]
+    if isinstance(chunk, bytes):
+        return ["b", base64.b64encode(chunk).decode("ascii")]
+    return ["d", chunk]
+
+
+def _chunk_of(item: Any) -> Chunk:
+    if isinstance(item, list) and len(item) == 2:
+        kind, value = item
+        if kind == "s" and isinstance(value, str):
+            return value
+        if kind == "d" and isinstance(value, dict):
+            return value
+        if kind == "b" and isinstance(value, str):
+            try:
+                return base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                pass
+    raise InvalidResponseError("shared answer: a chunk of an unknown form", field="chunks")
+
+
+def _number(data: dict[str, Any], field: str) -> float:
+    value = data.get(field)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidResponseError(f"shared answer: bad {field}", field=field)
+    return float(value)
+
+
+def encode_answer(key: str, answer: StoredAnswer, expires_at: float,
+                  signing_key: bytes | None) -> bytes:
+    """A stored answer's value; ``expires_at`` is wall-clock time."""
+    return _wrap({"key": key, "expires_at": expires_at, "duration": answer.duration_seconds,
+                  "chunks": [_chunk_wire(c) for c in answer.chunks]}, signing_key)
+
+
+def decode_answer(raw: Any, key: str, signing_key: bytes | None) -> tuple[StoredAnswer, float]:
+    """The answer and its wall-clock expiry, or ``InvalidResponseError`` saying why the value
+    must not be served."""
+    data = _unwrap(raw, key, signing_key)
+    chunks = data.get("chunks")
+    if not isinstance(chunks, list):
+        raise InvalidResponseError("shared answer: no chunks", field="chunks")
+    decoded = tuple(_chunk_of(item) for item in chunks)
+    duration = _number(data, "duration")
+    size = sum(chunk_size(c) for c in decoded)
+    return StoredAnswer(decoded, size, max(0.0, duration)), _number(data, "expires_at")
+
+
+@attrs.frozen
+class End:
+    """The last entry of an answer's stream: ``ok`` (complete) or failed with ``error``;
+    ``abandoned`` when its process stopped streaming it (cancelled, closed): followers then
+    claim the answer themselves."""
+
+    ok: bool
+    error: str = ""
+    abandoned: bool = False
+
+
+def encode_chunk_entry(key: str, index: int, chunk: Chunk, signing_key: bytes | None) -> bytes:
+    return _wrap({"key": key, "i": index, "chunk": _chunk_wire(chunk)}, signing_key)
+
+
+def encode_end_entry(key: str, index: int, end: End, signing_key: bytes | None) -> bytes:
+    kind = "done" if end.ok else "abandoned" if end.abandoned else "failed"
+    return _wrap({"key": key, "i": index, "end": kind, "error": end.error}, signing_key)
+
+
+def decode_entry(raw: Any, key: str, index: int, signing_key: bytes | None) -> Chunk | End:
+    """The ``index``-th entry of ``key``'s stream: a chunk or the end. An entry out of order,
+    of another key or signer is ``InvalidResponseError``."""
+    data = _unwrap(raw, key, signing_key)
+    if data.get("i") != index:
+        raise InvalidResponseError("shared stream: an entry out of order", field="i")
+    end = data.get("end")
+    if end is not None:
+        if end not in ("done", "failed", "abandoned"):
+            raise InvalidResponseError("shared stream: a bad end entry", field="end")
+        error = data.get("error")
+        return End(end == "done", error if isinstance(error, str) else "",
+                   abandoned=end == "abandoned")
+    return _chunk_of(data.get("chunk"))

@@ -1,0 +1,376 @@
+"""The response cache's shared tier (issue 12 item 6) against a real redis-server and the
+local server's OpenAI-compatible endpoint: answers streamed in one cache are joined by
+identical requests of other caches (each with its own Redis connections, as other processes
+have) and replayed by them; failures, corrupt values and Redis outages never reach a caller
+as a Redis error. The last test runs 4 real processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+from asyncpromptcache import (
+    RedisTier,
+    ResponseCache,
+    ResponseFailedError,
+    SharedStreamError,
+    SharedStreamLostError,
+)
+from asyncpromptcache.response import Chunk, ResponseStore
+from asyncpromptcache.response._redis import RedisResponses
+from asyncpromptcache.response._wire import ResponseNames
+
+from .redisserver import RedisServer
+from .test_response_http import (
+    CHUNKS,
+    REQUEST,
+    Upstream,
+    until,
+    upstream as upstream,  # the local endpoint, a fixture
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+class Fleet:
+    """``n`` caches sharing one Redis namespace, each with its own connections."""
+
+    def __init__(self, redis: RedisServer, upstream: Upstream, *, signing_key: str | None = None,
+                 namespace: str | None = None) -> None:
+        self.namespace = namespace or uuid.uuid4().hex
+        self.redis = redis
+        self.upstream = upstream
+        self.signing_key = signing_key
+
+    def cache(self, **options: Any) -> ResponseCache:
+        tier = RedisTier(self.redis.url, namespace=self.namespace,
+                         signing_key=self.signing_key, timeout_seconds=0.5)
+        shared = RedisResponses(tier, lock_seconds=1.0, block_seconds=0.2)
+        return ResponseCache(shared=shared, **options)
+
+    def produce(self, request: dict[str, Any] = REQUEST) -> Any:
+        return lambda: self.upstream.llm.stream(request)
+
+
+async def read(cache: ResponseCache, fleet: Fleet, into: list[Chunk] | None = None,
+               request: dict[str, Any] = REQUEST) -> tuple[list[Chunk], str | None]:
+    chunks: list[Chunk] = [] if into is None else into
+    stream = cache.stream(request, fleet.produce(request))
+    async for chunk in stream:
+        chunks.append(chunk)
+    return chunks, stream.source
+
+
+async def test_a_stream_in_one_cache_is_joined_by_another_and_replayed_by_a_third(
+    redis: RedisServer, upstream: Upstream,
+) -> None:
+    expected = await upstream.direct(REQUEST)
+    await upstream.control(hold_after_chunks=3)
+    fleet = Fleet(redis, upstream, signing_key="k")  # stream entries signed, values too
+    async with fleet.cache() as first, fleet.cache() as second, \
+            anyio.create_task_group() as tg:
+        got_first: list[Chunk] = []
+        got_second: list[Chunk] = []
+        tg.start_soon(read, first, fleet, got_first)
+        await until(lambda: len(got_first) == 3)  # the first cache holds the key's claim
+        tg.start_soon(read, second, fleet, got_second)
+        await until(lambda: len(got_second) == 3)  # followed from the first chunk on
+        await upstream.release()
+    assert got_first == expected and got_second == expected
+    assert (await upstream.counts())["streams"] == 2  # the direct one and one for both
+    assert first.stats().shared.upstream_fetches == 1  # type: ignore[union-attr]
+    assert second.stats().shared.waits == 1  # type: ignore[union-attr]
+    assert second.stats().shared.upstream_fetches == 0  # type: ignore[union-attr]
+
+    async with fleet.cache() as third:
+        replayed, source = await read(third, fleet)
+    assert source == "hit" and replayed == expected
+    assert [type(c) for c in replayed] == [type(c) for c in expected]
+    assert (await upstream.counts())["streams"] == 2
+
+
+async def test_chunks_keep_their_types_and_boundaries_through_redis(
+    redis: RedisServer, upstream: Upstream,
+) -> None:
+    chunks: list[Chunk] = ["Hel", "lo", b"\x00\xffraw", {"delta": {"content": "!"}, "n": [1]}]
+
+    async def produce() -> AsyncIterator[Chunk]:
+        for chunk in chunks:
+            yield chunk
+
+    fleet = Fleet(redis, upstream, signing_key="s3cret")
+    async with fleet.cache() as first:
+        assert [c async for c in first.stream(REQUEST, produce)] == chunks
+    async with fleet.cache() as second:
+        stream = second.stream(REQUEST, produce)
+        assert [c async for c in stream] == chunks
+        assert stream.source == "hit"
+        assert isinstance(second._store, ResponseStore)
+        assert isinstance(second._store.shared, ResponseStore)  # type: ignore[attr-defined]
+        assert await second.clear() == 1  # from Redis too
+    async with fleet.cache() as third:
+        stream = third.stream(REQUEST, produce)
+        assert [c async for c in stream] == chunks
+        assert stream.source == "miss"
+
+
+async def test_a_failed_stream_is_never_stored_and_its_followers_get_a_typed_error(
+    redis: RedisServer, upstream: Upstream,
+) -> None:
+    await upstream.control(hold_after_chunks=2, fail_after_chunks=4)
+    fleet = Fleet(redis, upstream)
+    async with fleet.cache() as first, fleet.cache() as second:
+        got_first: list[Chunk] = []
+        got_second: list[Chunk] = []
+        errors: dict[str, BaseException] = {}
+
+        async def reader(name: str, cache: ResponseCache, into: list[Chunk]) -> None:
+            try:
+                await read(cache, fleet, into)
+            except ResponseFailedError as exc:
+                errors[name] = exc
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader, "first", first, got_first)
+            await until(lambda: len(got_first) == 2)
+            tg.start_soon(reader, "second", second, got_second)
+            await until(lambda: len(got_second) == 2)
+            await upstream.release()
+        assert len(got_first) == 4 and got_second == got_first
+        assert isinstance(errors["second"].__cause__, SharedStreamError)
+        assert errors["first"].chunks_received == errors["second"].chunks_received == 4  # type: ignore[attr-defined]
+        key = first.key_for(REQUEST)
+        assert redis.command("EXISTS", ResponseNames.of(fleet.namespace).answer(key)) == ":0"
+
+        await upstream.control(hold_after_chunks=None, fail_after_chunks=None)
+        answer, source = await read(second, fleet)  # goes upstream again
+    assert source == "miss" and len(answer) == CHUNKS
+    assert (await upstream.counts())["streams"] == 2
+
+
+@pytest.mark.parametrize("same", [True, False])
+async def test_a_follower_whose_owner_died_claims_again_and_goes_on(
+    redis: RedisServer, upstream: Upstream, same: bool,
+) -> None:
+    expected = await upstream.direct(REQUEST)
+    fleet = Fleet(redis, upstream)
+    # An owner that published two chunks, then died: no end entry, its claim not kept alive.
+    dead = RedisResponses(RedisTier(redis.url, namespace=fleet.namespace),
+                          lock_seconds=0.3)
+    async with fleet.cache() as probe:
+        key = probe.key_for(REQUEST)
+    publisher = await dead.claim(key)
+    assert publisher is not None
+    first = expected[:2] if same else ["not", "these"]
+    for chunk in first:
+        await publisher.publish(chunk)
+    await dead.aclose()
+
+    async with fleet.cache() as follower:
+        got: list[Chunk] = []
+        if same:  # taken over: the rest comes from its own upstream stream
+            await read(follower, fleet, got)
+            assert got == expected
+        else:  # the new stream differs from what was sent: a typed error after the chunks
+            with pytest.raises(ResponseFailedError) as failed:
+                await read(follower, fleet, got)
+            assert got == first
+            assert isinstance(failed.value.__cause__, SharedStreamLostError)
+        stats = follower.stats().shared
+        assert stats is not None and stats.takeovers == 1 and stats.upstream_fetches == 1
+    assert (await upstream.counts())["streams"] == 2
+
+
+async def test_an_owner_whose_consumers_all_left_hands_the_answer_over(
+    redis: RedisServer, upstream: Upstream,
+) -> None:
+    expected = await upstream.direct(REQUEST)
+    await upstream.control(hold_after_chunks=3)
+    fleet = Fleet(redis, upstream)
+    async with fleet.cache(on_abandon="cancel") as owner, fleet.cache() as follower, \
+            anyio.create_task_group() as tg:
+        got: list[Chunk] = []
+        leaving = owner.stream(REQUEST, fleet.produce())
+        assert [await anext(leaving) for _ in range(3)] == expected[:3]
+        tg.start_soon(read, follower, fleet, got)
+        await until(lambda: len(got) == 3)
+        await upstream.control(hold_after_chunks=None)
+        await leaving.aclose()  # the owner's stream is cancelled: the follower takes over
+    assert got == expected
+    assert owner.stats().abandoned == 1
+    stats = follower.stats().shared
+    assert stats is not None and stats.upstream_fetches == 1 and stats.waits == 1
+    assert (await upstream.counts())["streams"] == 3
+
+
+async def test_an_answer_stored_between_the_read_and_the_claim_is_not_fetched_again(
+    redis: RedisServer, upstream: Upstream,
+) -> None:
+    fleet = Fleet(redis, upstream)
+    async with fleet.cache() as first:
+        expected, _ = await read(first, fleet)
+    late = fleet.cache()
+    shared = late._store.shared  # type: ignore[attr-defined]
+    real, reads = shared.fetch, []
+
+    async def fetch_after_the_write(key: str) -> Any:
+        reads.append(key)  # the first read ran just before another process stored it
+        return None if len(reads) == 1 else await real(key)
+
+    shared.fetch = fetch_after_the_write
+    async with late:
+        answer, source = await read(late, fleet)
+        assert source == "miss" and answer == expected and len(reads) == 2
+        stats = late.stats().shared
+        assert stats is not None and stats.upstream_fetches == 0
+    assert (await upstream.counts())["streams"] == 1
+
+
+async def test_a_corrupt_or_foreign_value_in_redis_is_never_served(
+    redis: RedisServer, upstream: Upstream,
+) -> None:
+    fleet = Fleet(redis, upstream, signing_key="k1")
+    async with fleet.cache() as first:
+        good, _ = await read(first, fleet)
+        key = first.key_for(REQUEST)
+    name = ResponseNames.of(fleet.namespace).answer(key)
+    value = redis.command("GET", name)
+    assert value.startswith("$")
+    for bad in ("apr1.-.{not json", "garbage",
+                'apr1.-.{"key":"' + key + '","chunks":[["s","x"]],"duration":0,'
+                '"expires_at":9e99}'):  # unsigned, for a tier with a signing key
+        assert redis.command("SET", name, bad) == "+OK"
+        async with fleet.cache() as other:
+            answer, source = await read(other, fleet)
+            assert source == "miss" and answer == good  # from the upstream, not from Redis
+            # Refused twice: the store's read, and the read again once the key is claimed.
+            assert other.stats().shared.rejected_values == 2  # type: ignore[union-attr]
+    assert (await upstream.counts())["streams"] == 4
+
+
+async def test_redis_down_is_never_a_callers_error(
+    upstream: Upstream,
+) -> None:
+    with RedisServer() as private:
+        fleet = Fleet(private, upstream)
+        expected = await upstream.direct(REQUEST)
+        await upstream.control(hold_after_chunks=3)
+        async with fleet.cache() as first, fleet.cache() as second, \
+                anyio.create_task_group() as tg:
+            got_first: list[Chunk] = []
+            got_second: list[Chunk] = []
+            tg.start_soon(read, first, fleet, got_first)
+            await until(lambda: len(got_first) == 3)
+            tg.start_soon(read, second, fleet, got_second)
+            await until(lambda: len(got_second) == 3)
+            await upstream.control(hold_after_chunks=None)  # the stream held stays held
+            private.kill()  # mid-stream: the follower goes on from its own upstream
+            await until(lambda: second.stats().shared.state == "down")  # type: ignore[union-attr]
+            await upstream.release()
+        assert got_first == expected and got_second == expected
+        assert (await upstream.counts())["streams"] == 3  # direct, first, second's own
+
+        async with fleet.cache() as third:  # Redis still down: a plain local cache
+            answer, source = await read(third, fleet)
+            assert source == "miss" and answer == expected
+            answer, source = await read(third, fleet)
+            assert source == "hit" and answer == expected
+
+            private.start()  # back on the same port: tried again after the backoff
+            other = {**REQUEST, "seed": 1}
+            with anyio.fail_after(10):
+                while (await read(third, fleet, request=other))[1] != "miss" or \
+                        third.stats().shared.state != "up":  # type: ignore[union-attr]
+                    other = {**other, "seed": other["seed"] + 1}
+                    await anyio.sleep(0.05)
+        async with fleet.cache() as fourth:  # shared again: the last answer is in Redis
+            answer, source = await read(fourth, fleet, request=other)
+            assert source == "hit" and len(answer) == CHUNKS
+
+
+# -- 4 real processes ------------------------------------------------------------------------
+
+
+def _chat_streams(base_url: str) -> int:
+    with urllib.request.urlopen(base_url + "/_admin/chat/requests", timeout=10) as response:
+        return int(json.loads(response.read())["streams"])
+
+
+def _chat_release(base_url: str) -> None:
+    request = urllib.request.Request(base_url + "/_admin/chat/release", data=b"",
+                                     method="POST")
+    with urllib.request.urlopen(request, timeout=10):  # loopback only
+        pass
+
+
+def _chat_controls(base_url: str, **changes: Any) -> None:
+    request = urllib.request.Request(
+        base_url + "/_admin/chat/controls", data=json.dumps(changes).encode(), method="POST",
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10):  # loopback only
+        pass
+
+
+@pytest.mark.slow
+def test_four_processes_asking_at_once_make_one_upstream_stream(redis: RedisServer) -> None:
+    from benchmarks._fleet import Fleet as Processes
+    from benchmarks._upstream import Upstream as ServerProcess
+
+    request = {**REQUEST, "messages": [{"role": "user", "content": uuid.uuid4().hex}]}
+    with ServerProcess() as server, Processes(5) as processes:
+        _chat_controls(server.base_url, token_delay_seconds=0.005)
+        namespace = uuid.uuid4().hex
+        processes.all({"op": "response_open", "base_url": server.base_url,
+                       "redis": redis.url, "namespace": namespace})
+        # Without the tier, the same question from each process is its own stream.
+        direct = processes.one(4, {"op": "response_stream", "request": request})
+        assert direct["failed"] is None and len(direct["chunks"]) == CHUNKS
+        assert _chat_streams(server.base_url) == 1
+        processes.one(4, {"op": "response_open", "base_url": server.base_url})
+        request = {**request, "seed": 7}  # a new key: nothing stored for it
+        # The answer is held after 2 chunks until all four processes have asked for it (each
+        # tries to claim it once: a SET NX), so they meet while it streams.
+        _chat_controls(server.base_url, hold_after_chunks=2)
+        claims = redis.command_counts().get("set", 0)
+        for i in range(4):
+            processes.send(i, {"op": "response_stream", "request": request})
+        deadline = time.monotonic() + 30
+        while redis.command_counts().get("set", 0) - claims < 4:
+            assert time.monotonic() < deadline, "the four processes did not all ask"
+            time.sleep(0.01)
+        _chat_controls(server.base_url, hold_after_chunks=None)
+        _chat_release(server.base_url)
+        replies = [processes.receive(i) for i in range(4)]
+        assert _chat_streams(server.base_url) == 2  # one for the four processes
+        expected = [chunk for chunk in replies[0]["chunks"]]
+        assert len(expected) == CHUNKS
+        for reply in replies:
+            assert reply["failed"] is None
+            assert reply["chunks"] == expected
+        assert sum(r["shared"]["upstream_fetches"] for r in replies) == 1
+        assert sum(r["shared"]["waits"] for r in replies) == 3  # joined it in flight
+        # A fifth process (no shared tier) as the control: its own stream, same chunks.
+        alone = processes.one(4, {"op": "response_stream", "request": request})
+        assert alone["chunks"] == expected and _chat_streams(server.base_url) == 3
+        # A process that did not take part replays the answer from Redis: no upstream call.
+        processes.one(4, {"op": "response_open", "base_url": server.base_url,
+                          "redis": redis.url, "namespace": namespace})
+        replay = processes.one(4, {"op": "response_stream", "request": request})
+        assert replay["source"] == "hit" and replay["chunks"] == expected
+        assert _chat_streams(server.base_url) == 3
+        with contextlib.suppress(Exception):
+            processes.all({"op": "close"})

@@ -99,8 +99,9 @@ class RedisTier:
       ``pip install 'asyncpromptcache[redis]'``.
     * ``namespace``: separates applications sharing one Redis; entries are namespaced by it,
       the Langfuse host and the public key as well.
-    * ``signing_key``: values are HMAC-signed with it, and unsigned or wrongly signed values
-      are ignored (for a Redis that other services can write).
+    * ``signing_key``: values and change messages are HMAC-signed with it, and unsigned or
+      wrongly signed ones are ignored (for a Redis that other services can write; every
+      process of the namespace needs the same key).
     * ``timeout_seconds``: the bound on every Redis call; past it the call counts as a failure
       and the client goes on without Redis.
     * ``stale_retention_seconds``: how long past its TTL a value stays in Redis when the

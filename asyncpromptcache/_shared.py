@@ -234,7 +234,8 @@ class Change:
       is published, never sent in it, so a receiver's next read of those keys is an L2 hit;
       ``moved`` (local too) are labels that left a version: until the version they moved to
       is written through (or a short grace ends), readers wait for it instead of fetching;
-    * ``clear``: drop everything (``generation`` is the namespace's new generation);
+    * ``clear``: drop everything (``generation`` is the namespace's new generation, for
+      older receivers: a receiver reads the generation again from Redis, never trusting it);
     * ``expire``: mark every entry stale, to revalidate (local only: never published);
     * ``filled``: ``keys`` were just written to L2 (wakes processes waiting on their fetch);
     * ``released``: the fetch of ``keys`` failed and its lock is free (wakes them too).

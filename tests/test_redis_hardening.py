@@ -111,6 +111,18 @@ async def test_a_change_that_fails_to_send_is_dropped_not_raised(
         assert (await client.get_prompt("a")).prompt == "a v1"
 
 
+async def test_a_foreign_non_utf8_key_does_not_break_clearing_answers(redis_url: str) -> None:
+    names = ResponseNames.of("test")
+    async with raw_redis(redis_url) as r:
+        await r.set(names.pattern[:-1].encode() + b"\xff:a", b"foreign")
+        await r.set(names.answer("k" * 64), b"ours")
+    shared = RedisResponses(RedisTier(redis_url, namespace="test"))
+    try:
+        assert await shared.clear() == 1
+    finally:
+        await shared.aclose()
+
+
 # -- 2. a fetch whose L2 write fails still returns, and frees the fleet's lock --------------
 
 

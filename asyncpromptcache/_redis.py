@@ -304,7 +304,6 @@ class _Link(_Connection):
         self._wall = tier._wall
         self._sign = tier._signing_key
         self.id = secrets.token_hex(8)
-        self._ever_up = False
         self._waiters: dict[PromptKey, list[anyio.Event]] = {}
         self._pending = 0
         # How often each name was invalidated (and the cache cleared), here or elsewhere: a
@@ -359,7 +358,6 @@ class _Link(_Connection):
                 # connection after an outage at start, while entries were cached): revalidate.
                 # On the first connection of a start nothing is cached yet: a no-op.
                 self._apply(Change("expire"))
-                self._ever_up = True
                 self._recovered()
                 unsent, self._unsent = self._unsent, []
                 for change in unsent:

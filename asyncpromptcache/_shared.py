@@ -120,7 +120,7 @@ def parse_dependent_member(raw: bytes | str) -> tuple[str, str] | None:
     """``(name, key id)`` of a dependents-set member; ``None`` for anything else."""
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep: foreign
         return None
     if isinstance(data, list) and len(data) == 2 and all(isinstance(x, str) for x in data):
         return data[0], data[1]

@@ -156,6 +156,19 @@ async def test_a_value_nested_too_deep_is_rejected_not_raised(
         assert shared_stats(client).rejected_values == 2  # read, and read again under the lock
 
 
+async def test_a_dependents_member_nested_too_deep_is_skipped(redis_url: str) -> None:
+    async with fleet(redis_url, text("a"), text("b")) as f:
+        one, two = await f.client(), await f.client()
+        await one.get_prompt("b")
+        await two.get_prompt("b")
+        names = Names(namespace_id("test", HOST, None))
+        async with raw_redis(redis_url) as r:
+            await r.sadd(names.dependents("b"), DEEP)
+        one.invalidate("b")  # its dependents are looked up in L2 (composed prompts)
+        await wait_until(lambda: shared_stats(two).changes_received == 1)
+        assert shared_stats(one).redis_errors == 0
+
+
 async def test_a_change_message_nested_too_deep_is_ignored(redis_url: str) -> None:
     names = Names(namespace_id("test", HOST, None))
     async with fleet(redis_url, text("a"), text("b")) as f:

@@ -263,8 +263,8 @@ async def failure(llm: OpenAIChatProducer, fault: str) -> UpstreamError:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("fault", ["down", "401", "disconnect", "truncate", "down-whole",
-                                   "401-whole"])
+@pytest.mark.parametrize("fault", ["down", "401", "disconnect", "truncate", "held",
+                                   "down-whole", "401-whole"])
 @pytest.mark.parametrize("proxied", [False, True])
 async def test_frames_of_a_failing_openai_request_hold_no_api_key(
     fault: str, proxied: bool, monkeypatch: pytest.MonkeyPatch
@@ -273,17 +273,22 @@ async def test_frames_of_a_failing_openai_request_hold_no_api_key(
     async with run_server() as server, forwarding_proxy() as proxy:
         if proxied:
             monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("//", f"//{PUBLIC}:{SECRET}@"))
-        llm = OpenAIChatProducer(base_url=server.base_url + "/v1", api_key=SECRET)
+        llm = OpenAIChatProducer(base_url=server.base_url + "/v1", api_key=SECRET,
+                                 read_timeout_seconds=0.3)
         assert [c async for c in llm.stream(CHAT)]  # a session with the key is in use
         assert len(proxy.seen) == proxied
         if not fault.startswith("down"):
             controls: dict[str, Any] = (
                 {"fail_status": 401} if fault.startswith("401") else
+                {"hold_after_chunks": 1} if fault == "held" else  # the read timeout ends it
                 {"fail_after_chunks": 1, "fail_mode": fault.removesuffix("-whole")})
-            async with aiohttp.ClientSession() as http, http.post(
-                    server.base_url + "/_admin/chat/controls", json=controls) as answer:
-                assert answer.status == 200
-            error = await failure(llm, fault)
+            async with aiohttp.ClientSession() as http:
+                async with http.post(server.base_url + "/_admin/chat/controls",
+                                     json=controls) as answer:
+                    assert answer.status == 200
+                error = await failure(llm, fault)
+                async with http.post(server.base_url + "/_admin/chat/release") as answer:
+                    assert answer.status == 204
     if fault.startswith("down"):
         error = await failure(llm, fault)
     try:

@@ -246,6 +246,7 @@ class AsyncPromptClient:
         """The client's own task, from entry to close: the task group that runs fetches and
         refreshes lives here. Ends when ``aclose`` asks, or when the loop shuts down."""
         assert self._stop is not None and self._stopped is not None
+        failed_reason = False
         try:
             async with anyio.create_task_group() as tg:
                 self._cache.attach(tg)
@@ -259,10 +260,15 @@ class AsyncPromptClient:
                 ready.set()
                 await self._stop.wait()
                 tg.cancel_scope.cancel()
-        except Exception:  # the engine's tasks never raise; if one did, nobody else would see it
+        except Exception as exc:  # the engine's tasks never raise; if one did, nobody else
+            # would see it: the client closes, saying why
             logger.exception("the task group of an AsyncPromptClient failed")
+            failed = _first_leaf(exc)
+            self._closed_reason = f"its task group failed: {type(failed).__name__}: {failed}"
+            failed_reason = True
         finally:
-            if not self._stop.is_set():  # cancelled from outside: the loop is shutting down
+            if not self._stop.is_set() and not failed_reason:
+                # cancelled from outside: the loop is shutting down
                 self._closed_reason = "the client was closed as the event loop that ran it ended"
             self._state = _CLOSED
             self._cache.detach(self._closed_reason)
@@ -756,6 +762,13 @@ class AsyncPromptClient:
         if self._link is not None:
             stats = attrs.evolve(stats, shared=self._link.stats())
         return stats
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    """The first exception a task group's ``ExceptionGroup`` holds (itself if not a group)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def call_fallback(key: PromptKey, fallback: Any, error: FetchError) -> Any:

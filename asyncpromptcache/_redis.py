@@ -19,6 +19,7 @@ How a client uses its link (SPEC section 8):
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import math
@@ -35,7 +36,7 @@ import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._cache import Fetched
-from ._errors import ConfigurationError, InvalidResponseError
+from ._errors import ConfigurationError
 from ._keys import PromptKey
 from ._models import Prompt
 from ._shared import (
@@ -47,6 +48,7 @@ from ._shared import (
     dependent_member,
     encode_change,
     encode_value,
+    member_text,
     namespace_id,
     parse_dependent_member,
     parts_of,
@@ -97,8 +99,9 @@ class RedisTier:
       ``pip install 'asyncpromptcache[redis]'``.
     * ``namespace``: separates applications sharing one Redis; entries are namespaced by it,
       the Langfuse host and the public key as well.
-    * ``signing_key``: values are HMAC-signed with it, and unsigned or wrongly signed values
-      are ignored (for a Redis that other services can write).
+    * ``signing_key``: values and change messages are HMAC-signed with it, and unsigned or
+      wrongly signed ones are ignored (for a Redis that other services can write; every
+      process of the namespace needs the same key).
     * ``timeout_seconds``: the bound on every Redis call; past it the call counts as a failure
       and the client goes on without Redis.
     * ``stale_retention_seconds``: how long past its TTL a value stays in Redis when the
@@ -131,6 +134,7 @@ class RedisTier:
                     f"the shared tier's URL must start with redis://, rediss:// or unix://, "
                     f"got {_redacted(url_or_client)!r}"
                 )
+            _check_url(url_or_client)
         elif not callable(getattr(url_or_client, "pubsub", None)):
             kind = type(url_or_client).__name__
             raise ConfigurationError(
@@ -187,6 +191,23 @@ class RedisTier:
     ) -> _Link:
         return _Link(self, Names(namespace_id(self.namespace, host, public_key)),
                      max_stale, apply, put_ttl)
+
+
+def _check_url(url: str) -> None:
+    """``ConfigurationError`` for a URL redis-py cannot connect with (a bad port, database or
+    option), parsed as ``Redis.from_url`` parses it, without connecting."""
+    from redis.asyncio.connection import parse_url
+
+    try:
+        parse_url(url)
+    except Exception as exc:  # ValueError, or whatever a malformed URL makes urllib raise
+        message = str(exc)
+        password = urlsplit(url).password
+        if password and password in message:  # the password never appears in a message
+            message = type(exc).__name__
+        raise ConfigurationError(
+            f"the shared tier's URL {_redacted(url)!r} is not one redis-py can use: {message}"
+        ) from None
 
 
 def _generation(raw: Any) -> int:
@@ -283,7 +304,6 @@ class _Link(_Connection):
         self._wall = tier._wall
         self._sign = tier._signing_key
         self.id = secrets.token_hex(8)
-        self._ever_up = False
         self._waiters: dict[PromptKey, list[anyio.Event]] = {}
         self._pending = 0
         # How often each name was invalidated (and the cache cleared), here or elsewhere: a
@@ -305,8 +325,13 @@ class _Link(_Connection):
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self, tg: TaskGroup) -> None:
-        """Connect in ``tg``; returns once subscribed, or after a short grace (then L1-only)."""
-        self._redis, self._owns = self._tier._connect()
+        """Connect in ``tg``; returns once subscribed, or after a short grace (then L1-only).
+        Never raises: a tier that cannot even make its client runs the client without Redis."""
+        try:
+            self._redis, self._owns = self._tier._connect()
+        except Exception as exc:
+            self._trouble(exc)
+            return
         self._tg = tg
         await tg.start(self._run)
 
@@ -329,10 +354,10 @@ class _Link(_Connection):
                     await pubsub.subscribe(self._names.channel)
                     generation = await self._redis.get(self._names.generation_key)
                 self._names = attrs.evolve(self._names, generation=_generation(generation))
-                if self._ever_up:
-                    # Invalidations may have been missed while unsubscribed: revalidate.
-                    self._apply(Change("expire"))
-                self._ever_up = True
+                # Invalidations may have been missed while unsubscribed (or, on a first
+                # connection after an outage at start, while entries were cached): revalidate.
+                # On the first connection of a start nothing is cached yet: a no-op.
+                self._apply(Change("expire"))
                 self._recovered()
                 unsent, self._unsent = self._unsent, []
                 for change in unsent:
@@ -363,15 +388,20 @@ class _Link(_Connection):
         while True:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if message is not None and message.get("type") == "message":
-                self._received(message["data"])
+                await self._received(message["data"])
             if not self._up:
                 # A command failed while the subscription held: is Redis back?
                 with anyio.fail_after(self._timeout):
                     await self._redis.ping()
                 self._recovered()
 
-    def _received(self, raw: bytes) -> None:
-        change = decode_change(raw)
+    async def _received(self, raw: bytes) -> None:
+        try:
+            change = decode_change(raw, self._sign)
+        except Exception as exc:  # unsigned or wrongly signed: anyone may PUBLISH
+            self._n["rejected_values"] += 1
+            logger.warning("ignored a change message on the shared tier's channel: %s", exc)
+            return
         if change is None or change.origin == self.id:
             return
         if change.kind == "filled" or change.kind == "released":
@@ -381,9 +411,12 @@ class _Link(_Connection):
         self._note_dropped(change)
         if change.kind == "invalidate":
             self._wake(change.keys)  # a label's new version may have landed in L2
-        if change.kind == "clear" and change.generation is not None \
-                and change.generation > self._names.generation:
-            self._names = attrs.evolve(self._names, generation=change.generation)
+        if change.kind == "clear":
+            # The message's generation is not trusted (a forged one would split the fleet):
+            # the namespace's generation is read again from Redis.
+            with contextlib.suppress(_Down):
+                raw_generation = await self._call(self._redis.get(self._names.generation_key))
+                self._names = attrs.evolve(self._names, generation=_generation(raw_generation))
         try:
             self._apply(change)
         except Exception:
@@ -403,7 +436,7 @@ class _Link(_Connection):
             return None
         try:
             return decode_value(raw, key, self._sign)
-        except InvalidResponseError as exc:
+        except Exception as exc:  # Redis content is never a caller's error
             self._n["rejected_values"] += 1
             logger.warning("ignored the shared tier's value of prompt %s: %s",
                            key.describe(), exc)
@@ -494,6 +527,10 @@ class _Link(_Connection):
             await self._publish(Change("filled", (key,)))
         except _Down:
             pass
+        except Exception:  # not writable to L2 (never expected): the caller still gets it
+            self._n["redis_errors"] += 1
+            logger.exception("writing prompt %s to the shared tier failed", key.describe())
+            await self._release(key, lock, token)
         return Fetched(prompt, 0.0)
 
     async def _write(
@@ -547,7 +584,8 @@ class _Link(_Connection):
 
     async def _publish(self, change: Change) -> None:
         change = attrs.evolve(change, origin=self.id)
-        await self._call(self._redis.publish(self._names.channel, encode_change(change)))
+        await self._call(self._redis.publish(self._names.channel,
+                                             encode_change(change, self._sign)))
 
     # -- changes ---------------------------------------------------------------------------
 
@@ -573,9 +611,14 @@ class _Link(_Connection):
 
     async def _propagate(self, change: Change) -> None:
         async with self._propagating:
-            await self._propagate_now(change)
+            try:
+                await self._propagate_now(change)
+            except Exception:  # never into the client's task group: that would close it
+                self._n["redis_errors"] += 1
+                logger.exception("sending a change to the shared tier failed; change dropped")
 
     async def _propagate_now(self, change: Change) -> None:
+        queued = _without_puts(change)  # what is sent once Redis answers again, if it fails
         try:
             if not self._up:
                 raise _Down
@@ -587,8 +630,8 @@ class _Link(_Connection):
                 for name in change.names:
                     ids = await self._call(self._redis.smembers(names.index(name)))
                     found = by_name.setdefault(name, [])
-                    found.extend(names.value_of_id(name, i.decode() if isinstance(i, bytes)
-                                                   else str(i)) for i in ids)
+                    found.extend(names.value_of_id(name, key_id) for key_id in
+                                 map(member_text, ids) if key_id is not None)
                     found.append(names.index(name))
                 for name, keys in (await self._dependents(names, change.changed)).items():
                     by_name.setdefault(name, []).extend(keys)
@@ -619,8 +662,18 @@ class _Link(_Connection):
             if change.kind == "clear" or len(self._unsent) >= _MAX_UNSENT:
                 self._unsent = [Change("clear")]  # clear() supersedes everything before it
             else:
-                self._unsent.append(change)
+                self._unsent.append(queued)
         finally:
             self._pending -= 1
             if not self._pending:
                 self._settled.set()
+
+
+def _without_puts(change: Change) -> Change:
+    """``change`` as sent after an outage: its puts are not written then (another process
+    may have written a newer version meanwhile) but dropped from L2 and every L1, so the
+    fleet fetches them again."""
+    if not change.puts and not change.moved:
+        return change
+    keys = tuple(dict.fromkeys((*change.keys, *(key for key, _ in change.puts))))
+    return attrs.evolve(change, keys=keys, puts=(), moved=())

@@ -41,11 +41,13 @@ __all__ = [
     "dependent_member",
     "encode_change",
     "encode_value",
+    "member_text",
     "parse_dependent_member",
     "parts_of",
 ]
 
 _VALUE_TAG = b"apc1"
+_MESSAGE_TAG = b"apm1"  # a change message sealed with the tier's signing key
 _MESSAGE_VERSION = 1
 ChangeKind = Literal["invalidate", "clear", "expire", "filled", "released"]
 
@@ -118,11 +120,22 @@ def parse_dependent_member(raw: bytes | str) -> tuple[str, str] | None:
     """``(name, key id)`` of a dependents-set member; ``None`` for anything else."""
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep: foreign
         return None
     if isinstance(data, list) and len(data) == 2 and all(isinstance(x, str) for x in data):
         return data[0], data[1]
     return None
+
+
+def member_text(raw: bytes | str) -> str | None:
+    """A member of a set (or a key name) read back from Redis as text; ``None`` when it is
+    not UTF-8, so not one this SDK wrote (a Redis others write to: never trust its contents)."""
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 # -- the L2 value ----------------------------------------------------------------------------
@@ -160,7 +173,7 @@ def encode_value(
     body = json.dumps(
         {"key": list(key), "fetched_at": fetched_at, "prompt": _wire(prompt)},
         ensure_ascii=False, sort_keys=True, separators=(",", ":"),
-    ).encode("utf-8")
+    ).encode("utf-8", "surrogatepass")  # a lone surrogate (valid JSON) round-trips
     return seal(_VALUE_TAG, body, signing_key)
 
 
@@ -180,6 +193,16 @@ def decode_value(
     value must not be served: truncated, corrupt, foreign (another key's or format's),
     unsigned or wrongly signed when a signing key is set."""
     body = unseal(raw, _VALUE_TAG, signing_key, "shared value")
+    try:
+        return _decode_value(body, key)
+    except InvalidResponseError:
+        raise
+    except Exception as exc:  # nested too deep (RecursionError), or anything else unreadable
+        raise InvalidResponseError(
+            f"shared value: unreadable: {type(exc).__name__}", field=None) from None
+
+
+def _decode_value(body: bytes, key: PromptKey) -> tuple[Prompt, float]:
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -211,7 +234,8 @@ class Change:
       is published, never sent in it, so a receiver's next read of those keys is an L2 hit;
       ``moved`` (local too) are labels that left a version: until the version they moved to
       is written through (or a short grace ends), readers wait for it instead of fetching;
-    * ``clear``: drop everything (``generation`` is the namespace's new generation);
+    * ``clear``: drop everything (``generation`` is the namespace's new generation, for
+      older receivers: a receiver reads the generation again from Redis, never trusting it);
     * ``expire``: mark every entry stale, to revalidate (local only: never published);
     * ``filled``: ``keys`` were just written to L2 (wakes processes waiting on their fetch);
     * ``released``: the fetch of ``keys`` failed and its lock is free (wakes them too).
@@ -241,7 +265,8 @@ class Change:
         )
 
 
-def encode_change(change: Change) -> bytes:
+def encode_change(change: Change, signing_key: bytes | None = None) -> bytes:
+    """The message of ``change``: JSON, sealed (``apm1.<hmac>.<JSON>``) with a signing key."""
     message: dict[str, Any] = {
         "v": _MESSAGE_VERSION, "kind": change.kind, "origin": change.origin,
         "keys": [list(k) for k in change.keys], "names": list(change.names),
@@ -250,14 +275,30 @@ def encode_change(change: Change) -> bytes:
         message["generation"] = change.generation
     if change.changed:
         message["changed"] = list(change.changed)
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    body = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode(
+        "utf-8", "surrogatepass")
+    return body if signing_key is None else seal(_MESSAGE_TAG, body, signing_key)
 
 
-_KINDS = ("invalidate", "clear", "expire", "filled", "released")
+# ``expire`` is local only: never accepted from the wire.
+_KINDS = ("invalidate", "clear", "filled", "released")
 
 
-def decode_change(raw: bytes | str) -> Change | None:
-    """The change a message carries; ``None`` for a message this version cannot apply."""
+def decode_change(raw: bytes | str, signing_key: bytes | None = None) -> Change | None:
+    """The change a message carries; ``None`` for a message this version cannot apply (or
+    cannot read: nested too deep, not JSON). With a signing key, ``InvalidResponseError``
+    for a message that is unsigned or wrongly signed."""
+    if signing_key is not None:
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogatepass")
+        raw = unseal(raw, _MESSAGE_TAG, signing_key, "change message")
+    try:
+        return _decode_change(raw)
+    except Exception:  # RecursionError and the like: not a message this version can apply
+        return None
+
+
+def _decode_change(raw: bytes | str) -> Change | None:
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):

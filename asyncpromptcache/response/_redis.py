@@ -32,11 +32,11 @@ from anyio.abc import TaskGroup
 
 from .._errors import (
     ConfigurationError,
-    InvalidResponseError,
     SharedStreamError,
     SharedStreamLostError,
 )
 from .._redis import _RELEASE, RedisTier, _Connection, _Down
+from .._shared import member_text
 from ._keys import Chunk
 from ._store import ResponseStore, StoredAnswer, StoreStats
 from ._wire import (
@@ -167,7 +167,7 @@ class RedisResponses(_Connection):
             return None
         try:
             answer, expires_at = decode_answer(raw, key, self._sign)
-        except (InvalidResponseError, ValueError) as exc:
+        except Exception as exc:  # Redis content is never a caller's error
             self._n["rejected_values"] += 1
             logger.warning("ignored the shared tier's answer %s: %s", key[:12], exc)
             return None
@@ -208,7 +208,7 @@ class RedisResponses(_Connection):
                 cursor, keys = await self._cmd(
                     "scan", cursor, match=self._names.pattern, count=500)
                 for name in keys:
-                    if (name.decode() if isinstance(name, bytes) else str(name)).endswith(":a"):
+                    if (member_text(name) or "").endswith(":a"):
                         count += int(await self._cmd("unlink", name))
                 if not cursor:
                     return count
@@ -280,7 +280,7 @@ class RedisResponses(_Connection):
                     last = entry_id
                     try:
                         item = decode_entry(fields.get(_FIELD), key, index, self._sign)
-                    except InvalidResponseError as exc:
+                    except Exception as exc:  # Redis content is never a caller's error
                         self._n["rejected_values"] += 1
                         raise SharedStreamLostError(
                             f"the shared stream of this answer is not one to serve: {exc}"

@@ -77,8 +77,9 @@ def _unwrap(raw: Any, key: str, signing_key: bytes | None) -> dict[str, Any]:
     body = unseal(raw, _TAG, signing_key, "shared answer")
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidResponseError(f"shared answer: bad JSON: {exc}", field=None) from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nested too deep too
+        raise InvalidResponseError(
+            f"shared answer: bad JSON: {type(exc).__name__}: {exc}", field=None) from None
     if not isinstance(data, dict) or data.get("key") != key:
         raise InvalidResponseError("shared answer: holds another key", field="key")
     return data

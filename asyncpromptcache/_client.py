@@ -255,6 +255,9 @@ class AsyncPromptClient:
                     self._link = link
                 ready.set()
                 await self._stop.wait()
+                if self._link is not None:
+                    # Changes made just before closing leave the process before it ends.
+                    await self._link.drain()
                 tg.cancel_scope.cancel()
         except Exception:  # the engine's tasks never raise; if one did, nobody else would see it
             logger.exception("the task group of an AsyncPromptClient failed")

@@ -310,6 +310,15 @@ class _Link(_Connection):
         self._tg = tg
         await tg.start(self._run)
 
+    async def drain(self) -> None:
+        """Wait (shielded, bounded by a few times the tier's timeout per change) for the
+        changes of this process still on their way to L2 and the other processes: a client
+        closed right after a change must not leave the fleet on the old version."""
+        bound = min(30.0, max(1.0, 8 * self._timeout) * max(1, self._pending))
+        with anyio.CancelScope(shield=True), anyio.move_on_after(bound):
+            while self._pending:
+                await self._settled.wait()
+
     # -- health ----------------------------------------------------------------------------
 
     async def _run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

@@ -250,6 +250,7 @@ class AsyncPromptClient:
                     link = self._tier._open(
                         host=self._settings.base_url, public_key=self._settings.public_key,
                         max_stale=self._max_stale, apply=self._apply_shared, put_ttl=self._ttl,
+                        suspect=self._note_suspect,
                     )
                     await link.start(tg)  # bounded: Redis down means L1-only, not a failure
                     self._link = link
@@ -569,7 +570,7 @@ class AsyncPromptClient:
             self._link.propagate_soon(Change.invalidate(
                 keys=[*change.drops, *(key for key, _ in change.puts)],
                 names=change.drop_names, changed=change.changed_names,
-                puts=change.puts, moved=change.moved,
+                puts=change.puts, moved=change.moved, suspect=not change.composition_known,
             ))
         return dropped
 
@@ -586,6 +587,11 @@ class AsyncPromptClient:
         if change.kind == "expire":
             return self._cache.expire_all()
         return 0
+
+    def _note_suspect(self, key: PromptKey, prompt: Prompt) -> None:
+        """``prompt``, read from the shared tier for ``key``, came from a webhook: what it
+        includes is unknown (``CacheChange.composition_known``)."""
+        self._unknown_parts[key] = prompt
 
     def _clear_here(self) -> int:
         self._unknown_parts.clear()

@@ -43,13 +43,15 @@ from ._shared import (
     Names,
     SharedStats,
     decode_change,
-    decode_value,
+    decode_stored,
     dependent_member,
     encode_change,
     encode_value,
     namespace_id,
     parse_dependent_member,
+    parse_suspect_member,
     parts_of,
+    suspect_member,
 )
 
 __all__ = ["RedisTier", "resolve_shared"]
@@ -184,9 +186,10 @@ class RedisTier:
     def _open(
         self, *, host: str, public_key: str | None, max_stale: float | None,
         apply: Callable[[Change], int], put_ttl: float = 60.0,
+        suspect: Callable[[PromptKey, Prompt], None] | None = None,
     ) -> _Link:
         return _Link(self, Names(namespace_id(self.namespace, host, public_key)),
-                     max_stale, apply, put_ttl)
+                     max_stale, apply, put_ttl, suspect)
 
 
 def _generation(raw: Any) -> int:
@@ -274,8 +277,11 @@ class _Link(_Connection):
     def __init__(
         self, tier: RedisTier, names: Names, max_stale: float | None,
         apply: Callable[[Change], int], put_ttl: float = 60.0,
+        suspect: Callable[[PromptKey, Prompt], None] | None = None,
     ) -> None:
         super().__init__(tier)
+        # Told of each value read whose composition is unknown (see Change.suspect).
+        self._suspect = suspect
         self._put_ttl = put_ttl  # how long a prompt written through (not fetched) stays fresh
         self._names = names
         self._apply = apply
@@ -411,12 +417,15 @@ class _Link(_Connection):
         if raw is None:
             return None
         try:
-            return decode_value(raw, key, self._sign)
+            prompt, fetched_at, suspect = decode_stored(raw, key, self._sign)
         except InvalidResponseError as exc:
             self._n["rejected_values"] += 1
             logger.warning("ignored the shared tier's value of prompt %s: %s",
                            key.describe(), exc)
             return None
+        if suspect and self._suspect is not None:
+            self._suspect(key, prompt)
+        return prompt, fetched_at
 
     async def fetch_through(
         self, key: PromptKey, ttl: float, upstream: Callable[[], Awaitable[Prompt]],
@@ -507,19 +516,30 @@ class _Link(_Connection):
 
     async def _write(
         self, names: Names, key: PromptKey, prompt: Prompt, ttl: float,
-        release: tuple[str, str] | None = None,
+        release: tuple[str, str] | None = None, suspect: bool = False,
     ) -> None:
         """Write ``prompt`` to L2 for ``key``, fresh for ``ttl`` from now (and release the
-        fetch lock ``release`` in the same round trip)."""
-        value = encode_value(key, prompt, self._wall(), self._sign)
+        fetch lock ``release`` in the same round trip); ``suspect``: its composition is
+        unknown (registered for any later change to drop, see ``_suspects``)."""
+        value = encode_value(key, prompt, self._wall(), self._sign, suspect=suspect)
         px = max(1, int((ttl + self._retain) * 1000))
         pipe = self._redis.pipeline(transaction=False)  # one slot; Cluster-safe
         pipe.set(names.value(key), value, px=px)
         pipe.sadd(names.index(key.name), names.key_id(key))
         pipe.pexpire(names.index(key.name), px)
+        if suspect:
+            pipe.sadd(names.suspects(key.name), suspect_member(key))
+            pipe.pexpire(names.suspects(key.name), px)
+        else:
+            pipe.srem(names.suspects(key.name), suspect_member(key))
         if release is not None:
             pipe.eval(_RELEASE, 1, *release)
         await self._call(pipe.execute())
+        if suspect:
+            pipe = self._redis.pipeline(transaction=False)  # the namespace's slot
+            pipe.sadd(names.suspect_names, key.name)
+            pipe.pexpire(names.suspect_names, px)
+            await self._call(pipe.execute())
         member = dependent_member(names, key)
         for part in sorted(parts_of(prompt)):  # what it includes: dropped when a part changes
             pipe = self._redis.pipeline(transaction=False)  # the part's slot
@@ -545,6 +565,25 @@ class _Link(_Connection):
                 if parent not in seen:
                     seen.add(parent)
                     queue.append(parent)
+        return found
+
+    async def _suspects(
+        self, names: Names, spared: set[str]
+    ) -> dict[str, tuple[list[PromptKey], str]]:
+        """The L2 values of unknown composition (a webhook's prompts) of names other than
+        ``spared``, by name, with their suspects set: a change to any other name may have
+        changed what they include, so it drops them."""
+        found: dict[str, tuple[list[PromptKey], str]] = {}
+        for raw in await self._call(self._redis.smembers(names.suspect_names)) or ():
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if name in spared:
+                continue
+            members = await self._call(self._redis.smembers(names.suspects(name)))
+            keys = [key for key in map(parse_suspect_member, members or ())
+                    if key is not None and key.name == name]
+            found[name] = (keys, names.suspects(name))
+        if found:
+            await self._call(self._redis.srem(names.suspect_names, *found))
         return found
 
     async def _release(self, key: PromptKey, lock: str, token: str) -> None:
@@ -599,7 +638,15 @@ class _Link(_Connection):
                     found.extend(names.value_of_id(name, i.decode() if isinstance(i, bytes)
                                                    else str(i)) for i in ids)
                     found.append(names.index(name))
-                for name, keys in (await self._dependents(names, change.changed)).items():
+                suspects: list[PromptKey] = []
+                if change.changed:
+                    spared = {*change.changed, *change.names, *(k.name for k in change.keys)}
+                    for name, (its, held_in) in (await self._suspects(names, spared)).items():
+                        suspects.extend(its)
+                        by_name.setdefault(name, []).extend([
+                            *(names.value(key) for key in its), held_in])
+                changed = (*change.changed, *dict.fromkeys(k.name for k in suspects))
+                for name, keys in (await self._dependents(names, changed)).items():
                     by_name.setdefault(name, []).extend(keys)
                 written = {names.value(key) for key, _ in change.puts}
                 for key in change.moved:
@@ -615,9 +662,11 @@ class _Link(_Connection):
                         await self._call(self._redis.delete(*gone))
                 for key, prompt in change.puts:  # then the versions written through
                     await self._write(names, key, prompt, self._put_ttl,
-                                      release=(names.lock(key), _MOVED))
+                                      release=(names.lock(key), _MOVED), suspect=change.suspect)
                 self._wake(tuple(key for key, _ in change.puts))
-                change = attrs.evolve(change, puts=(), moved=())
+                if suspects:  # every process drops them, this one too (read from L2)
+                    self._apply(Change.invalidate(keys=suspects))
+                change = attrs.evolve(change, keys=(*change.keys, *suspects), puts=(), moved=())
             elif change.kind == "clear":
                 generation = await self._call(self._redis.incr(names.generation_key))
                 self._names = attrs.evolve(self._names, generation=int(generation))

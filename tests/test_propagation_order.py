@@ -14,6 +14,7 @@ from asyncpromptcache.testing import FakeClock, StaticSource
 
 from . import test_redis_tier
 from .test_propagation_tier import client, received, until
+from .test_webhook_client import event, signed
 
 pytestmark = pytest.mark.anyio
 
@@ -35,3 +36,47 @@ async def test_a_change_made_just_before_closing_reaches_the_other_processes(
         fetches = source.total_fetches
         assert (await b.get_prompt("p")).prompt == "v2"
         assert source.total_fetches == fetches  # written through to Redis before closing
+
+
+def composed(version: int, text: str) -> TextPrompt:
+    graph = {"root": {"name": "c", "version": version},
+             "dependencies": {f"c:{version}": [{"name": "part", "version": 1}]}}
+    return TextPrompt(name="c", version=version, prompt=text, labels=["production"],
+                      resolution_graph=graph)
+
+
+async def test_a_webhooks_composed_prompt_is_dropped_from_redis_when_another_prompt_changes(
+    redis_url: str,
+) -> None:
+    # The webhook's body has no resolutionGraph: which parts "c" includes is unknown.
+    source, clock = StaticSource([composed(1, "c1 says old part")]), FakeClock()
+    async with client(redis_url, source, clock) as a, client(redis_url, source, clock) as b:
+        created = event("created", 2, ["production"], event_id="e1", name="c",
+                        prompt="c2 says old part")
+        await a.handle_webhook(created, signed(created))
+        await until(lambda: received(b) > 0)
+        assert (await b.get_prompt("c")).prompt == "c2 says old part"  # from Redis
+        assert source.total_fetches == 0
+
+        source.add(composed(2, "c2 says new part"))  # Langfuse re-resolves it
+        a.invalidate("part")
+        await until(lambda: received(b) > 1)
+        assert not b.cache.holds(PromptKey("c", "production", None))
+        assert (await b.get_prompt("c")).prompt == "c2 says new part"
+        assert (await a.get_prompt("c")).prompt == "c2 says new part"
+        assert source.total_fetches == 1  # one fetch for the fleet, then Redis again
+
+
+async def test_a_webhooks_prompt_of_the_changed_name_itself_stays_in_redis(
+    redis_url: str,
+) -> None:
+    v1 = TextPrompt(name="p", version=1, prompt="v1", labels=["production"])
+    source, clock = StaticSource([v1]), FakeClock()
+    async with client(redis_url, source, clock) as a, client(redis_url, source, clock) as b:
+        other = event("created", 1, ["production"], event_id="e1", name="q", prompt="q1")
+        await a.handle_webhook(other, signed(other))
+        moved = event("created", 2, ["production"], event_id="e2", prompt="v2")
+        await a.handle_webhook(moved, signed(moved))
+        await until(lambda: received(b) > 1)
+        assert (await b.get_prompt("p")).prompt == "v2"  # from Redis, the other's suspect
+        assert source.total_fetches == 0  # did not drop the change's own prompt

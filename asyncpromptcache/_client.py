@@ -682,7 +682,10 @@ class AsyncPromptClient:
         version, ``latest`` when created); keys it no longer serves are dropped (all of them
         when deleted), and so is every cached prompt composed of it. A state of a version
         older (by ``updatedAt``) than one already applied is not applied: Langfuse retries
-        failed deliveries, so events can arrive out of order. Returns the event.
+        failed deliveries, so events can arrive out of order. With a shared tier both hold
+        fleet-wide (a retry may land on another process): an event id is claimed in Redis
+        for 10 minutes before it is applied, and the newest state applied of each version is
+        kept there; with Redis unreachable, each process's own memory holds. Returns the event.
 
         Raises, having changed nothing: ``WebhookSignatureError`` (missing, wrong or stale
         signature), ``WebhookReplayError`` (an event id already applied: answer it with a
@@ -698,8 +701,17 @@ class AsyncPromptClient:
             raise WebhookReplayError(f"webhook event {event.id!r} was already applied")
         if self._state != _OPEN:
             raise ClientStateError(self._cache_closed_reason())
+        link = self._link  # with a shared tier, an event is applied once in the whole fleet
+        if link is not None and not await link.claim_event(event.id):
+            self._seen_events.add(event.id)
+            raise WebhookReplayError(
+                f"webhook event {event.id!r} was already applied (by another process)")
         prompt, known, at = event.prompt, event.composition_known, event.updated_at
-        if at is not None and self._version_states.is_outdated(prompt.name, prompt.version, at):
+        outdated = at is not None and (
+            self._version_states.is_outdated(prompt.name, prompt.version, at)
+            or (link is not None and not await link.newest_state(
+                prompt.name, prompt.version, at.timestamp())))
+        if outdated:
             logger.info(
                 "webhook %s: prompt %r version %d has changed since; not applied",
                 event.id, prompt.name, prompt.version,

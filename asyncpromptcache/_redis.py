@@ -68,6 +68,14 @@ _RELEASE = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
     "else return 0 end"
 )
+# Record a webhook state's updatedAt unless a newer one of the version was applied already.
+_NEWEST = (
+    "local applied = tonumber(redis.call('get', KEYS[1])) "
+    "if applied and applied > tonumber(ARGV[1]) then return 0 end "
+    "redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1"
+)
+#: How long a webhook event id stays claimed: past the signature's 5-minute window.
+_EVENT_CLAIM_SECONDS = 600.0
 _CONNECT_GRACE = 1.0  # how long opening a client waits for Redis before starting L1-only
 _MAX_UNSENT = 1000  # past this many changes kept while Redis is down, send one clear()
 
@@ -585,6 +593,35 @@ class _Link(_Connection):
         if found:
             await self._call(self._redis.srem(names.suspect_names, *found))
         return found
+
+    # -- webhooks --------------------------------------------------------------------------
+
+    async def claim_event(self, event_id: str) -> bool:
+        """Claim webhook event ``event_id`` for this process, fleet-wide: false when another
+        process (or this one) claimed it already (a replay or a retry that landed elsewhere).
+        True when Redis is unreachable: then each process's own memory protects it alone."""
+        if not self._up or os.getpid() != self._pid:
+            return True
+        try:
+            return bool(await self._call(self._redis.set(
+                self._names.event(event_id), self.id, nx=True,
+                px=int(_EVENT_CLAIM_SECONDS * 1000))))
+        except _Down:
+            return True
+
+    async def newest_state(self, name: str, version: int, updated_at: float) -> bool:
+        """Record that the state of ``name`` version ``version`` last updated at
+        ``updated_at`` (epoch seconds) is applied, unless a newer state of it was, fleet-wide
+        (then false: Langfuse retried an older delivery). True when Redis is unreachable."""
+        if not self._up or os.getpid() != self._pid:
+            return True
+        retain = max(1, int(self._tier.stale_retention_seconds * 1000))
+        try:
+            return bool(await self._call(self._redis.eval(
+                _NEWEST, 1, self._names.version_state(name, version),
+                str(int(updated_at * 1000)), str(retain))))
+        except _Down:
+            return True
 
     async def _release(self, key: PromptKey, lock: str, token: str) -> None:
         try:

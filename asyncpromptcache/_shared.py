@@ -12,6 +12,8 @@ Key layout (one hash tag per prompt name, so every command touches one slot of a
     apc:{<ns>.<gen>.<name>}:u              its values of unknown composition: [name, label, version]
     apc:{<ns>.<gen>}:u                     the names that have values of unknown composition
     apc:<ns>:events                        the pub/sub channel of the namespace
+    apc:<ns>:e:<event>                     a webhook event id claimed (applied) by a process
+    apc:<ns>:w:<name, version>             the updatedAt of the newest webhook state applied
 
 ``<ns>`` hashes the user's namespace, the Langfuse host and the public key (never the
 secret); ``<name>`` and ``<key>`` hash the prompt name and the structured key, so no name can
@@ -101,6 +103,14 @@ class Names:
     def dependents(self, name: str) -> str:
         """The set of values composed of ``name`` (members from ``dependent_member``)."""
         return f"{self._tag(name)}:d"
+
+    def event(self, event_id: str) -> str:
+        """The claim of a webhook event id: set by the one process that applies it."""
+        return f"apc:{self.ns}:e:{_digest('event', event_id, size=32)}"
+
+    def version_state(self, name: str, version: int) -> str:
+        """The ``updatedAt`` (epoch ms) of the newest webhook state of a version applied."""
+        return f"apc:{self.ns}:w:{_digest('state', name, version, size=32)}"
 
     def suspects(self, name: str) -> str:
         """The set of ``name``'s values whose composition is unknown (a webhook's prompt):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from asyncpromptcache import PromptKey, TextPrompt
+from asyncpromptcache import PromptKey, TextPrompt, WebhookReplayError
 from asyncpromptcache.testing import FakeClock, StaticSource
 
 from . import test_redis_tier
@@ -80,3 +80,35 @@ async def test_a_webhooks_prompt_of_the_changed_name_itself_stays_in_redis(
         await until(lambda: received(b) > 1)
         assert (await b.get_prompt("p")).prompt == "v2"  # from Redis, the other's suspect
         assert source.total_fetches == 0  # did not drop the change's own prompt
+
+
+async def test_a_webhook_event_is_applied_once_in_the_fleet(redis_url: str) -> None:
+    v1 = TextPrompt(name="p", version=1, prompt="v1", labels=["production"])
+    source, clock = StaticSource([v1]), FakeClock()
+    async with client(redis_url, source, clock) as a, client(redis_url, source, clock) as b:
+        body = event("created", 2, ["production"], event_id="e1", prompt="v2")
+        await a.handle_webhook(body, signed(body))
+        with pytest.raises(WebhookReplayError, match="another process"):
+            await b.handle_webhook(body, signed(body))  # Langfuse's retry, on another worker
+        b.invalidate("q")  # sent after anything the replay would have sent
+        await until(lambda: received(a) > 0)
+        assert received(a) == 1  # the replay changed nothing anywhere
+
+
+async def test_an_older_state_of_a_version_is_not_applied_in_another_process(
+    redis_url: str,
+) -> None:
+    v1 = TextPrompt(name="p", version=1, prompt="v1", labels=["production"])
+    source, clock = StaticSource([v1]), FakeClock()
+    async with client(redis_url, source, clock) as a, client(redis_url, source, clock) as b:
+        # "production" left version 1 (its newest state), then a late retry of an older one.
+        newer = event("updated", 1, [], event_id="e2", prompt="v1",
+                      updated_at="2026-11-30T07:00:02.000Z")
+        await a.handle_webhook(newer, signed(newer))
+        older = event("updated", 1, ["production"], event_id="e1", prompt="v1",
+                      updated_at="2026-11-30T07:00:01.000Z")
+        await b.handle_webhook(older, signed(older))
+        assert not b.cache.holds(PRODUCTION)
+        b.invalidate("q")  # sent after anything the older state would have sent
+        await until(lambda: received(a) > 0)
+        assert received(a) == 1  # the older state was not applied, so nothing was sent

@@ -68,6 +68,25 @@ _RELEASE = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
     "else return 0 end"
 )
+# The write of a fetch's result: only while its lock still holds the fetch's token (an
+# invalidation deletes the locks of the keys it drops: a fetch that may have read the old
+# version upstream must not write it after that), then the lock is released. KEYS: lock,
+# value, index, suspects set (one hash tag: one slot of a Cluster). ARGV: token, value, px,
+# key id, suspects member.
+_WRITE_HELD = (
+    "if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end "
+    "redis.call('set', KEYS[2], ARGV[2], 'PX', ARGV[3]) "
+    "redis.call('sadd', KEYS[3], ARGV[4]) redis.call('pexpire', KEYS[3], ARGV[3]) "
+    "redis.call('srem', KEYS[4], ARGV[5]) redis.call('del', KEYS[1]) return 1"
+)
+# Take a fetch's lock (KEYS[1]) and list its key in the name's index (KEYS[2]): an
+# invalidation of the name finds (and deletes) the lock even before a value is written.
+_TAKE = (
+    "if not redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end "
+    "redis.call('sadd', KEYS[2], ARGV[3]) "
+    "if redis.call('pttl', KEYS[2]) < tonumber(ARGV[2]) then "
+    "redis.call('pexpire', KEYS[2], ARGV[2]) end return 1"
+)
 # Record a webhook state's updatedAt unless a newer one of the version was applied already.
 _NEWEST = (
     "local applied = tonumber(redis.call('get', KEYS[1])) "
@@ -470,8 +489,9 @@ class _Link(_Connection):
                     counted_miss = True
                     self._n["l2_misses"] += 1
                 lock, token = names.lock(key), secrets.token_hex(16)
-                if await self._call(self._redis.set(lock, token, nx=True,
-                                                    px=max(1, int(budget * 1000)))):
+                if await self._call(self._redis.eval(
+                        _TAKE, 2, lock, names.index(key.name), token,
+                        str(max(1, int(budget * 1000))), names.key_id(key))):
                     # The previous holder may have written it between our read and our lock.
                     again = await self._read(names, key)
                     if again is not None and self._wall() - again[1] < ttl:
@@ -516,8 +536,10 @@ class _Link(_Connection):
                 await self._release(key, lock, token)
             raise
         try:
-            await self._write(names, key, prompt, ttl, release=(lock, token))
-            await self._publish(Change("filled", (key,)))
+            if await self._write(names, key, prompt, ttl, held=(lock, token)):
+                await self._publish(Change("filled", (key,)))
+            else:  # invalidated meanwhile (its lock deleted) or overran: not for L2
+                await self._publish(Change("released", (key,)))
         except _Down:
             pass
         return Fetched(prompt, 0.0)
@@ -525,12 +547,35 @@ class _Link(_Connection):
     async def _write(
         self, names: Names, key: PromptKey, prompt: Prompt, ttl: float,
         release: tuple[str, str] | None = None, suspect: bool = False,
-    ) -> None:
+        held: tuple[str, str] | None = None,
+    ) -> bool:
         """Write ``prompt`` to L2 for ``key``, fresh for ``ttl`` from now (and release the
         fetch lock ``release`` in the same round trip); ``suspect``: its composition is
-        unknown (registered for any later change to drop, see ``_suspects``)."""
+        unknown (registered for any later change to drop, see ``_suspects``). With ``held``
+        (a fetch's lock and token), only while that lock holds: false if it did not."""
         value = encode_value(key, prompt, self._wall(), self._sign, suspect=suspect)
         px = max(1, int((ttl + self._retain) * 1000))
+        if held is not None:
+            lock, token = held
+            if not await self._call(self._redis.eval(
+                    _WRITE_HELD, 4, lock, names.value(key), names.index(key.name),
+                    names.suspects(key.name), token, value, str(px), names.key_id(key),
+                    suspect_member(key))):
+                return False
+        else:
+            await self._write_through(names, key, value, px, release, suspect)
+        member = dependent_member(names, key)
+        for part in sorted(parts_of(prompt)):  # what it includes: dropped when a part changes
+            pipe = self._redis.pipeline(transaction=False)  # the part's slot
+            pipe.sadd(names.dependents(part), member)
+            pipe.pexpire(names.dependents(part), px)
+            await self._call(pipe.execute())
+        return True
+
+    async def _write_through(
+        self, names: Names, key: PromptKey, value: bytes, px: int,
+        release: tuple[str, str] | None, suspect: bool,
+    ) -> None:
         pipe = self._redis.pipeline(transaction=False)  # one slot; Cluster-safe
         pipe.set(names.value(key), value, px=px)
         pipe.sadd(names.index(key.name), names.key_id(key))
@@ -547,12 +592,6 @@ class _Link(_Connection):
             pipe = self._redis.pipeline(transaction=False)  # the namespace's slot
             pipe.sadd(names.suspect_names, key.name)
             pipe.pexpire(names.suspect_names, px)
-            await self._call(pipe.execute())
-        member = dependent_member(names, key)
-        for part in sorted(parts_of(prompt)):  # what it includes: dropped when a part changes
-            pipe = self._redis.pipeline(transaction=False)  # the part's slot
-            pipe.sadd(names.dependents(part), member)
-            pipe.pexpire(names.dependents(part), px)
             await self._call(pipe.execute())
 
     async def _dependents(self, names: Names, changed: tuple[str, ...]) -> dict[str, list[str]]:
@@ -693,8 +732,12 @@ class _Link(_Connection):
                         await self._call(self._redis.set(
                             names.lock(key), _MOVED, nx=True,
                             px=max(1, int(self._tier.moved_grace_seconds * 1000))))
+                waiting = {names.value(key) for key in change.moved}  # keep their _MOVED lock
                 for keys in by_name.values():  # one hash-tagged group per command
                     gone = [k for k in keys if k not in written]
+                    # And the locks of fetches in flight: one may have read the old version.
+                    gone += [names.lock_of_value(k) for k in keys
+                             if k not in waiting and names.is_value(k)]
                     if gone:
                         await self._call(self._redis.delete(*gone))
                 for key, prompt in change.puts:  # then the versions written through

@@ -94,6 +94,17 @@ class Names:
     def lock(self, key: PromptKey) -> str:
         return f"{self._tag(key.name)}:l:{self.key_id(key)}"
 
+    @staticmethod
+    def is_value(key: str) -> bool:
+        """Whether ``key`` (a name from this class) is a prompt's value."""
+        return ":v:" in key
+
+    @staticmethod
+    def lock_of_value(value: str) -> str:
+        """The lock of the fetch of the value named ``value``."""
+        tag, _, key_id = value.rpartition(":v:")
+        return f"{tag}:l:{key_id}"
+
     def index(self, name: str) -> str:
         return f"{self._tag(name)}:i"
 

@@ -7,6 +7,7 @@ by another process's fetch that read the old version upstream."""
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
 from asyncpromptcache import PromptKey, TextPrompt, WebhookReplayError
@@ -112,3 +113,51 @@ async def test_an_older_state_of_a_version_is_not_applied_in_another_process(
         b.invalidate("q")  # sent after anything the older state would have sent
         await until(lambda: received(a) > 0)
         assert received(a) == 1  # the older state was not applied, so nothing was sent
+
+
+async def _redis_keys(url: str, kind: str) -> list[bytes | str]:
+    """The keys of ``kind`` (``v``: values, ``l``: fetch locks) in the server."""
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(url)
+    try:
+        return list(await redis.keys(f"apc:*:{kind}:*"))
+    finally:
+        await redis.aclose()
+
+
+async def test_an_invalidation_deletes_the_lock_of_a_fetch_in_flight(redis_url: str) -> None:
+    v1 = TextPrompt(name="p", version=1, prompt="v1", labels=["production"])
+    source, clock = StaticSource([v1]), FakeClock()
+    async with client(redis_url, source, clock) as a, client(redis_url, source, clock) as b:
+        source.hold()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(b.get_prompt, "p")
+            await until(lambda: source.total_fetches == 1)
+            assert len(await _redis_keys(redis_url, "l")) == 1  # b's fetch holds the lock
+            a.invalidate("p")
+            await until(lambda: received(b) > 0)
+            # The fetch may have read the old version: its lock is gone with the value.
+            assert await _redis_keys(redis_url, "l") == []
+            source.release()
+
+
+async def test_a_fetch_whose_lock_was_deleted_does_not_write_to_redis(redis_url: str) -> None:
+    from redis.asyncio import Redis
+
+    v1 = TextPrompt(name="p", version=1, prompt="v1", labels=["production"])
+    source, clock = StaticSource([v1]), FakeClock()
+    async with client(redis_url, source, clock) as b:
+        source.hold()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(b.get_prompt, "p")
+            await until(lambda: source.total_fetches == 1)
+            # Another process's invalidation landed in Redis (value and lock deleted); its
+            # message has not reached b yet when b's fetch of the old version returns.
+            redis = Redis.from_url(redis_url)
+            try:
+                assert await redis.delete(*await _redis_keys(redis_url, "l")) == 1
+            finally:
+                await redis.aclose()
+            source.release()
+        assert await _redis_keys(redis_url, "v") == []  # b's callers got it; Redis did not

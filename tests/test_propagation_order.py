@@ -161,3 +161,16 @@ async def test_a_fetch_whose_lock_was_deleted_does_not_write_to_redis(redis_url:
                 await redis.aclose()
             source.release()
         assert await _redis_keys(redis_url, "v") == []  # b's callers got it; Redis did not
+
+
+async def test_a_process_reading_a_webhooks_prompt_from_redis_knows_its_parts_are_unknown(
+    redis_url: str,
+) -> None:
+    source, clock = StaticSource([composed(1, "c1 says old part")]), FakeClock()
+    async with client(redis_url, source, clock) as a, client(redis_url, source, clock) as b:
+        created = event("created", 2, ["production"], event_id="e1", name="c",
+                        prompt="c2 says old part")
+        await a.handle_webhook(created, signed(created))
+        await until(lambda: received(b) > 0)
+        assert (await b.get_prompt("c")).prompt == "c2 says old part"  # from Redis
+        assert b.invalidate("part") == 1  # dropped here at once: "c" may include "part"

@@ -546,13 +546,12 @@ class _Link(_Connection):
 
     async def _write(
         self, names: Names, key: PromptKey, prompt: Prompt, ttl: float,
-        release: tuple[str, str] | None = None, suspect: bool = False,
-        held: tuple[str, str] | None = None,
+        suspect: bool = False, held: tuple[str, str] | None = None,
     ) -> bool:
-        """Write ``prompt`` to L2 for ``key``, fresh for ``ttl`` from now (and release the
-        fetch lock ``release`` in the same round trip); ``suspect``: its composition is
-        unknown (registered for any later change to drop, see ``_suspects``). With ``held``
-        (a fetch's lock and token), only while that lock holds: false if it did not."""
+        """Write ``prompt`` to L2 for ``key``, fresh for ``ttl`` from now; ``suspect``: its
+        composition is unknown (registered for any later change to drop, see ``_suspects``).
+        With ``held`` (a fetch's lock and token), only while that lock holds, then released:
+        false if it did not hold. Without, the key's lock is deleted with the write."""
         value = encode_value(key, prompt, self._wall(), self._sign, suspect=suspect)
         px = max(1, int((ttl + self._retain) * 1000))
         if held is not None:
@@ -563,7 +562,7 @@ class _Link(_Connection):
                     suspect_member(key))):
                 return False
         else:
-            await self._write_through(names, key, value, px, release, suspect)
+            await self._write_through(names, key, value, px, suspect)
         member = dependent_member(names, key)
         for part in sorted(parts_of(prompt)):  # what it includes: dropped when a part changes
             pipe = self._redis.pipeline(transaction=False)  # the part's slot
@@ -574,8 +573,11 @@ class _Link(_Connection):
 
     async def _write_through(
         self, names: Names, key: PromptKey, value: bytes, px: int,
-        release: tuple[str, str] | None, suspect: bool,
+        suspect: bool,
     ) -> None:
+        """The write of a version written through (a write, a webhook): the key's lock goes
+        in the same round trip, whoever holds it (the label-moved wait, or a fetch in flight
+        that may have read an older version: its own write then fails)."""
         pipe = self._redis.pipeline(transaction=False)  # one slot; Cluster-safe
         pipe.set(names.value(key), value, px=px)
         pipe.sadd(names.index(key.name), names.key_id(key))
@@ -585,8 +587,7 @@ class _Link(_Connection):
             pipe.pexpire(names.suspects(key.name), px)
         else:
             pipe.srem(names.suspects(key.name), suspect_member(key))
-        if release is not None:
-            pipe.eval(_RELEASE, 1, *release)
+        pipe.delete(names.lock(key))
         await self._call(pipe.execute())
         if suspect:
             pipe = self._redis.pipeline(transaction=False)  # the namespace's slot
@@ -735,14 +736,14 @@ class _Link(_Connection):
                 waiting = {names.value(key) for key in change.moved}  # keep their _MOVED lock
                 for keys in by_name.values():  # one hash-tagged group per command
                     gone = [k for k in keys if k not in written]
-                    # And the locks of fetches in flight: one may have read the old version.
-                    gone += [names.lock_of_value(k) for k in keys
+                    # And the locks of fetches in flight: one may have read the old version
+                    # (those of the keys written through go with that write).
+                    gone += [names.lock_of_value(k) for k in gone
                              if k not in waiting and names.is_value(k)]
                     if gone:
                         await self._call(self._redis.delete(*gone))
                 for key, prompt in change.puts:  # then the versions written through
-                    await self._write(names, key, prompt, self._put_ttl,
-                                      release=(names.lock(key), _MOVED), suspect=change.suspect)
+                    await self._write(names, key, prompt, self._put_ttl, suspect=change.suspect)
                 self._wake(tuple(key for key, _ in change.puts))
                 if suspects:  # every process drops them, this one too (read from L2)
                     self._apply(Change.invalidate(keys=suspects))

@@ -729,9 +729,10 @@ class _Link(_Connection):
                 for key in change.moved:
                     # A label left this version; the version it moved to comes next: readers
                     # wait for that (as for a fetch in flight) rather than fetch it.
+                    # (Taken from a fetch in flight too: it may have read the old version.)
                     if names.value(key) not in written:
                         await self._call(self._redis.set(
-                            names.lock(key), _MOVED, nx=True,
+                            names.lock(key), _MOVED,
                             px=max(1, int(self._tier.moved_grace_seconds * 1000))))
                 waiting = {names.value(key) for key in change.moved}  # keep their _MOVED lock
                 for keys in by_name.values():  # one hash-tagged group per command

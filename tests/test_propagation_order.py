@@ -174,3 +174,28 @@ async def test_a_process_reading_a_webhooks_prompt_from_redis_knows_its_parts_ar
         await until(lambda: received(b) > 0)
         assert (await b.get_prompt("c")).prompt == "c2 says old part"  # from Redis
         assert b.invalidate("part") == 1  # dropped here at once: "c" may include "part"
+
+
+async def test_a_label_that_moved_takes_the_lock_from_a_fetch_in_flight(redis_url: str) -> None:
+    from redis.asyncio import Redis
+
+    v1 = TextPrompt(name="p", version=1, prompt="v1", labels=["production"])
+    source, clock = StaticSource([v1]), FakeClock()
+    async with client(redis_url, source, clock) as a, client(redis_url, source, clock) as b:
+        await a.get_prompt("p")  # a holds "production" at version 1
+        redis = Redis.from_url(redis_url)
+        try:
+            await redis.delete(*await _redis_keys(redis_url, "v"))  # gone from Redis (expired)
+            source.hold()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(b.get_prompt, "p")
+                await until(lambda: source.total_fetches == 2)
+                left = event("updated", 1, [], event_id="e1", prompt="v1",
+                             updated_at="2026-11-30T07:00:01.000Z")
+                await a.handle_webhook(left, signed(left))
+                await until(lambda: received(b) > 0)
+                locks = [await redis.get(k) for k in await _redis_keys(redis_url, "l")]
+                assert locks == [b"moved"]  # b's fetch (maybe of the old version) lost it
+                source.release()
+        finally:
+            await redis.aclose()

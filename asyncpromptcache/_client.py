@@ -126,8 +126,11 @@ class AsyncPromptClient:
         del secret_key, env
         if isinstance(webhook_secret, str):
             webhook_secret = Secret(webhook_secret)
-        if webhook_secret is not None and (not isinstance(webhook_secret, Secret)
-                                           or not webhook_secret.reveal().strip()):
+        if webhook_secret is not None and (
+            not isinstance(webhook_secret, Secret)
+            or not isinstance(webhook_secret.reveal(), str)  # Secret(b"...") is typed wrong
+            or not webhook_secret.reveal().strip()
+        ):
             raise ConfigurationError("webhook_secret must be a non-empty string")
         self.__webhook_secret = (
             environment.webhook_secret if webhook_secret is None else webhook_secret

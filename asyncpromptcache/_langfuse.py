@@ -4,11 +4,9 @@ one is converted to our error tree here, ``from`` the original."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import json
 import logging
-import os
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,7 +20,6 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from ._checks import check_count, check_seconds
 from ._errors import (
     AuthenticationError,
-    ConfigurationError,
     FetchError,
     FetchTimeoutError,
     InvalidResponseError,
@@ -32,11 +29,12 @@ from ._errors import (
     TransportError,
     UnexpectedStatusError,
 )
+from ._http import OwnedSession, basic_auth
 from ._keys import PromptKey, _shown
 from ._models import Prompt, parse_prompt
 from ._retry import RetryPolicy, parse_retry_after
 from ._secret import Secret
-from ._settings import check_base_url, proxy_for
+from ._settings import check_base_url
 from ._source import FetchOptions, NewPrompt
 
 __all__ = ["LangfuseSource"]
@@ -79,20 +77,16 @@ class LangfuseSource:
         clock: Callable[[], float] = anyio.current_time,
     ) -> None:
         # Secrets from the first statement on: error reporters record the locals of frames.
-        self.__auth = _basic_auth(public_key, None if secret_key is None else Secret(secret_key))
+        self.__auth = basic_auth(public_key, None if secret_key is None else Secret(secret_key),
+                                 "the Langfuse keys")
         del secret_key
         self._base = check_base_url(base_url)
-        self._tls = self._base.startswith("https:")
         self._public_key = public_key
-        if proxy is None and trust_env:
-            proxy = proxy_for(self._base, os.environ)
-        self._proxy, self.__proxy_auth = _split_proxy(proxy)
-        self._session = session
-        self._owns_session = session is None
+        self._http = OwnedSession(
+            self._base, session, verify_ssl=verify_ssl, trust_env=trust_env, proxy=proxy)
         self._timeout = check_seconds(timeout_seconds, "timeout_seconds", positive=True)
         self._retry = retry or RetryPolicy()
         self._max_bytes = check_count(max_response_bytes, "max_response_bytes", minimum=1)
-        self._verify_ssl = verify_ssl
         self._sleep = sleep
         self._clock = clock
         self.requests_sent = 0
@@ -104,19 +98,7 @@ class LangfuseSource:
         )
 
     async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and self._owns_session and not session.closed:
-            await session.close()
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or (self._owns_session and self._session.closed):
-            # ssl=True: aiohttp's default verified context; False only when asked by name.
-            connector = aiohttp.TCPConnector(ssl=self._verify_ssl)
-            # The proxy is resolved once, when the source is built (see proxy_for), not by
-            # aiohttp's trust_env: that also reads ~/.netrc, whose credentials clash with ours.
-            self._session = aiohttp.ClientSession(connector=connector)
-            self._owns_session = True
-        return self._session
+        await self._http.aclose()
 
     def url_for(self, key: PromptKey) -> yarl.URL:
         """The request URL: the name is one path segment, percent-encoded with nothing safe."""
@@ -187,14 +169,14 @@ class LangfuseSource:
     ) -> tuple[int, bytes, str | None]:
         """One request: ``(status, body, Retry-After)``, or our error when there is no answer."""
         data = None if payload is None else json.dumps(payload).encode()
-        session = self._get_session()
+        session = self._http.get()
         self.requests_sent += 1
         try:
             with anyio.fail_after(timeout):
                 async with session.request(
-                    method, url, data=data, allow_redirects=False, proxy=self._proxy,
+                    method, url, data=data, allow_redirects=False, proxy=self._http.proxy,
                     headers=self._headers(json_body=data is not None),
-                    proxy_headers=self._proxy_headers(),
+                    proxy_headers=self._http.connect_headers(),
                 ) as response:
                     status = response.status
                     retry_after = response.headers.get("Retry-After")
@@ -211,23 +193,16 @@ class LangfuseSource:
             ) from exc
         return status, body, retry_after
 
-    # The two below build temporaries that the request consumes, so that no frame that may
-    # raise holds the credentials in a local. The proxy's go in the request itself to an
-    # http:// target (sent to the proxy whole), in the CONNECT to an https:// one.
+    # A temporary that the request consumes, so that no frame that may raise holds the
+    # credentials in a local.
 
     def _headers(self, *, json_body: bool = False) -> dict[str, str]:
         return {
             **_HEADERS,
             **({"Content-Type": "application/json"} if json_body else {}),
             **({"Authorization": self.__auth.reveal()} if self.__auth else {}),
-            **({"Proxy-Authorization": self.__proxy_auth.reveal()}
-               if self.__proxy_auth and not self._tls else {}),
+            **self._http.request_headers(),
         }
-
-    def _proxy_headers(self) -> dict[str, str] | None:
-        if self.__proxy_auth is None or not self._tls:
-            return None
-        return {"Proxy-Authorization": self.__proxy_auth.reveal()}
 
     async def _read_body(
         self, response: aiohttp.ClientResponse, what: str, name: str, key: PromptKey | None
@@ -357,28 +332,6 @@ def _not_acted_on(error: FetchError) -> bool:
         return True
     return isinstance(error, TransportError) and not isinstance(error, FetchTimeoutError) \
         and isinstance(error.__cause__, aiohttp.ClientConnectorError)
-
-
-def _basic_auth(login: str | None, password: Secret | None) -> Secret | None:
-    """The ``Authorization`` value for HTTP Basic, or ``None`` without both parts."""
-    if login is None or password is None:
-        return None
-    try:
-        return Secret(
-            "Basic " + base64.b64encode(f"{login}:{password.reveal()}".encode()).decode()
-        )
-    except UnicodeEncodeError:
-        raise ConfigurationError("the Langfuse keys must be valid Unicode text") from None
-
-
-def _split_proxy(proxy: str | None) -> tuple[yarl.URL | None, Secret | None]:
-    """The proxy's URL without its credentials, and them as a ``Proxy-Authorization``."""
-    if proxy is None:
-        return None, None
-    url = yarl.URL(proxy)
-    if url.user is None:
-        return url, None
-    return url.with_user(None), _basic_auth(url.user, Secret(url.password or ""))
 
 
 def _forget_credentials(exc: BaseException) -> None:

@@ -133,11 +133,13 @@ class PromptClient:
         env: Mapping[str, str] | None = None,
         negative_cache_seconds: float = DEFAULT_NEGATIVE_CACHE_SECONDS,
         shared: str | RedisTier | None = None,
-        webhook_secret: str | None = None,
+        webhook_secret: str | Secret | None = None,
     ) -> None:
         # A Secret from here on: error reporters record the locals of a frame that raises.
         secret = None if secret_key is None else Secret(secret_key)
-        webhook = None if webhook_secret is None else Secret(webhook_secret)
+        # A Secret goes through as it is, anything else but a str too: AsyncPromptClient
+        # checks the type.
+        webhook = Secret(webhook_secret) if isinstance(webhook_secret, str) else webhook_secret
         del secret_key, webhook_secret
         options: dict[str, Any] = dict(
             source=source, max_size=max_size, max_stale_seconds=max_stale_seconds,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 
 from ._errors import WebhookSignatureError
 
@@ -13,6 +14,10 @@ __all__ = ["SIGNATURE_HEADER", "TOLERANCE_SECONDS", "sign", "verify_signature"]
 
 SIGNATURE_HEADER = "x-langfuse-signature"
 TOLERANCE_SECONDS = 300.0
+
+# ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and int() takes
+# other scripts' digits, which are not the timestamp that was signed.
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 def _mac(secret: str, body: bytes, timestamp: str) -> str:
@@ -40,11 +45,12 @@ def verify_signature(
         parts.setdefault(name, []).append(value)
     stamps = parts.get("t", [])
     macs = parts.get("v1", [])
-    if len(stamps) != 1 or not stamps[0].isdigit() or len(stamps[0]) > 12 or not macs:
+    if len(stamps) != 1 or not _TIMESTAMP.fullmatch(stamps[0]) or not macs:
         raise WebhookSignatureError("the webhook signature header is malformed")
     timestamp = int(stamps[0])
     expected = _mac(secret, body, stamps[0])
-    # Every v1 is compared (a secret being rotated may sign twice), each in constant time.
+    # Every v1 is compared (a secret being rotated may sign twice), each in constant time;
+    # one with other than ASCII characters compares as its "?"-replaced bytes: a mismatch.
     if not any(hmac.compare_digest(expected.encode(), mac.encode("ascii", "replace"))
                for mac in macs):
         raise WebhookSignatureError("the webhook signature does not match its body")

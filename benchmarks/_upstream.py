@@ -160,6 +160,8 @@ class Upstream:
 
 # -- the child process -------------------------------------------------------------------------
 
+_BENCH_MAX_CONNECTIONS = 8192
+
 
 async def _serve(webhook_url: str | None, webhook_secret: str | None) -> None:
     from asyncpromptcache.server import PromptDraft, PromptStore, run_server
@@ -168,8 +170,12 @@ async def _serve(webhook_url: str | None, webhook_secret: str | None) -> None:
     try:
         await store.import_dir(EXAMPLES)
         await store.create_many([PromptDraft.from_json(d) for d in bench_drafts()])
+        # The benchmarks load it far past a development server's connection limit (1,000
+        # concurrent clients, 8 worker processes with their keep-alive pools): the guard would
+        # refuse newcomers, the benchmark's own admin requests among them.
         async with run_server(store=store, host="127.0.0.1", webhook_url=webhook_url,
-                              webhook_secret=webhook_secret) as server:
+                              webhook_secret=webhook_secret,
+                              max_connections=_BENCH_MAX_CONNECTIONS) as server:
             print(json.dumps({"base_url": server.base_url}), flush=True)
             await asyncio.to_thread(sys.stdin.read)  # until the parent closes our stdin
     finally:

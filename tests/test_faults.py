@@ -169,7 +169,7 @@ async def test_fault_scenario(server: FaultServer, fault: str) -> None:
         await source.aclose()
     # 4. Nothing left behind.
     assert not own_tasks()
-    assert source._session is None  # closed and dropped
+    assert source._http.session is None  # closed and dropped
 
 
 async def test_server_down_from_the_start(server: FaultServer) -> None:
@@ -276,7 +276,7 @@ async def test_client_owned_session_is_closed_after_faults(server: FaultServer) 
             tg.start_soon(lambda: client.get_prompt("greet", fallback="fb"))
             await until(lambda: server.total == 1)
             tg.cancel_scope.cancel()
-        session = client.source._session  # type: ignore[attr-defined]
+        session = client.source._http.session  # type: ignore[attr-defined]
         assert session is not None and not session.closed
     assert session.closed
     assert not own_tasks()

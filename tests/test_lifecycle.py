@@ -39,7 +39,7 @@ async def server() -> AsyncIterator[FaultServer]:
 def closed_cleanly(client: AsyncPromptClient) -> bool:
     source = client.source
     assert isinstance(source, LangfuseSource)
-    return source._session is None and client.cache.in_flight == 0 and len(client.cache) == 0
+    return source._http.session is None and client.cache.in_flight == 0 and len(client.cache) == 0
 
 
 @pytest.mark.anyio

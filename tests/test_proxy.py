@@ -15,6 +15,8 @@ from aiohttp import web
 from anyio.from_thread import start_blocking_portal
 
 from asyncpromptcache import AsyncPromptClient, ConfigurationError, PromptClient
+from asyncpromptcache.response import OpenAIChatProducer
+from asyncpromptcache.server import run_server
 
 from .faultserver import FaultServer, fault_server
 
@@ -29,9 +31,11 @@ class Proxy:
     async def handle(self, request: web.BaseRequest) -> web.Response:
         target = str(request.url)
         self.seen.append((target, request.headers.get("Proxy-Authorization")))
-        headers = {k: v for k, v in request.headers.items() if k in ("Accept", "Authorization")}
-        async with aiohttp.ClientSession() as upstream, upstream.get(
-            target, headers=headers, allow_redirects=False
+        headers = {k: v for k, v in request.headers.items()
+                   if k in ("Accept", "Authorization", "Content-Type")}
+        async with aiohttp.ClientSession() as upstream, upstream.request(
+            request.method, target, headers=headers, data=await request.read(),
+            allow_redirects=False,
         ) as answer:
             return web.Response(
                 status=answer.status, body=await answer.read(),
@@ -150,3 +154,53 @@ def test_the_sync_facade_uses_the_proxy(
         assert client.get_prompt("greet").prompt == "Hello"
     assert proxy.seen == [(server.base_url + PATH, None)]
     assert server.total == 2
+
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+
+
+@pytest.mark.anyio
+async def test_the_openai_producer_honours_the_proxy_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with run_server() as server, forwarding_proxy() as proxy:
+        chat = server.base_url + "/v1/chat/completions"
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://user:pr0xy-PASS@"))
+        llm = OpenAIChatProducer(base_url=server.base_url + "/v1", api_key="sk-test")
+        assert "pr0xy-PASS" not in repr(llm)
+        async with llm:
+            chunks = [chunk async for chunk in llm.stream(CHAT)]
+            whole = await llm.complete(CHAT)
+        assert chunks and whole["object"] == "chat.completion"
+        auth = "Basic " + base64.b64encode(b"user:pr0xy-PASS").decode()
+        assert proxy.seen == [(chat, auth), (chat, auth)]
+        async with OpenAIChatProducer(base_url=server.base_url + "/v1", trust_env=False) as llm:
+            assert await llm.complete(CHAT)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        async with OpenAIChatProducer(base_url=server.base_url + "/v1") as llm:
+            assert await llm.complete(CHAT)
+        assert len(proxy.seen) == 2  # neither went through the proxy
+        async with OpenAIChatProducer(base_url=server.base_url + "/v1", proxy=proxy.url,
+                                      trust_env=False) as llm:
+            assert await llm.complete(CHAT)
+        assert proxy.seen[2:] == [(chat, None)]
+        counts = await _chat_requests(server.base_url)
+        assert counts["requests"] == 5  # each answered, none twice
+
+
+async def _chat_requests(base_url: str) -> dict[str, int]:
+    async with aiohttp.ClientSession() as http, http.get(
+            base_url + "/_admin/chat/requests") as answer:
+        data: dict[str, int] = await answer.json()
+        return data
+
+
+def test_a_bad_proxy_for_the_openai_producer_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://127.0.0.1:1080")
+    with pytest.raises(ConfigurationError, match="proxy"):
+        OpenAIChatProducer(base_url="https://127.0.0.1:9/v1")
+    OpenAIChatProducer(base_url="https://127.0.0.1:9/v1", trust_env=False)
+    with pytest.raises(ConfigurationError, match="proxy"):
+        OpenAIChatProducer(base_url="https://127.0.0.1:9/v1", proxy="http://:pw@")

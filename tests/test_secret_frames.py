@@ -16,12 +16,22 @@ import types
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
+import aiohttp
 import pytest
 
-from asyncpromptcache import AsyncPromptClient, FetchError, PromptCacheError, PromptClient
+from asyncpromptcache import (
+    AsyncPromptClient,
+    FetchError,
+    PromptCacheError,
+    PromptClient,
+    UpstreamError,
+)
 from asyncpromptcache._secret import Secret
+from asyncpromptcache.response import OpenAIChatProducer
+from asyncpromptcache.server import run_server
 
 from .faultserver import FaultServer, fault_server, fault_server_in_thread
+from .test_proxy import forwarding_proxy
 from .test_secrets import NEEDLES, PUBLIC, SECRET, exception_texts
 
 MARKER = "unrelated-variable-marker-5e1f"  # a variable of the environment the SDK never reads
@@ -193,6 +203,9 @@ def test_configuration_errors_hold_no_secret_in_their_frames() -> None:
                                        "LANGFUSE_SECRET_KEY": SECRET}),
         lambda: PromptClient(public_key=PUBLIC, secret_key=SECRET, refresh_backoff_seconds=-1),
         lambda: PromptClient(max_size=0),
+        lambda: OpenAIChatProducer(api_key=SECRET, base_url="ftp://x"),
+        lambda: OpenAIChatProducer(api_key=SECRET, base_url="http://127.0.0.1:port"),
+        lambda: OpenAIChatProducer(api_key=SECRET, proxy="http://user:pw@"),
     ]
     for attempt in attempts:
         with pytest.raises(PromptCacheError) as info:
@@ -231,3 +244,57 @@ def test_secret_hides_its_value() -> None:
     assert secret.reveal() == SECRET and secret == Secret(SECRET) and secret != Secret("x")
     with pytest.raises(TypeError):
         pickle.dumps(secret)
+
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+
+
+async def failure(llm: OpenAIChatProducer, fault: str) -> UpstreamError:
+    async def request() -> None:
+        if fault.endswith("-whole"):
+            await llm.complete(CHAT)
+        else:
+            async for _ in llm.stream(CHAT):
+                pass
+
+    with pytest.raises(UpstreamError) as info:
+        await request()
+    return info.value
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fault", ["down", "401", "disconnect", "truncate", "held",
+                                   "down-whole", "401-whole"])
+@pytest.mark.parametrize("proxied", [False, True])
+async def test_frames_of_a_failing_openai_request_hold_no_api_key(
+    fault: str, proxied: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The API key is the secret here; the proxy's credentials (from the environment) too.
+    async with run_server() as server, forwarding_proxy() as proxy:
+        if proxied:
+            monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("//", f"//{PUBLIC}:{SECRET}@"))
+        llm = OpenAIChatProducer(base_url=server.base_url + "/v1", api_key=SECRET,
+                                 read_timeout_seconds=0.3)
+        assert [c async for c in llm.stream(CHAT)]  # a session with the key is in use
+        assert len(proxy.seen) == proxied
+        if not fault.startswith("down"):
+            controls: dict[str, Any] = (
+                {"fail_status": 401} if fault.startswith("401") else
+                {"hold_after_chunks": 1} if fault == "held" else  # the read timeout ends it
+                {"fail_after_chunks": 1, "fail_mode": fault.removesuffix("-whole")})
+            async with aiohttp.ClientSession() as http:
+                async with http.post(server.base_url + "/_admin/chat/controls",
+                                     json=controls) as answer:
+                    assert answer.status == 200
+                error = await failure(llm, fault)
+                async with http.post(server.base_url + "/_admin/chat/release") as answer:
+                    assert answer.status == 204
+    if fault.startswith("down"):
+        error = await failure(llm, fault)
+    try:
+        # Our frames, and aiohttp's when it raised (chained), are all there, each checked.
+        assert check_frames(error) >= (3 if fault.startswith("down") else 1)
+        assert check_held(llm, "producer") > 20
+    finally:
+        await llm.aclose()
+    check_held(llm, "closed producer")

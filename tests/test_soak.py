@@ -114,7 +114,7 @@ async def test_soak_books_balance() -> None:
             server.fault = "ok"
 
         async with client:
-            session = client.source._session  # type: ignore[attr-defined]
+            session = client.source._http.session  # type: ignore[attr-defined]
             async with anyio.create_task_group() as tg:
                 tg.start_soon(chaos)
                 for i in range(WORKERS):
@@ -134,7 +134,7 @@ async def test_soak_books_balance() -> None:
                     holder = next(p for p in reversed(server.prompts[name])
                                   if label in p["labels"])
                     assert (fresh.version, fresh.prompt) == (holder["version"], holder["prompt"])
-            session = client.source._session  # type: ignore[attr-defined]
+            session = client.source._http.session  # type: ignore[attr-defined]
         assert session is None or session.closed
         assert own_tasks() == 0 and client.cache.in_flight == 0
 

@@ -44,7 +44,7 @@ def own_tasks() -> list[asyncio.Task[object]]:
 
 
 def session_of(client: AsyncPromptClient) -> aiohttp.ClientSession:
-    session = client.source._session  # type: ignore[attr-defined]
+    session = client.source._http.session  # type: ignore[attr-defined]
     assert isinstance(session, aiohttp.ClientSession)
     return session
 

@@ -27,6 +27,7 @@ from asyncpromptcache import (
     WebhookSignatureError,
 )
 from asyncpromptcache._langfuse import LangfuseSource
+from asyncpromptcache._secret import Secret
 from asyncpromptcache._webhooks import sign
 from asyncpromptcache.testing import FakeClock
 from examples.webhook_aiohttp import CLIENT, add_webhook_route
@@ -269,10 +270,11 @@ async def test_the_secret_comes_from_the_environment_or_is_required(
         AsyncPromptClient(base_url=upstream.base_url, webhook_secret=" ", env={})
 
 
-async def test_the_sync_client_handles_webhooks(upstream: FaultServer) -> None:
+@pytest.mark.parametrize("secret", [SECRET, Secret(SECRET)], ids=["str", "Secret"])
+async def test_the_sync_client_handles_webhooks(upstream: FaultServer, secret: Any) -> None:
     def run() -> None:
         with PromptClient(
-            base_url=upstream.base_url, webhook_secret=SECRET, env={}, cache_ttl_seconds=3600
+            base_url=upstream.base_url, webhook_secret=secret, env={}, cache_ttl_seconds=3600
         ) as client:
             assert client.get_prompt("p").version == 1
             body = event("created", 2, ["production"])
@@ -314,3 +316,14 @@ async def test_the_fastapi_example_mounts_the_receiver(
         # Served from the webhook: the upstream has no such prompt.
         assert (await http.get("/?movie=Dune")).json() == {"prompt": "Hi Dune"}
     assert upstream.requests["movie-critic"] == 0
+
+
+
+@pytest.mark.parametrize("make", [AsyncPromptClient, PromptClient])
+async def test_a_webhook_secret_that_is_not_text_is_a_configuration_error(make: Any) -> None:
+    # Each was an AttributeError, at once (a Secret in a Secret) or in handle_webhook (bytes).
+    wrong: list[Any] = [b"whsec", Secret(b"whsec"), Secret(Secret(SECRET)),  # type: ignore[arg-type]
+                        Secret(""), Secret("  "), 42, [SECRET]]
+    for value in wrong:
+        with pytest.raises(ConfigurationError, match="webhook_secret"):
+            make(base_url="http://127.0.0.1:9", webhook_secret=value, env={})

@@ -48,3 +48,27 @@ def test_any_of_several_v1_values_may_match() -> None:
     good = sign("s3cret", BODY, 1700000000).split(",v1=")[1]
     header = f"t=1700000000,v1={'0' * 64},v1={good}"
     assert verify_signature("s3cret", BODY, header, now=1700000000) == 1700000000
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    ["\u00b21700000000",  # "²" passes str.isdigit(), and int() refuses it
+     "\uff11\uff17\uff10\uff10\uff10\uff10\uff10\uff10\uff10\uff10",  # fullwidth: int() takes it
+     "\u0661\u0667\u0660\u0660\u0660\u0660\u0660\u0660\u0660\u0660",  # Arabic-Indic digits
+     "+1700000000", "-1700000000", "17000 00000", "1_700_000_000", "0x65538000",
+     "1" * 13, ""],
+)
+def test_a_timestamp_of_anything_but_ascii_digits_is_a_signature_error(stamp: str) -> None:
+    mac = sign("s3cret", BODY, 1700000000).split(",v1=")[1]
+    with pytest.raises(WebhookSignatureError, match="malformed"):
+        verify_signature("s3cret", BODY, f"t={stamp},v1={mac}", now=1700000000)
+
+
+@pytest.mark.parametrize(
+    "mac",
+    ["", "zz" * 32, "\u00e9" * 64, "\U0001f600" * 16, "\udc80" * 64, "0" * 63 + "\u0660",
+     "\x00" * 64, "A" * 64, "0" * 1000],
+)
+def test_a_v1_of_non_hex_or_non_ascii_characters_is_a_signature_error(mac: str) -> None:
+    with pytest.raises(WebhookSignatureError):
+        verify_signature("s3cret", BODY, f"t=1700000000,v1={mac}", now=1700000000)

@@ -15,12 +15,16 @@ import aiohttp
 import yarl
 
 from .._errors import (
+    ConfigurationError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeoutError,
     UpstreamTransportError,
 )
+from .._http import OwnedSession
 from .._langfuse import _forget_credentials
+from .._secret import Secret
+from .._settings import _http_url
 from ._sse import SSEDecoder, openai_chunk, status_error
 
 __all__ = ["OpenAIChatProducer"]
@@ -40,7 +44,10 @@ class OpenAIChatProducer:
     ``complete(request)`` returns the whole ``chat.completion`` object. ``read_timeout_seconds``
     bounds each wait for data (the first token included), ``connect_timeout_seconds`` the
     connection. One ``aiohttp.ClientSession`` for the producer's life unless one is passed
-    (then never closed here). The API key never appears in a repr or a message.
+    (then never closed here). ``proxy`` is an http(s) proxy URL (``user:password@`` in it is
+    sent as ``Proxy-Authorization``); without one, ``trust_env`` takes it from
+    ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` and ``NO_PROXY``, read here. The API key
+    never appears in a repr, a message or a traceback's frame locals.
     """
 
     def __init__(
@@ -54,20 +61,22 @@ class OpenAIChatProducer:
         read_timeout_seconds: float = 60.0,
         max_error_bytes: int = 64 * 1024,
         verify_ssl: bool = True,
+        trust_env: bool = True,
+        proxy: str | None = None,
     ) -> None:
-        url = yarl.URL(base_url)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
-        self._url = str(url).rstrip("/") + "/chat/completions"
-        self.__headers = {"User-Agent": _USER_AGENT, **(headers or {})}
-        if api_key is not None:
-            self.__headers["Authorization"] = f"Bearer {api_key}"
-        self._session = session
-        self._owns_session = session is None
+        # A Secret from the first statement on: error reporters record the locals of frames.
+        self.__auth = None if api_key is None else Secret(f"Bearer {api_key}")
+        del api_key
+        if not isinstance(base_url, str):
+            raise ConfigurationError(f"base_url must be a string, got {type(base_url).__name__}")
+        _http_url(base_url, "base_url", "")
+        self._url = str(yarl.URL(base_url)).rstrip("/") + "/chat/completions"
+        self._headers = {"User-Agent": _USER_AGENT, **(headers or {})}
+        self._http = OwnedSession(
+            self._url, session, verify_ssl=verify_ssl, trust_env=trust_env, proxy=proxy)
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout_seconds, sock_read=read_timeout_seconds)
         self._max_error = max_error_bytes
-        self._verify_ssl = verify_ssl
         #: Requests sent (streaming and not), for tests and benchmarks.
         self.requests_sent = 0
 
@@ -82,16 +91,21 @@ class OpenAIChatProducer:
         await self.aclose()
 
     async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and self._owns_session and not session.closed:
-            await session.close()
+        await self._http.aclose()
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or (self._owns_session and self._session.closed):
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._verify_ssl))
-            self._owns_session = True
-        return self._session
+    def _post(self, body: Mapping[str, Any], accept: str | None) -> Any:
+        """The request, its headers (the API key among them) a temporary that it consumes, so
+        that no frame that may raise holds the key in a local."""
+        self.requests_sent += 1
+        return self._http.get().post(
+            self._url, json=body, timeout=self._timeout, allow_redirects=False,
+            headers={
+                **self._headers, **({"Accept": accept} if accept else {}),
+                **({"Authorization": self.__auth.reveal()} if self.__auth else {}),
+                **self._http.request_headers(),
+            },
+            proxy=self._http.proxy, proxy_headers=self._http.connect_headers(),
+        )
 
     def producer(self, request: Mapping[str, Any]) -> Callable[[], AsyncIterator[dict[str, Any]]]:
         """``produce`` for ``ResponseCache.stream``: streams ``request`` when called."""
@@ -103,13 +117,8 @@ class OpenAIChatProducer:
 
     async def stream(self, request: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """The chunks of ``request`` sent with ``stream=true``; raises ``UpstreamError``s."""
-        body = {**request, "stream": True}
-        headers = {**self.__headers, "Accept": "text/event-stream"}
-        session = self._get_session()
-        self.requests_sent += 1
         with self._converted():
-            async with session.post(self._url, json=body, headers=headers,
-                                    timeout=self._timeout, allow_redirects=False) as response:
+            async with self._post({**request, "stream": True}, "text/event-stream") as response:
                 if response.status != 200:
                     raise await self._status_error(response)
                 decoder = SSEDecoder()
@@ -123,12 +132,8 @@ class OpenAIChatProducer:
 
     async def complete(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """The ``chat.completion`` object of ``request`` sent without streaming."""
-        body = {**request, "stream": False}
-        session = self._get_session()
-        self.requests_sent += 1
         with self._converted():
-            async with session.post(self._url, json=body, headers=self.__headers,
-                                    timeout=self._timeout, allow_redirects=False) as response:
+            async with self._post({**request, "stream": False}, None) as response:
                 if response.status != 200:
                     raise await self._status_error(response)
                 try:
@@ -147,6 +152,7 @@ class OpenAIChatProducer:
         except UpstreamError:
             raise
         except TimeoutError as exc:
+            _forget_credentials(exc)
             raise UpstreamTimeoutError(
                 f"no data from {self._url} within the read timeout") from exc
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:

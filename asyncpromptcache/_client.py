@@ -254,11 +254,15 @@ class AsyncPromptClient:
                     link = self._tier._open(
                         host=self._settings.base_url, public_key=self._settings.public_key,
                         max_stale=self._max_stale, apply=self._apply_shared, put_ttl=self._ttl,
+                        suspect=self._note_suspect,
                     )
                     await link.start(tg)  # bounded: Redis down means L1-only, not a failure
                     self._link = link
                 ready.set()
                 await self._stop.wait()
+                if self._link is not None:
+                    # Changes made just before closing leave the process before it ends.
+                    await self._link.drain()
                 tg.cancel_scope.cancel()
         except Exception as exc:  # the engine's tasks never raise; if one did, nobody else
             # would see it: the client closes, saying why
@@ -575,7 +579,7 @@ class AsyncPromptClient:
             self._link.propagate_soon(Change.invalidate(
                 keys=[*change.drops, *(key for key, _ in change.puts)],
                 names=change.drop_names, changed=change.changed_names,
-                puts=change.puts, moved=change.moved,
+                puts=change.puts, moved=change.moved, suspect=not change.composition_known,
             ))
         return dropped
 
@@ -592,6 +596,11 @@ class AsyncPromptClient:
         if change.kind == "expire":
             return self._cache.expire_all()
         return 0
+
+    def _note_suspect(self, key: PromptKey, prompt: Prompt) -> None:
+        """``prompt``, read from the shared tier for ``key``, came from a webhook: what it
+        includes is unknown (``CacheChange.composition_known``)."""
+        self._unknown_parts[key] = prompt
 
     def _clear_here(self) -> int:
         self._unknown_parts.clear()
@@ -682,7 +691,10 @@ class AsyncPromptClient:
         version, ``latest`` when created); keys it no longer serves are dropped (all of them
         when deleted), and so is every cached prompt composed of it. A state of a version
         older (by ``updatedAt``) than one already applied is not applied: Langfuse retries
-        failed deliveries, so events can arrive out of order. Returns the event.
+        failed deliveries, so events can arrive out of order. With a shared tier both hold
+        fleet-wide (a retry may land on another process): an event id is claimed in Redis
+        for 10 minutes before it is applied, and the newest state applied of each version is
+        kept there; with Redis unreachable, each process's own memory holds. Returns the event.
 
         Raises, having changed nothing: ``WebhookSignatureError`` (missing, wrong or stale
         signature), ``WebhookReplayError`` (an event id already applied: answer it with a
@@ -698,8 +710,17 @@ class AsyncPromptClient:
             raise WebhookReplayError(f"webhook event {event.id!r} was already applied")
         if self._state != _OPEN:
             raise ClientStateError(self._cache_closed_reason())
+        link = self._link  # with a shared tier, an event is applied once in the whole fleet
+        if link is not None and not await link.claim_event(event.id):
+            self._seen_events.add(event.id)
+            raise WebhookReplayError(
+                f"webhook event {event.id!r} was already applied (by another process)")
         prompt, known, at = event.prompt, event.composition_known, event.updated_at
-        if at is not None and self._version_states.is_outdated(prompt.name, prompt.version, at):
+        outdated = at is not None and (
+            self._version_states.is_outdated(prompt.name, prompt.version, at)
+            or (link is not None and not await link.newest_state(
+                prompt.name, prompt.version, at.timestamp())))
+        if outdated:
             logger.info(
                 "webhook %s: prompt %r version %d has changed since; not applied",
                 event.id, prompt.name, prompt.version,

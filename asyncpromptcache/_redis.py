@@ -44,14 +44,16 @@ from ._shared import (
     Names,
     SharedStats,
     decode_change,
-    decode_value,
+    decode_stored,
     dependent_member,
     encode_change,
     encode_value,
     member_text,
     namespace_id,
     parse_dependent_member,
+    parse_suspect_member,
     parts_of,
+    suspect_member,
 )
 
 __all__ = ["RedisTier", "resolve_shared"]
@@ -68,6 +70,33 @@ _RELEASE = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
     "else return 0 end"
 )
+# The write of a fetch's result: only while its lock still holds the fetch's token (an
+# invalidation deletes the locks of the keys it drops: a fetch that may have read the old
+# version upstream must not write it after that), then the lock is released. KEYS: lock,
+# value, index, suspects set (one hash tag: one slot of a Cluster). ARGV: token, value, px,
+# key id, suspects member.
+_WRITE_HELD = (
+    "if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end "
+    "redis.call('set', KEYS[2], ARGV[2], 'PX', ARGV[3]) "
+    "redis.call('sadd', KEYS[3], ARGV[4]) redis.call('pexpire', KEYS[3], ARGV[3]) "
+    "redis.call('srem', KEYS[4], ARGV[5]) redis.call('del', KEYS[1]) return 1"
+)
+# Take a fetch's lock (KEYS[1]) and list its key in the name's index (KEYS[2]): an
+# invalidation of the name finds (and deletes) the lock even before a value is written.
+_TAKE = (
+    "if not redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end "
+    "redis.call('sadd', KEYS[2], ARGV[3]) "
+    "if redis.call('pttl', KEYS[2]) < tonumber(ARGV[2]) then "
+    "redis.call('pexpire', KEYS[2], ARGV[2]) end return 1"
+)
+# Record a webhook state's updatedAt unless a newer one of the version was applied already.
+_NEWEST = (
+    "local applied = tonumber(redis.call('get', KEYS[1])) "
+    "if applied and applied > tonumber(ARGV[1]) then return 0 end "
+    "redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1"
+)
+#: How long a webhook event id stays claimed: past the signature's 5-minute window.
+_EVENT_CLAIM_SECONDS = 600.0
 _CONNECT_GRACE = 1.0  # how long opening a client waits for Redis before starting L1-only
 _MAX_UNSENT = 1000  # past this many changes kept while Redis is down, send one clear()
 
@@ -188,9 +217,10 @@ class RedisTier:
     def _open(
         self, *, host: str, public_key: str | None, max_stale: float | None,
         apply: Callable[[Change], int], put_ttl: float = 60.0,
+        suspect: Callable[[PromptKey, Prompt], None] | None = None,
     ) -> _Link:
         return _Link(self, Names(namespace_id(self.namespace, host, public_key)),
-                     max_stale, apply, put_ttl)
+                     max_stale, apply, put_ttl, suspect)
 
 
 def _check_url(url: str) -> None:
@@ -295,8 +325,11 @@ class _Link(_Connection):
     def __init__(
         self, tier: RedisTier, names: Names, max_stale: float | None,
         apply: Callable[[Change], int], put_ttl: float = 60.0,
+        suspect: Callable[[PromptKey, Prompt], None] | None = None,
     ) -> None:
         super().__init__(tier)
+        # Told of each value read whose composition is unknown (see Change.suspect).
+        self._suspect = suspect
         self._put_ttl = put_ttl  # how long a prompt written through (not fetched) stays fresh
         self._names = names
         self._apply = apply
@@ -334,6 +367,15 @@ class _Link(_Connection):
             return
         self._tg = tg
         await tg.start(self._run)
+
+    async def drain(self) -> None:
+        """Wait (shielded, bounded by a few times the tier's timeout per change) for the
+        changes of this process still on their way to L2 and the other processes: a client
+        closed right after a change must not leave the fleet on the old version."""
+        bound = min(30.0, max(1.0, 8 * self._timeout) * max(1, self._pending))
+        with anyio.CancelScope(shield=True), anyio.move_on_after(bound):
+            while self._pending:
+                await self._settled.wait()
 
     # -- health ----------------------------------------------------------------------------
 
@@ -435,12 +477,15 @@ class _Link(_Connection):
         if raw is None:
             return None
         try:
-            return decode_value(raw, key, self._sign)
+            prompt, fetched_at, suspect = decode_stored(raw, key, self._sign)
         except Exception as exc:  # Redis content is never a caller's error
             self._n["rejected_values"] += 1
             logger.warning("ignored the shared tier's value of prompt %s: %s",
                            key.describe(), exc)
             return None
+        if suspect and self._suspect is not None:
+            self._suspect(key, prompt)
+        return prompt, fetched_at
 
     async def fetch_through(
         self, key: PromptKey, ttl: float, upstream: Callable[[], Awaitable[Prompt]],
@@ -477,8 +522,9 @@ class _Link(_Connection):
                     counted_miss = True
                     self._n["l2_misses"] += 1
                 lock, token = names.lock(key), secrets.token_hex(16)
-                if await self._call(self._redis.set(lock, token, nx=True,
-                                                    px=max(1, int(budget * 1000)))):
+                if await self._call(self._redis.eval(
+                        _TAKE, 2, lock, names.index(key.name), token,
+                        str(max(1, int(budget * 1000))), names.key_id(key))):
                     # The previous holder may have written it between our read and our lock.
                     again = await self._read(names, key)
                     if again is not None and self._wall() - again[1] < ttl:
@@ -523,8 +569,10 @@ class _Link(_Connection):
                 await self._release(key, lock, token)
             raise
         try:
-            await self._write(names, key, prompt, ttl, release=(lock, token))
-            await self._publish(Change("filled", (key,)))
+            if await self._write(names, key, prompt, ttl, held=(lock, token)):
+                await self._publish(Change("filled", (key,)))
+            else:  # invalidated meanwhile (its lock deleted) or overran: not for L2
+                await self._publish(Change("released", (key,)))
         except _Down:
             pass
         except Exception:  # not writable to L2 (never expected): the caller still gets it
@@ -535,24 +583,53 @@ class _Link(_Connection):
 
     async def _write(
         self, names: Names, key: PromptKey, prompt: Prompt, ttl: float,
-        release: tuple[str, str] | None = None,
-    ) -> None:
-        """Write ``prompt`` to L2 for ``key``, fresh for ``ttl`` from now (and release the
-        fetch lock ``release`` in the same round trip)."""
-        value = encode_value(key, prompt, self._wall(), self._sign)
+        suspect: bool = False, held: tuple[str, str] | None = None,
+    ) -> bool:
+        """Write ``prompt`` to L2 for ``key``, fresh for ``ttl`` from now; ``suspect``: its
+        composition is unknown (registered for any later change to drop, see ``_suspects``).
+        With ``held`` (a fetch's lock and token), only while that lock holds, then released:
+        false if it did not hold. Without, the key's lock is deleted with the write."""
+        value = encode_value(key, prompt, self._wall(), self._sign, suspect=suspect)
         px = max(1, int((ttl + self._retain) * 1000))
-        pipe = self._redis.pipeline(transaction=False)  # one slot; Cluster-safe
-        pipe.set(names.value(key), value, px=px)
-        pipe.sadd(names.index(key.name), names.key_id(key))
-        pipe.pexpire(names.index(key.name), px)
-        if release is not None:
-            pipe.eval(_RELEASE, 1, *release)
-        await self._call(pipe.execute())
+        if held is not None:
+            lock, token = held
+            if not await self._call(self._redis.eval(
+                    _WRITE_HELD, 4, lock, names.value(key), names.index(key.name),
+                    names.suspects(key.name), token, value, str(px), names.key_id(key),
+                    suspect_member(key))):
+                return False
+        else:
+            await self._write_through(names, key, value, px, suspect)
         member = dependent_member(names, key)
         for part in sorted(parts_of(prompt)):  # what it includes: dropped when a part changes
             pipe = self._redis.pipeline(transaction=False)  # the part's slot
             pipe.sadd(names.dependents(part), member)
             pipe.pexpire(names.dependents(part), px)
+            await self._call(pipe.execute())
+        return True
+
+    async def _write_through(
+        self, names: Names, key: PromptKey, value: bytes, px: int,
+        suspect: bool,
+    ) -> None:
+        """The write of a version written through (a write, a webhook): the key's lock goes
+        in the same round trip, whoever holds it (the label-moved wait, or a fetch in flight
+        that may have read an older version: its own write then fails)."""
+        pipe = self._redis.pipeline(transaction=False)  # one slot; Cluster-safe
+        pipe.set(names.value(key), value, px=px)
+        pipe.sadd(names.index(key.name), names.key_id(key))
+        pipe.pexpire(names.index(key.name), px)
+        if suspect:
+            pipe.sadd(names.suspects(key.name), suspect_member(key))
+            pipe.pexpire(names.suspects(key.name), px)
+        else:
+            pipe.srem(names.suspects(key.name), suspect_member(key))
+        pipe.delete(names.lock(key))
+        await self._call(pipe.execute())
+        if suspect:
+            pipe = self._redis.pipeline(transaction=False)  # the namespace's slot
+            pipe.sadd(names.suspect_names, key.name)
+            pipe.pexpire(names.suspect_names, px)
             await self._call(pipe.execute())
 
     async def _dependents(self, names: Names, changed: tuple[str, ...]) -> dict[str, list[str]]:
@@ -574,6 +651,54 @@ class _Link(_Connection):
                     seen.add(parent)
                     queue.append(parent)
         return found
+
+    async def _suspects(
+        self, names: Names, spared: set[str]
+    ) -> dict[str, tuple[list[PromptKey], str]]:
+        """The L2 values of unknown composition (a webhook's prompts) of names other than
+        ``spared``, by name, with their suspects set: a change to any other name may have
+        changed what they include, so it drops them."""
+        found: dict[str, tuple[list[PromptKey], str]] = {}
+        for raw in await self._call(self._redis.smembers(names.suspect_names)) or ():
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if name in spared:
+                continue
+            members = await self._call(self._redis.smembers(names.suspects(name)))
+            keys = [key for key in map(parse_suspect_member, members or ())
+                    if key is not None and key.name == name]
+            found[name] = (keys, names.suspects(name))
+        if found:
+            await self._call(self._redis.srem(names.suspect_names, *found))
+        return found
+
+    # -- webhooks --------------------------------------------------------------------------
+
+    async def claim_event(self, event_id: str) -> bool:
+        """Claim webhook event ``event_id`` for this process, fleet-wide: false when another
+        process (or this one) claimed it already (a replay or a retry that landed elsewhere).
+        True when Redis is unreachable: then each process's own memory protects it alone."""
+        if not self._up or os.getpid() != self._pid:
+            return True
+        try:
+            return bool(await self._call(self._redis.set(
+                self._names.event(event_id), self.id, nx=True,
+                px=int(_EVENT_CLAIM_SECONDS * 1000))))
+        except _Down:
+            return True
+
+    async def newest_state(self, name: str, version: int, updated_at: float) -> bool:
+        """Record that the state of ``name`` version ``version`` last updated at
+        ``updated_at`` (epoch seconds) is applied, unless a newer state of it was, fleet-wide
+        (then false: Langfuse retried an older delivery). True when Redis is unreachable."""
+        if not self._up or os.getpid() != self._pid:
+            return True
+        retain = max(1, int(self._tier.stale_retention_seconds * 1000))
+        try:
+            return bool(await self._call(self._redis.eval(
+                _NEWEST, 1, self._names.version_state(name, version),
+                str(int(updated_at * 1000)), str(retain))))
+        except _Down:
+            return True
 
     async def _release(self, key: PromptKey, lock: str, token: str) -> None:
         try:
@@ -633,25 +758,40 @@ class _Link(_Connection):
                     found.extend(names.value_of_id(name, key_id) for key_id in
                                  map(member_text, ids) if key_id is not None)
                     found.append(names.index(name))
-                for name, keys in (await self._dependents(names, change.changed)).items():
+                suspects: list[PromptKey] = []
+                if change.changed:
+                    spared = {*change.changed, *change.names, *(k.name for k in change.keys)}
+                    for name, (its, held_in) in (await self._suspects(names, spared)).items():
+                        suspects.extend(its)
+                        by_name.setdefault(name, []).extend([
+                            *(names.value(key) for key in its), held_in])
+                changed = (*change.changed, *dict.fromkeys(k.name for k in suspects))
+                for name, keys in (await self._dependents(names, changed)).items():
                     by_name.setdefault(name, []).extend(keys)
                 written = {names.value(key) for key, _ in change.puts}
                 for key in change.moved:
                     # A label left this version; the version it moved to comes next: readers
                     # wait for that (as for a fetch in flight) rather than fetch it.
+                    # (Taken from a fetch in flight too: it may have read the old version.)
                     if names.value(key) not in written:
                         await self._call(self._redis.set(
-                            names.lock(key), _MOVED, nx=True,
+                            names.lock(key), _MOVED,
                             px=max(1, int(self._tier.moved_grace_seconds * 1000))))
+                waiting = {names.value(key) for key in change.moved}  # keep their _MOVED lock
                 for keys in by_name.values():  # one hash-tagged group per command
                     gone = [k for k in keys if k not in written]
+                    # And the locks of fetches in flight: one may have read the old version
+                    # (those of the keys written through go with that write).
+                    gone += [names.lock_of_value(k) for k in gone
+                             if k not in waiting and names.is_value(k)]
                     if gone:
                         await self._call(self._redis.delete(*gone))
                 for key, prompt in change.puts:  # then the versions written through
-                    await self._write(names, key, prompt, self._put_ttl,
-                                      release=(names.lock(key), _MOVED))
+                    await self._write(names, key, prompt, self._put_ttl, suspect=change.suspect)
                 self._wake(tuple(key for key, _ in change.puts))
-                change = attrs.evolve(change, puts=(), moved=())
+                if suspects:  # every process drops them, this one too (read from L2)
+                    self._apply(Change.invalidate(keys=suspects))
+                change = attrs.evolve(change, keys=(*change.keys, *suspects), puts=(), moved=())
             elif change.kind == "clear":
                 generation = await self._call(self._redis.incr(names.generation_key))
                 self._names = attrs.evolve(self._names, generation=int(generation))

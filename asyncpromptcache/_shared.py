@@ -9,7 +9,11 @@ Key layout (one hash tag per prompt name, so every command touches one slot of a
     apc:{<ns>.<gen>.<name>}:l:<key>        the lock of its fetch
     apc:{<ns>.<gen>.<name>}:i              the set of <key> held for the name
     apc:{<ns>.<gen>.<name>}:d              the values composed of the name: [parent, <key>]
+    apc:{<ns>.<gen>.<name>}:u              its values of unknown composition: [name, label, version]
+    apc:{<ns>.<gen>}:u                     the names that have values of unknown composition
     apc:<ns>:events                        the pub/sub channel of the namespace
+    apc:<ns>:e:<event>                     a webhook event id claimed (applied) by a process
+    apc:<ns>:w:<name, version>             the updatedAt of the newest webhook state applied
 
 ``<ns>`` hashes the user's namespace, the Langfuse host and the public key (never the
 secret); ``<name>`` and ``<key>`` hash the prompt name and the structured key, so no name can
@@ -37,13 +41,16 @@ __all__ = [
     "Names",
     "SharedStats",
     "decode_change",
+    "decode_stored",
     "decode_value",
     "dependent_member",
     "encode_change",
     "encode_value",
     "member_text",
     "parse_dependent_member",
+    "parse_suspect_member",
     "parts_of",
+    "suspect_member",
 ]
 
 _VALUE_TAG = b"apc1"
@@ -89,6 +96,17 @@ class Names:
     def lock(self, key: PromptKey) -> str:
         return f"{self._tag(key.name)}:l:{self.key_id(key)}"
 
+    @staticmethod
+    def is_value(key: str) -> bool:
+        """Whether ``key`` (a name from this class) is a prompt's value."""
+        return ":v:" in key
+
+    @staticmethod
+    def lock_of_value(value: str) -> str:
+        """The lock of the fetch of the value named ``value``."""
+        tag, _, key_id = value.rpartition(":v:")
+        return f"{tag}:l:{key_id}"
+
     def index(self, name: str) -> str:
         return f"{self._tag(name)}:i"
 
@@ -98,6 +116,24 @@ class Names:
     def dependents(self, name: str) -> str:
         """The set of values composed of ``name`` (members from ``dependent_member``)."""
         return f"{self._tag(name)}:d"
+
+    def event(self, event_id: str) -> str:
+        """The claim of a webhook event id: set by the one process that applies it."""
+        return f"apc:{self.ns}:e:{_digest('event', event_id, size=32)}"
+
+    def version_state(self, name: str, version: int) -> str:
+        """The ``updatedAt`` (epoch ms) of the newest webhook state of a version applied."""
+        return f"apc:{self.ns}:w:{_digest('state', name, version, size=32)}"
+
+    def suspects(self, name: str) -> str:
+        """The set of ``name``'s values whose composition is unknown (a webhook's prompt):
+        any change to another name may have changed them (members from ``suspect_member``)."""
+        return f"{self._tag(name)}:u"
+
+    @property
+    def suspect_names(self) -> str:
+        """The set of names with values in their ``suspects`` set."""
+        return f"apc:{{{self.ns}.{self.generation}}}:u"
 
 
 def parts_of(prompt: Prompt) -> frozenset[str]:
@@ -114,6 +150,24 @@ def parts_of(prompt: Prompt) -> frozenset[str]:
 def dependent_member(names: Names, key: PromptKey) -> str:
     """A member of a part's dependents set: the including value's name and key id."""
     return json.dumps([key.name, names.key_id(key)], ensure_ascii=False, separators=(",", ":"))
+
+
+def suspect_member(key: PromptKey) -> str:
+    """A member of a name's suspects set: the structured key, for the message that drops it."""
+    return json.dumps(list(key), ensure_ascii=False, separators=(",", ":"))
+
+
+def parse_suspect_member(raw: bytes | str) -> PromptKey | None:
+    """The key of a suspects-set member; ``None`` for anything else."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(data, list) and len(data) == 3 and isinstance(data[0], str) \
+            and isinstance(data[1], str | None) and (data[2] is None or (
+                isinstance(data[2], int) and not isinstance(data[2], bool))):
+        return PromptKey(data[0], data[1], data[2])
+    return None
 
 
 def parse_dependent_member(raw: bytes | str) -> tuple[str, str] | None:
@@ -167,12 +221,16 @@ def unseal(raw: bytes, tag: bytes, signing_key: bytes | None, what: str) -> byte
 
 
 def encode_value(
-    key: PromptKey, prompt: Prompt, fetched_at: float, signing_key: bytes | None
+    key: PromptKey, prompt: Prompt, fetched_at: float, signing_key: bytes | None,
+    *, suspect: bool = False,
 ) -> bytes:
-    """``apc1.<hmac-sha256 hex or ->.<canonical JSON>``; ``fetched_at`` is wall-clock time."""
+    """``apc1.<hmac-sha256 hex or ->.<canonical JSON>``; ``fetched_at`` is wall-clock time;
+    ``suspect``: what the prompt includes is unknown (written through from a webhook)."""
+    data: dict[str, Any] = {"key": list(key), "fetched_at": fetched_at, "prompt": _wire(prompt)}
+    if suspect:
+        data["suspect"] = True
     body = json.dumps(
-        {"key": list(key), "fetched_at": fetched_at, "prompt": _wire(prompt)},
-        ensure_ascii=False, sort_keys=True, separators=(",", ":"),
+        data, ensure_ascii=False, sort_keys=True, separators=(",", ":"),
     ).encode("utf-8", "surrogatepass")  # a lone surrogate (valid JSON) round-trips
     return seal(_VALUE_TAG, body, signing_key)
 
@@ -192,6 +250,14 @@ def decode_value(
     """The prompt and its wall-clock fetch time, or ``InvalidResponseError`` saying why the
     value must not be served: truncated, corrupt, foreign (another key's or format's),
     unsigned or wrongly signed when a signing key is set."""
+    prompt, fetched_at, _ = decode_stored(raw, key, signing_key)
+    return prompt, fetched_at
+
+
+def decode_stored(
+    raw: bytes, key: PromptKey, signing_key: bytes | None
+) -> tuple[Prompt, float, bool]:
+    """``decode_value`` and whether the value is a suspect (its composition unknown)."""
     body = unseal(raw, _VALUE_TAG, signing_key, "shared value")
     try:
         return _decode_value(body, key)
@@ -202,7 +268,7 @@ def decode_value(
             f"shared value: unreadable: {type(exc).__name__}", field=None) from None
 
 
-def _decode_value(body: bytes, key: PromptKey) -> tuple[Prompt, float]:
+def _decode_value(body: bytes, key: PromptKey) -> tuple[Prompt, float, bool]:
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -218,7 +284,7 @@ def _decode_value(body: bytes, key: PromptKey) -> tuple[Prompt, float]:
         raise InvalidResponseError("shared value: holds another prompt", field="name")
     if key.version is not None and prompt.version != key.version:
         raise InvalidResponseError("shared value: holds another version", field="version")
-    return prompt, float(fetched_at)
+    return prompt, float(fetched_at), data.get("suspect") is True
 
 
 # -- change messages -------------------------------------------------------------------------
@@ -234,6 +300,8 @@ class Change:
       is published, never sent in it, so a receiver's next read of those keys is an L2 hit;
       ``moved`` (local too) are labels that left a version: until the version they moved to
       is written through (or a short grace ends), readers wait for it instead of fetching;
+      ``suspect`` (local too): what the prompts put include is unknown (a webhook's), so a
+      later change to any other name drops them from L2 and names them in its message;
     * ``clear``: drop everything (``generation`` is the namespace's new generation, for
       older receivers: a receiver reads the generation again from Redis, never trusting it);
     * ``expire``: mark every entry stale, to revalidate (local only: never published);
@@ -252,16 +320,17 @@ class Change:
     changed: tuple[str, ...] = ()
     puts: tuple[tuple[PromptKey, Prompt], ...] = attrs.field(default=(), eq=False, repr=False)
     moved: tuple[PromptKey, ...] = attrs.field(default=(), eq=False, repr=False)
+    suspect: bool = attrs.field(default=False, eq=False, repr=False)
 
     @classmethod
     def invalidate(
         cls, keys: Iterable[Hashable] = (), names: Iterable[str] = (),
         changed: Iterable[str] = (), puts: Iterable[tuple[PromptKey, Prompt]] = (),
-        moved: Iterable[PromptKey] = (),
+        moved: Iterable[PromptKey] = (), suspect: bool = False,
     ) -> Change:
         return cls(
             "invalidate", tuple(PromptKey._make(k) for k in keys), tuple(names),  # type: ignore[arg-type]
-            changed=tuple(changed), puts=tuple(puts), moved=tuple(moved),
+            changed=tuple(changed), puts=tuple(puts), moved=tuple(moved), suspect=suspect,
         )
 
 

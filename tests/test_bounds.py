@@ -128,21 +128,22 @@ async def test_a_retry_after_past_the_deadline_ends_the_retries(server: FaultSer
 
 
 async def test_backoff_waits_count_against_the_deadline(server: FaultServer) -> None:
-    """Ten retries allowed, but each wait of 0.25 s eats the budget of 11 x 0.2 s: the call
-    stops when the next wait would end past its deadline."""
+    """Ten retries allowed, but each wait of 2.5 s eats the budget of 11 x 2 s: the call
+    stops when the next wait would end past its deadline. (The waits are on the fake clock;
+    each attempt's own timeout is real, so it is long enough for a loaded machine.)"""
     server.fault = "503"
     clock = FakeClock()
     sleeps = Sleeps(clock)
-    policy = RetryPolicy(max_retries=10, base_delay=0.25, max_delay=0.25, rng=lambda: 1.0)
-    source = LangfuseSource(base_url=server.base_url, timeout_seconds=0.2, retry=policy,
+    policy = RetryPolicy(max_retries=10, base_delay=2.5, max_delay=2.5, rng=lambda: 1.0)
+    source = LangfuseSource(base_url=server.base_url, timeout_seconds=2.0, retry=policy,
                             sleep=sleeps, clock=clock)
     try:
         with pytest.raises(ServerError):
             await source.fetch(PromptKey("greet", "production", None), FetchOptions())
     finally:
         await source.aclose()
-    assert sum(sleeps.slept) < policy.budget_seconds(0.2) == pytest.approx(2.2)
-    assert sleeps.slept == [0.25] * 8 and server.total == 9
+    assert sum(sleeps.slept) < policy.budget_seconds(2.0) == pytest.approx(22.0)
+    assert sleeps.slept == [2.5] * 8 and server.total == 9
 
 
 def test_the_policy_gives_up_on_a_wait_past_the_deadline() -> None:

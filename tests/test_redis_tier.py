@@ -65,8 +65,11 @@ class Fleet:
     async def client(self, *, namespace: str = "test", ttl: float = 60.0,
                      signing_key: str | None = None, url: str | None = None,
                      **options: Any) -> AsyncPromptClient:
+        # A generous bound on each Redis call: these tests count fetches and states, and a
+        # call that overran the default 0.25 s on a loaded machine would mark the tier down
+        # (every fetch then goes upstream), which is not what they are about.
         tier = RedisTier(url or self.url, namespace=namespace, signing_key=signing_key,
-                         wall_clock=self.clock)
+                         wall_clock=self.clock, timeout_seconds=2.0)
         client = AsyncPromptClient(source=self.source, cache_ttl_seconds=ttl,
                                    clock=self.clock, shared=tier, **options)
         return await self.stack.enter_async_context(client)
@@ -85,6 +88,11 @@ async def wait_until(check: Callable[[], bool], limit: float = 5.0) -> None:
             if check():
                 return
             await anyio.sleep(0.005)  # another client's subscriber task applies the change
+
+
+def _state(client: AsyncPromptClient) -> str | None:
+    shared = client.stats().shared
+    return None if shared is None else shared.state
 
 
 async def gather(client: AsyncPromptClient, names: list[str], callers: int) -> list[Any]:
@@ -107,6 +115,9 @@ async def test_one_fetch_for_the_fleet_and_l1_gets_the_remaining_freshness(
 ) -> None:
     async with fleet(redis_url, text("a"), text("b")) as f:
         clients = [await f.client(ttl=10) for _ in range(4)]
+        # Each link subscribes in the background (a client starts L1-only when Redis is slow
+        # to answer): the fleet is one cache once every link is up.
+        await wait_until(lambda: all(_state(c) == "up" for c in clients))
         f.source.hold()  # every client's callers arrive while the first fetch runs
         async with anyio.create_task_group() as tg:
             for client in clients:

@@ -15,8 +15,9 @@ import aiohttp
 import anyio
 import attrs
 
+from ._apply import ChangeApplier
 from ._cache import AsyncPromptCache, CacheStats, Clock
-from ._changes import CacheChange, ChangeLog, dependents, version_change
+from ._changes import CacheChange, ChangeLog
 from ._checks import check_count, check_seconds
 from ._errors import (
     ClientStateError,
@@ -24,12 +25,8 @@ from ._errors import (
     FetchError,
     FetchTimeoutError,
     InvalidArgumentError,
-    InvalidResponseError,
-    WebhookError,
-    WebhookReplayError,
-    WritesNotSupportedError,
 )
-from ._events import PromptVersionEvent, SeenIds, VersionStates, parse_event
+from ._events import PromptVersionEvent
 from ._keys import PromptKey, make_key, prefetch_keys
 from ._langfuse import LangfuseSource
 from ._models import (
@@ -39,6 +36,7 @@ from ._models import (
     TextPrompt,
     check_prompt_type,
     prompt_from_value,
+    wrong_type,
 )
 from ._redis import RedisTier, _Link, resolve_shared
 from ._retry import RetryPolicy
@@ -46,8 +44,9 @@ from ._runtime import current_backend, current_loop, spawn_detached
 from ._secret import Secret
 from ._settings import Environment, Settings, check_timeout, check_ttl, resolve_settings
 from ._shared import Change
-from ._source import FetchOptions, NewPrompt, PromptSource, PromptWriter
-from ._webhooks import verify_signature
+from ._source import FetchOptions, PromptSource
+from ._webhook_intake import WebhookIntake
+from ._writes import PromptWrites
 
 __all__ = ["AsyncPromptClient", "ChatFallback", "TextFallback"]
 
@@ -132,16 +131,9 @@ class AsyncPromptClient:
             or not webhook_secret.reveal().strip()
         ):
             raise ConfigurationError("webhook_secret must be a non-empty string")
-        self.__webhook_secret = (
-            environment.webhook_secret if webhook_secret is None else webhook_secret
-        )
+        webhook_key = environment.webhook_secret if webhook_secret is None else webhook_secret
         del webhook_secret
-        # Webhooks: the event ids applied, the newest state applied per version, and the
-        # keys written through without knowing what their prompt includes
-        # (CacheChange.composition_known); the names changed lately, for fetches in flight.
-        self._seen_events = SeenIds()
-        self._version_states = VersionStates()
-        self._unknown_parts: dict[PromptKey, Prompt] = {}
+        # The names changed lately, for fetches in flight.
         self._change_log = ChangeLog()
         settings = resolve_settings(
             environment,
@@ -182,6 +174,12 @@ class AsyncPromptClient:
         # The fresh-hit check is inlined in get_prompt: see AsyncPromptCache.hit_path.
         self._hot, self._by_name, self._touched, self._clock = self._cache.hit_path()
         self._stale_hit = self._cache.stale_hit
+        # Applying changes, writes and webhooks: beside the client, each in a module of its own.
+        self._changes = ChangeApplier(
+            self._cache, ttl=self._ttl, change_log=self._change_log, link=lambda: self._link)
+        self._writes = PromptWrites(self._source, self._changes, opened=self._opened)
+        self._webhooks = WebhookIntake(
+            webhook_key, self._changes, opened=self._opened, link=lambda: self._link)
         # A float: adding to it takes a float from the interpreter's free list, where an int
         # past 256 is allocated and freed on every hit. Exact up to 2**53 hits.
         self._hits = 0.0
@@ -208,7 +206,7 @@ class AsyncPromptClient:
 
     @property
     def _webhook_secret(self) -> Secret | None:
-        return self.__webhook_secret
+        return self._webhooks.webhook_secret
 
     def __repr__(self) -> str:
         return (
@@ -451,7 +449,7 @@ class AsyncPromptClient:
         try:
             prompt = await self._cache.get(key, fetch, ttl=ttl, wait=self._budget(options))
             if prompt_type is not None and prompt.type != prompt_type:
-                raise _wrong_type(key, prompt, prompt_type)
+                raise wrong_type(key, prompt, prompt_type)
         except FetchError as exc:
             if fallback is None or prompt_type is None:
                 raise
@@ -566,45 +564,23 @@ class AsyncPromptClient:
     def clear(self) -> int:
         """Drop every cached prompt (in every process, with a shared tier). Returns how many
         this process dropped."""
-        dropped = self._clear_here()
-        if self._link is not None:
-            self._link.propagate_soon(Change("clear"))
-        return dropped
+        return self._changes.clear()
 
     def _change(self, change: CacheChange) -> int:
-        """Apply ``change`` here and, with a shared tier, send it to every other process
-        (the prompts it puts are written to Redis first). Returns entries dropped here."""
-        dropped = self._apply_change(change)
-        if self._link is not None:
-            self._link.propagate_soon(Change.invalidate(
-                keys=[*change.drops, *(key for key, _ in change.puts)],
-                names=change.drop_names, changed=change.changed_names,
-                puts=change.puts, moved=change.moved, suspect=not change.composition_known,
-            ))
-        return dropped
+        """Apply ``change`` here and, with a shared tier, in every other process."""
+        return self._changes.change(change)
 
+    # What the shared tier's link calls (see _host): changes from other processes, suspects.
     def _apply_shared(self, change: Change) -> int:
-        """Apply a change another process published through the shared tier (or the tier's
-        own ``expire``). Returns how many entries it affected here."""
-        if change.kind == "invalidate":
-            return self._apply_change(CacheChange(
-                drops=change.keys, drop_names=frozenset(change.names),
-                changed_names=frozenset(change.changed),
-            ))
-        if change.kind == "clear":
-            return self._clear_here()
-        if change.kind == "expire":
-            return self._cache.expire_all()
-        return 0
+        return self._changes.apply_shared(change)
 
     def _note_suspect(self, key: PromptKey, prompt: Prompt) -> None:
-        """``prompt``, read from the shared tier for ``key``, came from a webhook: what it
-        includes is unknown (``CacheChange.composition_known``)."""
-        self._unknown_parts[key] = prompt
+        self._changes.note_suspect(key, prompt)
 
-    def _clear_here(self) -> int:
-        self._unknown_parts.clear()
-        return self._cache.clear()
+    def _opened(self) -> None:
+        """Raise ``ClientStateError`` unless the client is open."""
+        if self._state != _OPEN:
+            raise ClientStateError(self._cache_closed_reason())
 
     # -- writes and webhooks ---------------------------------------------------------------
 
@@ -652,34 +628,16 @@ class AsyncPromptClient:
         composed of ``name`` are dropped). Not retried unless the request surely did not
         reach the server: a create repeated after a timeout could make two versions.
         """
-        new = _new_prompt(name, prompt, type, labels, tags, config, commit_message)
-        writer = self._writer()
-        created = await writer.create_prompt(new, FetchOptions())
-        if created.type != type:
-            raise _wrong_type(PromptKey(name, None, created.version), created, type)
-        self._change(version_change("created", created, self._held()))
-        return created
+        return await self._writes.create_prompt(
+            name=name, prompt=prompt, type=type, labels=labels, tags=tags, config=config,
+            commit_message=commit_message,
+        )
 
     async def update_prompt(self, *, name: str, version: int, new_labels: list[str]) -> Prompt:
         """Add ``new_labels`` to version ``version`` of ``name`` (Langfuse's ``update_prompt``):
         each moves from the version that had it. Returns the version as updated; its labels'
         keys then serve it from this cache without a fetch, and no other key is touched."""
-        key = make_key(name, version)
-        labels = _labels(new_labels, "new_labels")
-        writer = self._writer()
-        updated = await writer.update_prompt_labels(key.name, version, labels, FetchOptions())
-        self._change(version_change("updated", updated, self._held()))
-        return updated
-
-    def _writer(self) -> PromptWriter:
-        if self._state != _OPEN:
-            raise ClientStateError(self._cache_closed_reason())
-        if not isinstance(self._source, PromptWriter):
-            raise WritesNotSupportedError(
-                f"the source {type(self._source).__name__} cannot write prompts: it does not "
-                "implement PromptWriter (create_prompt and update_prompt_labels)"
-            )
-        return self._source
+        return await self._writes.update_prompt(name=name, version=version, new_labels=new_labels)
 
     async def handle_webhook(self, body: bytes, signature: str | None) -> PromptVersionEvent:
         """Apply one Langfuse prompt-version webhook: ``body`` as received (raw bytes) and the
@@ -700,81 +658,7 @@ class AsyncPromptClient:
         signature), ``WebhookReplayError`` (an event id already applied: answer it with a
         2xx), ``WebhookError`` (no secret configured, or a body that is not such an event).
         """
-        if self.__webhook_secret is None:
-            raise WebhookError(
-                "no webhook secret: pass webhook_secret= or set LANGFUSE_WEBHOOK_SECRET"
-            )
-        verify_signature(self.__webhook_secret.reveal(), body, signature, now=time.time())
-        event = parse_event(body)
-        if event.id in self._seen_events:
-            raise WebhookReplayError(f"webhook event {event.id!r} was already applied")
-        if self._state != _OPEN:
-            raise ClientStateError(self._cache_closed_reason())
-        link = self._link  # with a shared tier, an event is applied once in the whole fleet
-        if link is not None and not await link.claim_event(event.id):
-            self._seen_events.add(event.id)
-            raise WebhookReplayError(
-                f"webhook event {event.id!r} was already applied (by another process)")
-        prompt, known, at = event.prompt, event.composition_known, event.updated_at
-        outdated = at is not None and (
-            self._version_states.is_outdated(prompt.name, prompt.version, at)
-            or (link is not None and not await link.newest_state(
-                prompt.name, prompt.version, at.timestamp())))
-        if outdated:
-            logger.info(
-                "webhook %s: prompt %r version %d has changed since; not applied",
-                event.id, prompt.name, prompt.version,
-            )
-        else:
-            if not known:
-                prompt, known = self._with_known_parts(prompt)
-            self._change(version_change(event.action, prompt, self._held(),
-                                              composition_known=known))
-            if at is not None:
-                self._version_states.record(prompt.name, prompt.version, at)
-        self._seen_events.add(event.id)
-        return event
-
-    def _held(self) -> list[tuple[PromptKey, Prompt]]:
-        return [(PromptKey._make(key), entry.prompt)  # type: ignore[arg-type]
-                for key, entry in self._cache.snapshot()]
-
-    def _with_known_parts(self, prompt: Prompt) -> tuple[Prompt, bool]:
-        """``prompt`` with the resolution graph of the same version held here, if any is
-        (a version's references never change: it is immutable in Langfuse)."""
-        for key, held in self._held():
-            if held.name == prompt.name and held.version == prompt.version \
-                    and self._unknown_parts.get(key) is not held:
-                return attrs.evolve(prompt, resolution_graph=held.resolution_graph), True
-        return prompt, False
-
-    def _apply_change(self, change: CacheChange) -> int:
-        """Apply one change to this process's cache: the one place every local change goes
-        through (writes, webhooks, ``invalidate``). Drops ``change.drops`` and every key of
-        ``change.drop_names``, holds ``change.puts`` (a fetch in flight for such a key does
-        not write back), then drops every held prompt composed of ``change.changed_names``,
-        transitively, and notes the names so that a fetch then in flight of a prompt composed
-        of them is not kept. Returns how many entries were dropped."""
-        cache = self._cache
-        dropped = sum(
-            cache.invalidate(key.name, label=key.label, version=key.version)
-            for key in change.drops
-        )
-        dropped += sum(cache.invalidate(name) for name in change.drop_names)
-        for key, prompt in change.puts:
-            cache.put(key, prompt, ttl=self._ttl)
-            if change.composition_known:
-                self._unknown_parts.pop(key, None)
-            else:
-                self._unknown_parts[key] = prompt
-        held = self._held()
-        unknown = {key for key, prompt in held if self._unknown_parts.get(key) is prompt}
-        self._unknown_parts = {key: self._unknown_parts[key] for key in unknown}
-        written = {key for key, _ in change.puts}
-        for key in dependents(change.changed_names, held, suspects=unknown) - written:
-            dropped += cache.invalidate(key.name, label=key.label, version=key.version)
-        self._change_log.record(change.changed_names)  # see _fetch
-        return dropped
+        return await self._webhooks.handle_webhook(body, signature)
 
     def stats(self) -> CacheStats:
         """Counters (hits, stale hits, misses, fetches, errors...) and per-key state; with a
@@ -811,45 +695,4 @@ def _fallback_failed(key: PromptKey, error: FetchError, exc: Exception) -> Inval
     return InvalidArgumentError(
         f"prompt {key.describe()}: the fetch failed ({error}) and the fallback raised "
         f"{type(exc).__name__}: {exc}"
-    )
-
-
-def _wrong_type(key: PromptKey, prompt: Prompt, asked: PromptType) -> InvalidResponseError:
-    return InvalidResponseError(
-        f"prompt {key.describe()} is a {prompt.type} prompt, but type={asked!r} was asked for",
-        field="type", name=key.name, key=key,
-    )
-
-
-def _labels(labels: Any, what: str) -> list[str]:
-    if isinstance(labels, str) or not isinstance(labels, list | tuple) \
-            or not all(isinstance(label, str) and label for label in labels):
-        raise InvalidArgumentError(f"{what} must be a list of non-empty strings, got {labels!r}")
-    return list(labels)
-
-
-def _new_prompt(
-    name: str, prompt: Any, prompt_type: Any, labels: list[str] | None,
-    tags: list[str] | None, config: Any, commit_message: str | None,
-) -> NewPrompt:
-    make_key(name)
-    if prompt_type == "text":
-        if not isinstance(prompt, str):
-            raise InvalidArgumentError(
-                f"a text prompt must be a string, got {type(prompt).__name__}"
-            )
-    elif prompt_type == "chat":
-        # The messages are checked as a chat fallback is, before anything is sent.
-        prompt_from_value(name, prompt, "chat")
-    else:
-        raise InvalidArgumentError(f"type must be 'text' or 'chat', got {prompt_type!r}")
-    if commit_message is not None and not isinstance(commit_message, str):
-        raise InvalidArgumentError(
-            f"commit_message must be a string, got {type(commit_message).__name__}"
-        )
-    return NewPrompt(
-        name=name, type=prompt_type, prompt=prompt,
-        labels=tuple(_labels(labels or [], "labels")),
-        tags=None if tags is None else tuple(_labels(tags, "tags")),
-        config=config, commit_message=commit_message,
     )

@@ -10,6 +10,7 @@ import attrs
 
 from ._composition import parse_resolution_graph
 from ._errors import InvalidArgumentError, InvalidResponseError, TemplateError
+from ._keys import PromptKey
 from ._template import compile_template, find_variable_names, to_langchain_template
 
 __all__ = [
@@ -394,3 +395,11 @@ def prompt_from_value(
     except InvalidResponseError as exc:
         raise InvalidArgumentError(f"invalid chat fallback: {exc}") from None
     return ChatPrompt(name=name, version=0, prompt=items, labels=labels, is_fallback=True)
+
+
+def wrong_type(key: PromptKey, prompt: Prompt, asked: PromptType) -> InvalidResponseError:
+    """The error for ``prompt``, found for ``key``, when a caller asked for the other type."""
+    return InvalidResponseError(
+        f"prompt {key.describe()} is a {prompt.type} prompt, but type={asked!r} was asked for",
+        field="type", name=key.name, key=key,
+    )

@@ -5,8 +5,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeAlias, overload
@@ -18,7 +16,7 @@ import attrs
 from ._apply import ChangeApplier
 from ._cache import AsyncPromptCache, CacheStats, Clock
 from ._changes import CacheChange, ChangeLog
-from ._checks import check_count, check_seconds
+from ._checks import check_count
 from ._errors import (
     ClientStateError,
     ConfigurationError,
@@ -28,7 +26,6 @@ from ._errors import (
 )
 from ._events import PromptVersionEvent
 from ._keys import PromptKey, make_key, prefetch_keys
-from ._langfuse import LangfuseSource
 from ._models import (
     ChatPrompt,
     Prompt,
@@ -38,11 +35,12 @@ from ._models import (
     prompt_from_value,
     wrong_type,
 )
-from ._redis import RedisTier, _Link, resolve_shared
+from ._options import DEFAULT_NEGATIVE_CACHE_SECONDS, ClientOptions, environment_of
+from ._redis import RedisTier, _Link
 from ._retry import RetryPolicy
 from ._runtime import current_backend, current_loop, spawn_detached
 from ._secret import Secret
-from ._settings import Environment, Settings, check_timeout, check_ttl, resolve_settings
+from ._settings import check_timeout, check_ttl
 from ._shared import Change
 from ._source import FetchOptions, PromptSource
 from ._webhook_intake import WebhookIntake
@@ -59,7 +57,6 @@ ChatFallback: TypeAlias = (
 )
 
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
-DEFAULT_NEGATIVE_CACHE_SECONDS = 5.0
 # Past a call's deadline, time for its source to report its own error before the safety net.
 _GRACE_SECONDS = 0.25
 _NOT_OPEN = (
@@ -118,68 +115,56 @@ class AsyncPromptClient:
         shared: str | RedisTier | None = None,
         webhook_secret: str | Secret | None = None,
     ) -> None:
-        # Error reporters record the locals of a frame that raises: from here on the secret
-        # is a Secret and the environment only the few variables read.
+        # Error reporters record the locals of a frame that raises: from here on the secrets
+        # are Secrets and the environment only the few variables read.
         secret = None if secret_key is None else Secret(secret_key)
-        environment = Environment.read(os.environ if env is None else env)
-        del secret_key, env
-        if isinstance(webhook_secret, str):
-            webhook_secret = Secret(webhook_secret)
-        if webhook_secret is not None and (
-            not isinstance(webhook_secret, Secret)
-            or not isinstance(webhook_secret.reveal(), str)  # Secret(b"...") is typed wrong
-            or not webhook_secret.reveal().strip()
-        ):
-            raise ConfigurationError("webhook_secret must be a non-empty string")
-        webhook_key = environment.webhook_secret if webhook_secret is None else webhook_secret
-        del webhook_secret
-        # The names changed lately, for fetches in flight.
-        self._change_log = ChangeLog()
-        settings = resolve_settings(
-            environment,
-            public_key=public_key, secret_key=secret, base_url=base_url,
-            cache_ttl_seconds=cache_ttl_seconds, timeout_seconds=fetch_timeout_seconds,
-            trust_env=trust_env,
-        )
-        # The engine and RetryPolicy check the rest of their options the same way.
-        check_count(max_retries, "max_retries")
+        webhook = Secret(webhook_secret) if isinstance(webhook_secret, str) else webhook_secret
+        environment = environment_of(env)
+        del secret_key, webhook_secret, env
+        self._configure(ClientOptions(
+            public_key=public_key, secret_key=secret, base_url=base_url, source=source,
+            session=session, cache_ttl_seconds=cache_ttl_seconds, max_size=max_size,
+            max_stale_seconds=max_stale_seconds, fetch_timeout_seconds=fetch_timeout_seconds,
+            max_retries=max_retries, retry=retry, verify_ssl=verify_ssl, trust_env=trust_env,
+            refresh_backoff_seconds=refresh_backoff_seconds,
+            refresh_backoff_max_seconds=refresh_backoff_max_seconds, clock=clock,
+            env=environment, negative_cache_seconds=negative_cache_seconds, shared=shared,
+            webhook_secret=webhook,
+        ))
+
+    @classmethod
+    def _from_options(cls, options: ClientOptions) -> AsyncPromptClient:
+        """A client built from ``options`` (the sync facade's, again in a forked child): the
+        environment they hold is not read again."""
+        client = cls.__new__(cls)
+        client._configure(options)
+        return client
+
+    def _configure(self, options: ClientOptions) -> None:
+        settings = options.settings()
+        self._config = options
         self._settings = settings
-        self._tier = resolve_shared(shared, environment.values)
-        self._max_stale = max_stale_seconds
+        self._tier = options.tier()
+        self._max_stale = options.max_stale_seconds
         self._link: _Link | None = None
         self._ttl = settings.cache_ttl_seconds
         self._timeout = settings.timeout_seconds
-        self._retry = retry or RetryPolicy(max_retries=max_retries)
-        if source is None:
-            self._source: PromptSource = LangfuseSource(
-                base_url=settings.base_url, public_key=settings.public_key,
-                secret_key=None if settings.secret_key is None else settings.secret_key.reveal(),
-                session=session, timeout_seconds=settings.timeout_seconds, retry=self._retry,
-                verify_ssl=verify_ssl, trust_env=False, proxy=settings.proxy,
-            )
-            self._owns_source = True
-        else:
-            self._source = source
-            self._owns_source = False
-        self._cache = AsyncPromptCache(
-            max_size=max_size, max_stale_seconds=max_stale_seconds,
-            clock=clock or time.monotonic,
-            refresh_backoff_seconds=refresh_backoff_seconds,
-            refresh_backoff_max_seconds=refresh_backoff_max_seconds,
-            negative_ttl_seconds=check_seconds(negative_cache_seconds, "negative_cache_seconds"),
-            # A default TTL of 0 fetches on every call, as a call's cache_ttl_seconds=0 does.
-            inline_hits=self._ttl > 0,
-        )
+        self._retry = options.retry_policy()
+        self._source, self._owns_source = options.source_for(settings, self._retry)
+        # A default TTL of 0 fetches on every call, as a call's cache_ttl_seconds=0 does.
+        self._cache = options.engine(inline_hits=self._ttl > 0)
         self._cache.detach(_NOT_OPEN)
         # The fresh-hit check is inlined in get_prompt: see AsyncPromptCache.hit_path.
         self._hot, self._by_name, self._touched, self._clock = self._cache.hit_path()
         self._stale_hit = self._cache.stale_hit
+        # The names changed lately, for fetches in flight.
+        self._change_log = ChangeLog()
         # Applying changes, writes and webhooks: beside the client, each in a module of its own.
         self._changes = ChangeApplier(
             self._cache, ttl=self._ttl, change_log=self._change_log, link=lambda: self._link)
         self._writes = PromptWrites(self._source, self._changes, opened=self._opened)
         self._webhooks = WebhookIntake(
-            webhook_key, self._changes, opened=self._opened, link=lambda: self._link)
+            options.webhook_key(), self._changes, opened=self._opened, link=lambda: self._link)
         # A float: adding to it takes a float from the interpreter's free list, where an int
         # past 256 is allocated and freed on every hit. Exact up to 2**53 hits.
         self._hits = 0.0
@@ -189,24 +174,6 @@ class AsyncPromptClient:
         self._loop: object = None
         self._stop: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
-
-    @classmethod
-    def _from_settings(cls, settings: Settings, **options: Any) -> AsyncPromptClient:
-        """A client with ``settings`` as resolved by another (the sync facade's copy in a
-        forked child): the environment is not read again."""
-        secret = settings.secret_key
-        return cls(
-            public_key=settings.public_key,
-            secret_key=None if secret is None else secret.reveal(),
-            base_url=settings.base_url, cache_ttl_seconds=settings.cache_ttl_seconds,
-            fetch_timeout_seconds=settings.timeout_seconds,
-            # The proxy it resolved, as the one variable that names it.
-            env={"all_proxy": settings.proxy} if settings.proxy else {}, **options,
-        )
-
-    @property
-    def _webhook_secret(self) -> Secret | None:
-        return self._webhooks.webhook_secret
 
     def __repr__(self) -> str:
         return (

@@ -4,7 +4,7 @@ Read when a client is built, never at import. Pure."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from urllib.parse import SplitResult, urlsplit
 
 import attrs
@@ -18,11 +18,10 @@ __all__ = ["Environment", "Settings", "resolve_settings"]
 DEFAULT_BASE_URL = "https://cloud.langfuse.com"
 DEFAULT_TTL_SECONDS = 60.0
 DEFAULT_TIMEOUT_SECONDS = 5.0
-_TTL_VARS = ("LANGFUSE_PROMPT_CACHE_TTL_SECONDS", "LANGFUSE_PROMPT_CACHE_DEFAULT_TTL_SECONDS")
-_READ = (
-    "LANGFUSE_PUBLIC_KEY", "LANGFUSE_BASE_URL", "LANGFUSE_HOST", "LANGFUSE_TIMEOUT", *_TTL_VARS,
-    "ASYNCPROMPTCACHE_REDIS_URL",
-)
+# The second is the Langfuse SDK's own name for it.
+TTL_VARS = ("LANGFUSE_PROMPT_CACHE_TTL_SECONDS", "LANGFUSE_PROMPT_CACHE_DEFAULT_TTL_SECONDS")
+# Kept wrapped in a Secret, out of Environment.values.
+_SECRET_VARS = ("LANGFUSE_SECRET_KEY", "LANGFUSE_WEBHOOK_SECRET")
 
 
 @attrs.frozen
@@ -101,41 +100,39 @@ def check_base_url(url: str, what: str = "base_url") -> str:
 
 @attrs.frozen
 class Environment:
-    """The variables a client reads, taken out of the environment when it is built: the
-    secret key wrapped, nothing else kept (a frame holding ``os.environ`` would show every
-    secret of the process to an error reporter)."""
+    """The variables a client reads (the options' and the proxy variables), taken out of the
+    environment when it is built: the secrets wrapped, nothing else kept (a frame holding
+    ``os.environ`` would show every secret of the process to an error reporter)."""
 
     values: Mapping[str, str]
     secret_key: Secret | None = attrs.field(repr=False)
     webhook_secret: Secret | None = attrs.field(default=None, repr=False)
 
     @classmethod
-    def read(cls, env: Mapping[str, str]) -> Environment:
+    def read(cls, env: Mapping[str, str], names: Collection[str]) -> Environment:
         webhook = env.get("LANGFUSE_WEBHOOK_SECRET", "").strip()
         return cls(
-            {var: env[var] for var in env if var in _READ or var.lower().endswith("_proxy")},
+            {var: env[var] for var in env
+             if (var in names and var not in _SECRET_VARS) or var.lower().endswith("_proxy")},
             Secret(env["LANGFUSE_SECRET_KEY"]) if env.get("LANGFUSE_SECRET_KEY") else None,
             Secret(webhook) if webhook else None,
         )
 
 
 def resolve_settings(
-    environment: Environment | Mapping[str, str],
+    environment: Environment,
     *,
     public_key: str | None = None,
     secret_key: Secret | None = None,
     base_url: str | None = None,
     cache_ttl_seconds: float | None = None,
-    timeout_seconds: float | None = None,
+    fetch_timeout_seconds: float | None = None,
     trust_env: bool = True,
 ) -> Settings:
     """Merge arguments and environment; a bad value raises ``ConfigurationError`` naming it.
 
-    Pass ``Environment.read(os.environ)`` rather than the mapping itself where the caller's
-    own frame may raise: that keeps no copy of the environment and wraps the secret key.
+    The arguments are ``ClientOptions``' fields of the same names.
     """
-    if not isinstance(environment, Environment):
-        environment = Environment.read(environment)
     env = environment.values
     public_key = public_key if public_key is not None else env.get("LANGFUSE_PUBLIC_KEY") or None
     secret_key = secret_key if secret_key is not None else environment.secret_key
@@ -155,14 +152,13 @@ def resolve_settings(
         ttl = check_seconds(cache_ttl_seconds, "cache_ttl_seconds")
     else:
         ttl = DEFAULT_TTL_SECONDS
-        # The second is the Langfuse SDK's own name for it.
-        for var in _TTL_VARS:
+        for var in TTL_VARS:
             if env.get(var, "").strip():
                 ttl = parse_seconds(env[var], var)
                 break
 
-    if timeout_seconds is not None:
-        timeout = check_seconds(timeout_seconds, "fetch_timeout_seconds", positive=True)
+    if fetch_timeout_seconds is not None:
+        timeout = check_seconds(fetch_timeout_seconds, "fetch_timeout_seconds", positive=True)
     elif env.get("LANGFUSE_TIMEOUT", "").strip():
         timeout = parse_seconds(env["LANGFUSE_TIMEOUT"], "LANGFUSE_TIMEOUT", positive=True)
     else:

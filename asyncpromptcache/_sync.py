@@ -32,7 +32,6 @@ from anyio.from_thread import BlockingPortal
 from ._cache import CacheStats, Clock
 from ._checks import check_seconds
 from ._client import (
-    DEFAULT_NEGATIVE_CACHE_SECONDS,
     AsyncPromptClient,
     ChatFallback,
     TextFallback,
@@ -50,6 +49,7 @@ from ._models import (
     check_prompt_type,
     prompt_from_value,
 )
+from ._options import DEFAULT_NEGATIVE_CACHE_SECONDS, ClientOptions, environment_of
 from ._redis import RedisTier
 from ._retry import RetryPolicy
 from ._secret import Secret
@@ -135,33 +135,28 @@ class PromptClient:
         shared: str | RedisTier | None = None,
         webhook_secret: str | Secret | None = None,
     ) -> None:
-        # A Secret from here on: error reporters record the locals of a frame that raises.
+        # Error reporters record the locals of a frame that raises: from here on the secrets
+        # are Secrets and the environment only the few variables read.
         secret = None if secret_key is None else Secret(secret_key)
-        # A Secret goes through as it is, anything else but a str too: AsyncPromptClient
-        # checks the type.
         webhook = Secret(webhook_secret) if isinstance(webhook_secret, str) else webhook_secret
-        del secret_key, webhook_secret
-        options: dict[str, Any] = dict(
-            source=source, max_size=max_size, max_stale_seconds=max_stale_seconds,
+        environment = environment_of(env)
+        del secret_key, webhook_secret, env
+        options = ClientOptions(
+            public_key=public_key, secret_key=secret, base_url=base_url, source=source,
+            cache_ttl_seconds=cache_ttl_seconds, max_size=max_size,
+            max_stale_seconds=max_stale_seconds, fetch_timeout_seconds=fetch_timeout_seconds,
             max_retries=max_retries, retry=retry, verify_ssl=verify_ssl, trust_env=trust_env,
             refresh_backoff_seconds=refresh_backoff_seconds,
             refresh_backoff_max_seconds=refresh_backoff_max_seconds, clock=clock,
-            negative_cache_seconds=negative_cache_seconds,
-            shared=shared,
+            env=environment, negative_cache_seconds=negative_cache_seconds, shared=shared,
             webhook_secret=webhook,
         )
         # Bad options fail here, in the caller's thread.
-        self._client = AsyncPromptClient(
-            public_key=public_key, secret_key=None if secret is None else secret.reveal(),
-            base_url=base_url, cache_ttl_seconds=cache_ttl_seconds,
-            fetch_timeout_seconds=fetch_timeout_seconds, env=env, **options,
-        )
-        # To build the same client again in a forked child: the settings it resolved (the
-        # environment is not kept), the shared tier it resolved, and the other options.
-        options["shared"] = self._client._tier
-        options["webhook_secret"] = self._client._webhook_secret
+        self._client = AsyncPromptClient._from_options(options)
+        # To build the same client again in a forked child: the same options (the environment
+        # as it was read then) with the shared tier this one resolved.
         self._new_client = functools.partial(
-            AsyncPromptClient._from_settings, self._client._settings, **options
+            AsyncPromptClient._from_options, attrs.evolve(options, shared=self._client._tier)
         )
         self._lock = threading.Lock()
         self._loop: _LoopThread | None = None

@@ -42,10 +42,6 @@ class WebhookIntake:
         self._seen_events = SeenIds()
         self._version_states = VersionStates()
 
-    @property
-    def webhook_secret(self) -> Secret | None:
-        return self.__webhook_secret
-
     async def handle_webhook(self, body: bytes, signature: str | None) -> PromptVersionEvent:
         """As ``AsyncPromptClient.handle_webhook``."""
         if self.__webhook_secret is None:

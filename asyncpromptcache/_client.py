@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Literal, TypeAlias, overload
+from typing import Any, Literal, overload
 
 import aiohttp
 import anyio
@@ -16,13 +15,10 @@ import attrs
 from ._apply import ChangeApplier
 from ._cache import AsyncPromptCache, CacheStats, Clock
 from ._changes import CacheChange, ChangeLog
-from ._checks import check_count
 from ._errors import (
     ClientStateError,
     ConfigurationError,
     FetchError,
-    FetchTimeoutError,
-    InvalidArgumentError,
 )
 from ._events import PromptVersionEvent
 from ._keys import PromptKey, make_key, prefetch_keys
@@ -32,17 +28,16 @@ from ._models import (
     PromptType,
     TextPrompt,
     check_prompt_type,
-    prompt_from_value,
-    wrong_type,
 )
 from ._options import DEFAULT_NEGATIVE_CACHE_SECONDS, ClientOptions, environment_of
+from ._reads import ChatFallback, PromptReads, TextFallback
 from ._redis import RedisTier, _Link
 from ._retry import RetryPolicy
 from ._runtime import current_backend, current_loop, spawn_detached
 from ._secret import Secret
-from ._settings import check_timeout, check_ttl
+from ._settings import check_ttl
 from ._shared import Change
-from ._source import FetchOptions, PromptSource
+from ._source import PromptSource
 from ._webhook_intake import WebhookIntake
 from ._writes import PromptWrites
 
@@ -50,15 +45,8 @@ __all__ = ["AsyncPromptClient", "ChatFallback", "TextFallback"]
 
 logger = logging.getLogger("asyncpromptcache")
 
-ChatMessages: TypeAlias = list[dict[str, Any]]
-TextFallback: TypeAlias = str | Callable[[], str] | Callable[[], Awaitable[str]]
-ChatFallback: TypeAlias = (
-    ChatMessages | Callable[[], ChatMessages] | Callable[[], Awaitable[ChatMessages]]
-)
 
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
-# Past a call's deadline, time for its source to report its own error before the safety net.
-_GRACE_SECONDS = 0.25
 _NOT_OPEN = (
     "the client is not open: use `async with AsyncPromptClient(...) as client:` "
     "and call it inside that block"
@@ -148,9 +136,8 @@ class AsyncPromptClient:
         self._max_stale = options.max_stale_seconds
         self._link: _Link | None = None
         self._ttl = settings.cache_ttl_seconds
-        self._timeout = settings.timeout_seconds
-        self._retry = options.retry_policy()
-        self._source, self._owns_source = options.source_for(settings, self._retry)
+        retry = options.retry_policy()
+        self._source, self._owns_source = options.source_for(settings, retry)
         # A default TTL of 0 fetches on every call, as a call's cache_ttl_seconds=0 does.
         self._cache = options.engine(inline_hits=self._ttl > 0)
         self._cache.detach(_NOT_OPEN)
@@ -158,10 +145,17 @@ class AsyncPromptClient:
         self._hot, self._by_name, self._touched, self._clock = self._cache.hit_path()
         self._stale_hit = self._cache.stale_hit
         # The names changed lately, for fetches in flight.
-        self._change_log = ChangeLog()
-        # Applying changes, writes and webhooks: beside the client, each in a module of its own.
+        change_log = ChangeLog()
+        # Reads past the hit path, applying changes, writes and webhooks: beside the client,
+        # each in a module of its own.
+        self._reads = PromptReads(
+            self._cache, self._source, ttl=self._ttl, timeout=settings.timeout_seconds,
+            retry=retry, change_log=change_log, opened=self._opened, check_loop=self._check_loop,
+            link=lambda: self._link,
+        )
+        self._get_prompt = self._reads.get_prompt
         self._changes = ChangeApplier(
-            self._cache, ttl=self._ttl, change_log=self._change_log, link=lambda: self._link)
+            self._cache, ttl=self._ttl, change_log=change_log, link=lambda: self._link)
         self._writes = PromptWrites(self._source, self._changes, opened=self._opened)
         self._webhooks = WebhookIntake(
             options.webhook_key(), self._changes, opened=self._opened, link=lambda: self._link)
@@ -391,88 +385,8 @@ class AsyncPromptClient:
             max_retries, fetch_timeout_seconds,
         )
 
-    async def _get_prompt(
-        self,
-        key: PromptKey,
-        prompt_type: PromptType | None,
-        cache_ttl_seconds: float | None,
-        fallback: TextFallback | ChatFallback | None,
-        max_retries: int | None,
-        fetch_timeout_seconds: float | None,
-    ) -> Prompt:
-        if self._state != _OPEN:
-            raise ClientStateError(self._cache_closed_reason())
-        self._check_loop()
-        ttl = self._ttl if cache_ttl_seconds is None else check_ttl(cache_ttl_seconds)
-        options = self._options(max_retries, fetch_timeout_seconds)
-        # The fetch is shared by every caller of the key: it knows nothing of this caller's
-        # type, which is checked below for this caller only.
-        fetch: Callable[[], Awaitable[Any]] = functools.partial(self._fetch, key, options)
-        if self._link is not None and ttl > 0:
-            fetch = functools.partial(
-                self._link.fetch_through, key, ttl, fetch, self._budget(options),
-                functools.partial(self._cache.holds, key),
-            )
-        try:
-            prompt = await self._cache.get(key, fetch, ttl=ttl, wait=self._budget(options))
-            if prompt_type is not None and prompt.type != prompt_type:
-                raise wrong_type(key, prompt, prompt_type)
-        except FetchError as exc:
-            if fallback is None or prompt_type is None:
-                raise
-            return await self._fallback(key, prompt_type, fallback, exc)
-        return prompt
-
     def _cache_closed_reason(self) -> str:
         return _NOT_OPEN if self._state == _NEW else self._closed_reason
-
-    def _options(self, max_retries: int | None, timeout: float | None) -> FetchOptions:
-        if max_retries is not None:
-            check_count(max_retries, "max_retries", error=InvalidArgumentError)
-        if timeout is not None:
-            check_timeout(timeout)
-        return FetchOptions(max_retries=max_retries, timeout_seconds=timeout)
-
-    def _budget(self, options: FetchOptions) -> float:
-        """How long one call with ``options`` may take in all: its timeout times its attempts
-        (the deadline the source keeps), and a little for the source to report its error."""
-        timeout = self._timeout if options.timeout_seconds is None else options.timeout_seconds
-        budget = self._retry.for_call(options.max_retries).budget_seconds(timeout)
-        return budget + min(_GRACE_SECONDS, budget)
-
-    async def _fetch(self, key: PromptKey, options: FetchOptions) -> Prompt:
-        # A safety net for any source: no fetch outlives its budget.
-        budget = self._budget(options)
-        since = self._change_log.seq
-        try:
-            with anyio.fail_after(budget):
-                prompt = await self._source.fetch(key, options)
-        except TimeoutError as exc:
-            raise FetchTimeoutError(
-                f"prompt {key.describe()}: no answer within {budget:g}s", name=key.name, key=key
-            ) from exc
-        if self._change_log.touches(prompt, since):
-            # Resolved from a part that changed meanwhile: it answers its waiters, not kept.
-            self._cache.invalidate(key.name, label=key.label, version=key.version)
-        return prompt
-
-    async def _fallback(
-        self,
-        key: PromptKey,
-        prompt_type: PromptType,
-        fallback: TextFallback | ChatFallback,
-        error: FetchError,
-    ) -> Prompt:
-        value = call_fallback(key, fallback, error)
-        if inspect.isawaitable(value):
-            value = await await_fallback(key, value, error)
-        prompt = prompt_from_value(key.name, value, prompt_type, key.label)
-        self._fallback_served(key, error)
-        return prompt
-
-    def _fallback_served(self, key: PromptKey, error: FetchError) -> None:
-        self._cache.record_fallback()
-        logger.warning("prompt %s: serving the fallback: %s", key.describe(), error)
 
     # -- other operations ------------------------------------------------------------------
 
@@ -495,7 +409,7 @@ class AsyncPromptClient:
         # Checked once here: raised in the task group below, it would come as an ExceptionGroup.
         if cache_ttl_seconds is not None:
             check_ttl(cache_ttl_seconds)
-        self._options(max_retries, fetch_timeout_seconds)
+        self._reads.options(max_retries, fetch_timeout_seconds)
         results: dict[PromptKey, Prompt | FetchError] = {}
 
         async def one(key: PromptKey) -> None:
@@ -641,25 +555,3 @@ def _first_leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
-
-
-def call_fallback(key: PromptKey, fallback: Any, error: FetchError) -> Any:
-    """The fallback's value (``fallback()`` when it is callable): maybe an awaitable."""
-    try:
-        return fallback() if callable(fallback) else fallback
-    except Exception as exc:
-        raise _fallback_failed(key, error, exc) from exc
-
-
-async def await_fallback(key: PromptKey, value: Awaitable[Any], error: FetchError) -> Any:
-    try:
-        return await value
-    except Exception as exc:
-        raise _fallback_failed(key, error, exc) from exc
-
-
-def _fallback_failed(key: PromptKey, error: FetchError, exc: Exception) -> InvalidArgumentError:
-    return InvalidArgumentError(
-        f"prompt {key.describe()}: the fetch failed ({error}) and the fallback raised "
-        f"{type(exc).__name__}: {exc}"
-    )

@@ -31,13 +31,7 @@ from anyio.from_thread import BlockingPortal
 
 from ._cache import CacheStats, Clock
 from ._checks import check_seconds
-from ._client import (
-    AsyncPromptClient,
-    ChatFallback,
-    TextFallback,
-    await_fallback,
-    call_fallback,
-)
+from ._client import AsyncPromptClient
 from ._errors import ClientStateError, FetchError, InvalidArgumentError, PromptCacheError
 from ._events import PromptVersionEvent
 from ._keys import PromptKey, make_key, prefetch_keys
@@ -50,6 +44,7 @@ from ._models import (
     prompt_from_value,
 )
 from ._options import DEFAULT_NEGATIVE_CACHE_SECONDS, ClientOptions, environment_of
+from ._reads import ChatFallback, TextFallback, await_fallback, call_fallback
 from ._redis import RedisTier
 from ._retry import RetryPolicy
 from ._secret import Secret
@@ -402,7 +397,7 @@ class PromptClient:
             awaitable = value
             value = self._call(lambda _: await_fallback(key, awaitable, error))
         prompt = prompt_from_value(key.name, value, prompt_type, key.label)
-        self._on_owner(lambda client: client._fallback_served(key, error))
+        self._on_owner(lambda client: client._reads.fallback_served(key, error))
         return prompt
 
     # -- other operations ------------------------------------------------------------------

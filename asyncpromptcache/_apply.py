@@ -15,7 +15,7 @@ import attrs
 
 from ._cache import AsyncPromptCache
 from ._changes import CacheChange, ChangeLog, dependents
-from ._keys import PromptKey
+from ._keys import PromptKey, make_key
 from ._models import Prompt
 from ._redis import _Link
 from ._shared import Change
@@ -28,16 +28,27 @@ class ChangeApplier:
     ``change_log``; ``link`` gives the shared tier's link while the client has one open."""
 
     def __init__(
-        self, cache: AsyncPromptCache, *, ttl: float, change_log: ChangeLog,
-        link: Callable[[], _Link | None],
+        self, cache: AsyncPromptCache, *, ttl: float, link: Callable[[], _Link | None]
     ) -> None:
         self._cache = cache
         self._ttl = ttl
-        self._change_log = change_log
         self._link = link
+        # The names changed lately, for fetches in flight (PromptReads).
+        self.change_log = ChangeLog()
         # The keys written through without knowing what their prompt includes
         # (CacheChange.composition_known).
         self._unknown_parts: dict[PromptKey, Prompt] = {}
+
+    def invalidate(self, name: str, *, label: str | None, version: int | None) -> int:
+        """As ``AsyncPromptClient.invalidate``."""
+        if label is not None or version is not None:
+            change = CacheChange(
+                drops=(make_key(name, version, label),), changed_names=frozenset({name})
+            )
+        else:
+            make_key(name)
+            change = CacheChange(drop_names=frozenset({name}), changed_names=frozenset({name}))
+        return self.change(change)
 
     def clear(self) -> int:
         """Drop every cached prompt (in every process, with a shared tier). Returns how many
@@ -122,5 +133,5 @@ class ChangeApplier:
         written = {key for key, _ in change.puts}
         for key in dependents(change.changed_names, held, suspects=unknown) - written:
             dropped += cache.invalidate(key.name, label=key.label, version=key.version)
-        self._change_log.record(change.changed_names)  # see AsyncPromptClient._fetch
+        self.change_log.record(change.changed_names)  # see PromptReads._fetch
         return dropped

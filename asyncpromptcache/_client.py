@@ -14,7 +14,6 @@ import attrs
 
 from ._apply import ChangeApplier
 from ._cache import AsyncPromptCache, CacheStats, Clock
-from ._changes import CacheChange, ChangeLog
 from ._errors import (
     ClientStateError,
     ConfigurationError,
@@ -35,8 +34,6 @@ from ._redis import RedisTier, _Link
 from ._retry import RetryPolicy
 from ._runtime import current_backend, current_loop, spawn_detached
 from ._secret import Secret
-from ._settings import check_ttl
-from ._shared import Change
 from ._source import PromptSource
 from ._webhook_intake import WebhookIntake
 from ._writes import PromptWrites
@@ -122,16 +119,14 @@ class AsyncPromptClient:
 
     @classmethod
     def _from_options(cls, options: ClientOptions) -> AsyncPromptClient:
-        """A client built from ``options`` (the sync facade's, again in a forked child): the
-        environment they hold is not read again."""
+        """A client built from ``options`` as they are (the environment is not read again)."""
         client = cls.__new__(cls)
         client._configure(options)
         return client
 
     def _configure(self, options: ClientOptions) -> None:
-        settings = options.settings()
         self._config = options
-        self._settings = settings
+        self._settings = settings = options.settings()
         self._tier = options.tier()
         self._max_stale = options.max_stale_seconds
         self._link: _Link | None = None
@@ -144,21 +139,20 @@ class AsyncPromptClient:
         # The fresh-hit check is inlined in get_prompt: see AsyncPromptCache.hit_path.
         self._hot, self._by_name, self._touched, self._clock = self._cache.hit_path()
         self._stale_hit = self._cache.stale_hit
-        # The names changed lately, for fetches in flight.
-        change_log = ChangeLog()
-        # Reads past the hit path, applying changes, writes and webhooks: beside the client,
+        # Applying changes, reads past the hit path, writes and webhooks: beside the client,
         # each in a module of its own.
+        changes = self._changes = ChangeApplier(self._cache, ttl=self._ttl, link=lambda: self._link)
+        # For the shared tier's link (see _host): other processes' changes, webhook prompts.
+        self._apply_shared, self._note_suspect = changes.apply_shared, changes.note_suspect
         self._reads = PromptReads(
             self._cache, self._source, ttl=self._ttl, timeout=settings.timeout_seconds,
-            retry=retry, change_log=change_log, opened=self._opened, check_loop=self._check_loop,
-            link=lambda: self._link,
+            retry=retry, change_log=changes.change_log, opened=self._opened,
+            check_loop=self._check_loop, link=lambda: self._link,
         )
         self._get_prompt = self._reads.get_prompt
-        self._changes = ChangeApplier(
-            self._cache, ttl=self._ttl, change_log=change_log, link=lambda: self._link)
-        self._writes = PromptWrites(self._source, self._changes, opened=self._opened)
+        self._writes = PromptWrites(self._source, changes, opened=self._opened)
         self._webhooks = WebhookIntake(
-            options.webhook_key(), self._changes, opened=self._opened, link=lambda: self._link)
+            options.webhook_key(), changes, opened=self._opened, link=lambda: self._link)
         # A float: adding to it takes a float from the interpreter's free list, where an int
         # past 256 is allocated and freed on every hit. Exact up to 2**53 hits.
         self._hits = 0.0
@@ -170,10 +164,8 @@ class AsyncPromptClient:
         self._stopped: anyio.Event | None = None
 
     def __repr__(self) -> str:
-        return (
-            f"<AsyncPromptClient {self._state} source={self._source!r} "
-            f"ttl={self._ttl:g}s entries={len(self._cache)}>"
-        )
+        return (f"<AsyncPromptClient {self._state} source={self._source!r} "
+                f"ttl={self._ttl:g}s entries={len(self._cache)}>")
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -301,7 +293,7 @@ class AsyncPromptClient:
         """The cache engine, for inspection (``in_flight``, ``len()``) and tests."""
         return self._cache
 
-    # -- get_prompt ------------------------------------------------------------------------
+    # -- reads and invalidation ------------------------------------------------------------
 
     @overload
     async def get_prompt(
@@ -385,11 +377,6 @@ class AsyncPromptClient:
             max_retries, fetch_timeout_seconds,
         )
 
-    def _cache_closed_reason(self) -> str:
-        return _NOT_OPEN if self._state == _NEW else self._closed_reason
-
-    # -- other operations ------------------------------------------------------------------
-
     async def prefetch(
         self,
         names: Iterable[str | PromptKey] | str | PromptKey,
@@ -405,25 +392,8 @@ class AsyncPromptClient:
         a single name (a string) or key may be given alone.
         Returns, per key, the prompt or the error its fetch ended with.
         """
-        keys = prefetch_keys(names, label)
-        # Checked once here: raised in the task group below, it would come as an ExceptionGroup.
-        if cache_ttl_seconds is not None:
-            check_ttl(cache_ttl_seconds)
-        self._reads.options(max_retries, fetch_timeout_seconds)
-        results: dict[PromptKey, Prompt | FetchError] = {}
-
-        async def one(key: PromptKey) -> None:
-            try:
-                results[key] = await self._get_prompt(
-                    key, None, cache_ttl_seconds, None, max_retries, fetch_timeout_seconds
-                )
-            except FetchError as exc:
-                results[key] = exc
-
-        async with anyio.create_task_group() as tg:
-            for key in keys:
-                tg.start_soon(one, key)
-        return results
+        return await self._reads.prefetch(
+            prefetch_keys(names, label), cache_ttl_seconds, max_retries, fetch_timeout_seconds)
 
     def invalidate(
         self, name: str, *, label: str | None = None, version: int | None = None
@@ -433,35 +403,17 @@ class AsyncPromptClient:
 
         Returns how many entries were dropped.
         """
-        if label is not None or version is not None:
-            change = CacheChange(
-                drops=(make_key(name, version, label),), changed_names=frozenset({name})
-            )
-        else:
-            make_key(name)
-            change = CacheChange(drop_names=frozenset({name}), changed_names=frozenset({name}))
-        return self._change(change)
+        return self._changes.invalidate(name, label=label, version=version)
 
     def clear(self) -> int:
         """Drop every cached prompt (in every process, with a shared tier). Returns how many
         this process dropped."""
         return self._changes.clear()
 
-    def _change(self, change: CacheChange) -> int:
-        """Apply ``change`` here and, with a shared tier, in every other process."""
-        return self._changes.change(change)
-
-    # What the shared tier's link calls (see _host): changes from other processes, suspects.
-    def _apply_shared(self, change: Change) -> int:
-        return self._changes.apply_shared(change)
-
-    def _note_suspect(self, key: PromptKey, prompt: Prompt) -> None:
-        self._changes.note_suspect(key, prompt)
-
     def _opened(self) -> None:
         """Raise ``ClientStateError`` unless the client is open."""
         if self._state != _OPEN:
-            raise ClientStateError(self._cache_closed_reason())
+            raise ClientStateError(_NOT_OPEN if self._state == _NEW else self._closed_reason)
 
     # -- writes and webhooks ---------------------------------------------------------------
 

@@ -96,6 +96,30 @@ class PromptReads:
             return await self._fallback(key, prompt_type, fallback, exc)
         return prompt
 
+    async def prefetch(
+        self, keys: list[PromptKey], cache_ttl_seconds: float | None, max_retries: int | None,
+        fetch_timeout_seconds: float | None,
+    ) -> dict[PromptKey, Prompt | FetchError]:
+        """As ``AsyncPromptClient.prefetch``, of ``keys``."""
+        # Checked once here: raised in the task group below, it would come as an ExceptionGroup.
+        if cache_ttl_seconds is not None:
+            check_ttl(cache_ttl_seconds)
+        self.options(max_retries, fetch_timeout_seconds)
+        results: dict[PromptKey, Prompt | FetchError] = {}
+
+        async def one(key: PromptKey) -> None:
+            try:
+                results[key] = await self.get_prompt(
+                    key, None, cache_ttl_seconds, None, max_retries, fetch_timeout_seconds
+                )
+            except FetchError as exc:
+                results[key] = exc
+
+        async with anyio.create_task_group() as tg:
+            for key in keys:
+                tg.start_soon(one, key)
+        return results
+
     def options(self, max_retries: int | None, timeout: float | None) -> FetchOptions:
         if max_retries is not None:
             check_count(max_retries, "max_retries", error=InvalidArgumentError)

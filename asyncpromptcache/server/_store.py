@@ -32,9 +32,9 @@ from ._compose import (
     PromptNode,
     Reference,
     ResolutionError,
-    find_references,
     resolve as resolve_node,
 )
+from ._references import PromptReferenceError, check_dependents, check_references
 from ._schema import LATEST_LABEL, PRODUCTION_LABEL, PromptDraft, load_seed_dir
 
 __all__ = [
@@ -97,11 +97,6 @@ class StoreClosedError(RuntimeError):
 
 class PromptConflictError(ValueError):
     """A create that contradicts the name's existing versions (a different prompt type)."""
-
-
-class PromptReferenceError(ValueError):
-    """A create whose references are missing, too deep or a cycle, or a delete that would
-    leave another prompt's reference dangling (Langfuse's 400 ``InvalidRequestError``)."""
 
 
 def _utc_now() -> datetime:
@@ -427,7 +422,7 @@ class PromptStore:
                 f"not '{draft.type}'. Create a prompt with a different name."
             )
         version = 1 if newest is None else newest["version"] + 1
-        self._check_references(db, draft, version)
+        check_references(draft, version, self._lookup(db))
         now = self._now()
         old_tags = db.execute(
             "SELECT tags FROM prompt_names WHERE name = ?", (draft.name,)
@@ -457,17 +452,6 @@ class PromptStore:
             ),
         )
         return draft.name, version, sorted(touched)
-
-    def _check_references(self, db: sqlite3.Connection, draft: PromptDraft, version: int) -> None:
-        """Langfuse's create-time check: every reference resolves, without a cycle."""
-        if not find_references(draft.prompt):
-            return
-        node = PromptNode(id=str(uuid.uuid4()), name=draft.name, version=version,
-                          type=draft.type, prompt=draft.prompt, labels=draft.labels)
-        try:
-            resolve_node(node, self._lookup(db))
-        except ResolutionError as exc:
-            raise PromptReferenceError(str(exc)) from None
 
     def _lookup(self, db: sqlite3.Connection) -> Callable[[Reference], PromptNode | None]:
         def lookup(reference: Reference) -> PromptNode | None:
@@ -632,7 +616,7 @@ class PromptStore:
                     or (label == LATEST_LABEL and row["version"] == newest)
                 )
             ]
-            self._check_dependents(db, name, doomed, newest)
+            check_dependents(db, name, doomed, newest)
             self._report(db, "deleted", name, doomed)
             db.executemany(
                 "DELETE FROM prompts WHERE name = ? AND version = ?", [(name, v) for v in doomed]
@@ -643,42 +627,6 @@ class PromptStore:
                 (name, name),
             )
             return len(doomed)
-
-    def _check_dependents(
-        self, db: sqlite3.Connection, name: str, doomed: list[int], newest: int | None
-    ) -> None:
-        """Langfuse's delete check: no other prompt may be left referencing a version or a
-        label that the delete removes. Raises ``PromptReferenceError``."""
-        if not doomed:
-            return
-        remaining_labels: set[str] = set()
-        for row in db.execute("SELECT version, labels FROM prompts WHERE name = ?", (name,)):
-            if row["version"] not in doomed:
-                remaining_labels.update(json.loads(row["labels"]))
-                if row["version"] == newest:
-                    remaining_labels.add(LATEST_LABEL)
-        blocking: list[str] = []
-        for parent in db.execute(
-            "SELECT name, version, prompt FROM prompts WHERE instr(prompt, ?) > 0"
-            " ORDER BY name, version",
-            ("@@@langfusePrompt:",),
-        ):
-            for ref in find_references(json.loads(parent["prompt"])):
-                if ref.name != name:
-                    continue
-                if ref.version is not None and ref.version in doomed:
-                    target = f"v{int(ref.version)}"
-                elif ref.label is not None and ref.label not in remaining_labels:
-                    target = ref.label
-                else:
-                    continue
-                blocking.append(f"{parent['name']} v{parent['version']} depends on {name} {target}")
-        if blocking:
-            raise PromptReferenceError(
-                "Other prompts are depending on prompt versions you are trying to delete:\n\n"
-                + "\n".join(blocking) + "\n\nPlease delete the dependent prompts first."
-            )
-
 
 def _labels_of(row: sqlite3.Row) -> list[str]:
     labels: list[str] = json.loads(row["labels"])

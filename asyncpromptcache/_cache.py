@@ -43,6 +43,7 @@ from ._errors import (
     PromptCacheError,
     PromptNotFoundError,
 )
+from ._failures import Failures
 from ._keys import DEFAULT_LABEL, PromptKey, make_key
 from ._models import ChatPrompt, Prompt, TextPrompt
 from ._shared import SharedStats
@@ -91,19 +92,6 @@ class _Flight:
     # False once the key was invalidated or the cache cleared: the result must not be stored.
     writes_back: bool = True
     is_refresh: bool = False
-
-
-_NEVER = -math.inf
-
-
-@attrs.define(slots=True)
-class _KeyInfo:
-    """Failure bookkeeping, made on a key's first failed fetch (most keys never need one)."""
-
-    last_error: str | None = None
-    last_error_at: float | None = None
-    consecutive_failures: int = 0
-    retry_not_before: float = _NEVER
 
 
 @attrs.frozen
@@ -218,13 +206,13 @@ class AsyncPromptCache:
         inline_hits: bool = True,
     ) -> None:
         check_count(max_size, "max_size", minimum=1)
-        negative_ttl_seconds = check_seconds(negative_ttl_seconds, "negative_ttl_seconds")
         self._clock = clock
         self._max_stale = math.inf if max_stale_seconds is None else check_seconds(
             max_stale_seconds, "max_stale_seconds", allow_inf=True)
-        self._backoff = check_seconds(refresh_backoff_seconds, "refresh_backoff_seconds")
-        self._backoff_max = check_seconds(
-            refresh_backoff_max_seconds, "refresh_backoff_max_seconds")
+        # Backoff per key and the negative cache; both read here directly, on the hot paths.
+        self._failures = Failures(max_size, clock, negative_ttl_seconds,
+                                  refresh_backoff_seconds, refresh_backoff_max_seconds)
+        self._info, self._negative = self._failures.info, self._failures.negative
         self._store = _Store(max_size, self._evicted)
         # The hit path reads ``_hot`` (a plain dict, C speed) and notes each use in ``_touched``,
         # keyed by the entry (an identity hash costs less than re-hashing the key tuple), with
@@ -240,12 +228,6 @@ class AsyncPromptCache:
         self._hit_index: dict[Hashable, _Entry] = self._hot if inline_hits else {}
         self._hit_by_name: dict[str, _Entry] = self._by_name if inline_hits else {}
         self._inflight: dict[Hashable, _Flight] = {}
-        self._info: dict[Hashable, _KeyInfo] = {}
-        # Recent failures of keys with nothing servable: key -> the error, raised again.
-        self._negative: cachetools.TTLCache[Hashable, PromptCacheError] | None = (
-            cachetools.TTLCache(max_size, negative_ttl_seconds, timer=clock)
-            if negative_ttl_seconds > 0 else None
-        )
         self._tg: TaskGroup | None = None
         self._closed_error: str = "the cache is not attached to a running client"
         self._hits = 0
@@ -437,34 +419,21 @@ class AsyncPromptCache:
             # A removed label must stop being served.
             if flight.writes_back:
                 self._remove(key)
-                self._remember_failure(key, error)
+                self._failures.remember(key, error)
             logger.info("prompt %s not found; dropped from the cache", _describe(key))
             return
         if flight.writes_back and self._servable(key) is None:
-            self._remember_failure(key, error)
+            self._failures.remember(key, error)
         # A fetch orphaned by invalidate()/clear() says nothing of the entry held now (which a
         # later fetch may have stored): it must not count a failure or back that entry off.
-        info = self._info.get(key) if flight.writes_back else None
-        if info is None:
-            if key not in self._hot or not flight.writes_back:
-                logger.warning("fetching prompt %s failed: %s", _describe(key), error)
-                return
-            info = self._info[key] = _KeyInfo()
-        info.consecutive_failures += 1
-        info.last_error = f"{type(error).__name__}: {error}"
-        info.last_error_at = now
-        delay = min(self._backoff * 2.0 ** (info.consecutive_failures - 1), self._backoff_max)
-        info.retry_not_before = now + delay
+        if not flight.writes_back or (key not in self._info and key not in self._hot):
+            logger.warning("fetching prompt %s failed: %s", _describe(key), error)
+            return
+        failures, delay = self._failures.back_off(key, error, now)
         logger.warning(
             "fetching prompt %s failed (%d in a row), serving the cached version; "
-            "next refresh in %.1fs: %s",
-            _describe(key), info.consecutive_failures, delay, error,
+            "next refresh in %.1fs: %s", _describe(key), failures, delay, error,
         )
-
-    def _remember_failure(self, key: Hashable, error: PromptCacheError) -> None:
-        """Answer the key's callers with ``error`` for a while (nothing servable is held)."""
-        if self._negative is not None:
-            self._negative[key] = error
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -487,12 +456,7 @@ class AsyncPromptCache:
         self._apply_touches()
         self._store[key] = entry  # may evict the least recently used key first
         self._index(key, entry)
-        if self._negative is not None:
-            self._negative.pop(key, None)
-        info = self._info.get(key)
-        if info is not None:  # the last error stays visible in stats()
-            info.consecutive_failures = 0
-            info.retry_not_before = _NEVER
+        self._failures.succeeded(key)
 
     def _apply_touches(self) -> None:
         # The dict is cleared, never replaced: the client's hit path holds a reference to it.
@@ -590,9 +554,7 @@ class AsyncPromptCache:
         self._hot.clear()
         self._by_name.clear()
         self._touched.clear()
-        self._info.clear()
-        if self._negative is not None:
-            self._negative.clear()
+        self._failures.clear()
         return dropped
 
     def expire_all(self) -> int:

@@ -1,4 +1,11 @@
-"""``AsyncPromptClient``: configuration, lifecycle, ``get_prompt``, fallbacks, prefetch."""
+"""``AsyncPromptClient``: configuration, lifecycle, ``get_prompt`` (its inlined fresh hit),
+``prefetch``, ``invalidate`` and ``stats``.
+
+The rest lives beside it, each job in a collaborator of its own that the client holds and
+delegates to: ``PromptReads`` (``_reads.py``: a call past the hit path), ``ChangeApplier``
+(``_apply.py``: every change to the cache), ``PromptWrites`` (``_writes.py``) and
+``WebhookIntake`` (``_webhook_intake.py``). Its options are ``ClientOptions`` (``_options.py``).
+"""
 
 from __future__ import annotations
 

@@ -390,7 +390,7 @@ class PromptClient:
         fallback: TextFallback | ChatFallback,
         error: FetchError,
     ) -> Prompt:
-        """As ``AsyncPromptClient._fallback``, in the calling thread: a slow fallback must not
+        """As ``PromptReads._fallback``, in the calling thread: a slow fallback must not
         hold the loop thread, which serves every other thread's misses."""
         value = call_fallback(key, fallback, error)
         if inspect.isawaitable(value):  # an async fallback: awaited on the loop

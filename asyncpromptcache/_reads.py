@@ -73,10 +73,12 @@ class PromptReads:
         max_retries: int | None,
         fetch_timeout_seconds: float | None,
     ) -> Prompt:
+        """A call of ``AsyncPromptClient.get_prompt`` past its hit path (``prompt_type=None``:
+        of any type, as ``prefetch`` asks)."""
         self._opened()
         self._check_loop()
         ttl = self._ttl if cache_ttl_seconds is None else check_ttl(cache_ttl_seconds)
-        options = self.options(max_retries, fetch_timeout_seconds)
+        options = self._options(max_retries, fetch_timeout_seconds)
         # The fetch is shared by every caller of the key: it knows nothing of this caller's
         # type, which is checked below for this caller only.
         fetch: Callable[[], Awaitable[Any]] = functools.partial(self._fetch, key, options)
@@ -104,7 +106,7 @@ class PromptReads:
         # Checked once here: raised in the task group below, it would come as an ExceptionGroup.
         if cache_ttl_seconds is not None:
             check_ttl(cache_ttl_seconds)
-        self.options(max_retries, fetch_timeout_seconds)
+        self._options(max_retries, fetch_timeout_seconds)
         results: dict[PromptKey, Prompt | FetchError] = {}
 
         async def one(key: PromptKey) -> None:
@@ -120,7 +122,7 @@ class PromptReads:
                 tg.start_soon(one, key)
         return results
 
-    def options(self, max_retries: int | None, timeout: float | None) -> FetchOptions:
+    def _options(self, max_retries: int | None, timeout: float | None) -> FetchOptions:
         if max_retries is not None:
             check_count(max_retries, "max_retries", error=InvalidArgumentError)
         if timeout is not None:

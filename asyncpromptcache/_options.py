@@ -8,8 +8,8 @@ and build a ``ClientOptions``; tests/test_options.py holds their signatures to t
 
 Adding an option: a field here (``option(default)``, with ``check=``, ``env=`` or
 ``given=`` as needed), the same keyword in ``AsyncPromptClient.__init__`` and
-``PromptClient.__init__`` passed on to ``ClientOptions``, and its use where the client is
-built (``AsyncPromptClient._configure``).
+``PromptClient.__init__`` passed on to ``ClientOptions``, an example value in the test's
+``examples()``, and its use where the client is built (``AsyncPromptClient._configure``).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from ._errors import (
     WritesNotSupportedError,
 )
 from ._events import PromptVersionEvent, SeenIds, VersionStates, parse_event
+from ._json import dumps, json_value
 from ._keys import PromptKey, make_key, prefetch_keys
 from ._langfuse import LangfuseSource
 from ._models import (
@@ -847,6 +848,11 @@ def _new_prompt(
         raise InvalidArgumentError(
             f"commit_message must be a string, got {type(commit_message).__name__}"
         )
+    if config is not None:
+        # Checked whole before anything is sent: a set or NaN in it, a cycle, or nesting
+        # past the recursion limit is the caller's error, not a failed request.
+        config = json_value(config, "config")
+        dumps(config, "config")
     return NewPrompt(
         name=name, type=prompt_type, prompt=prompt,
         labels=tuple(_labels(labels or [], "labels")),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import traceback
 from collections.abc import Awaitable, Callable
@@ -30,6 +29,7 @@ from ._errors import (
     UnexpectedStatusError,
 )
 from ._http import OwnedSession, basic_auth
+from ._json import NotJSON, dumps, read_json
 from ._keys import PromptKey, _shown
 from ._models import Prompt, parse_prompt
 from ._retry import RetryPolicy, parse_retry_after
@@ -168,7 +168,7 @@ class LangfuseSource:
         key: PromptKey | None,
     ) -> tuple[int, bytes, str | None]:
         """One request: ``(status, body, Retry-After)``, or our error when there is no answer."""
-        data = None if payload is None else json.dumps(payload).encode()
+        data = None if payload is None else dumps(payload, "the request body").encode()
         session = self._http.get()
         self.requests_sent += 1
         try:
@@ -272,16 +272,11 @@ class LangfuseSource:
     ) -> Prompt:
         """The prompt in a 2xx answer, checked to be ``name`` (at ``version`` when given)."""
         try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = read_json(body)
+        except NotJSON as exc:
+            reason = "nested too deeply" if exc.too_deep else "not valid JSON"
             raise InvalidResponseError(
-                f"prompt {what}: response is not valid JSON ({_excerpt(body)})",
-                name=name, key=key,
-            ) from exc
-        except RecursionError:
-            raise InvalidResponseError(
-                f"prompt {what}: response is nested too deeply ({_excerpt(body)})",
-                name=name, key=key,
+                f"prompt {what}: response is {reason} ({_excerpt(body)})", name=name, key=key,
             ) from None
         try:
             prompt = parse_prompt(data)
@@ -371,11 +366,9 @@ _TOO_DEEP = object()  # JSON, as far as can be told, but nested too deeply to re
 def _json_body(body: bytes) -> Any:
     """The error body as JSON, else ``_NOT_JSON`` or ``_TOO_DEEP``."""
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return _NOT_JSON
-    except RecursionError:
-        return _TOO_DEEP
+        return read_json(body)
+    except NotJSON as exc:
+        return _TOO_DEEP if exc.too_deep else _NOT_JSON
 
 
 def _error_message(data: Any, body: bytes) -> str:

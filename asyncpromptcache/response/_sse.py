@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from .._errors import UpstreamEventError, UpstreamProtocolError, UpstreamStatusError
+from .._json import NotJSON, read_json
 
 __all__ = ["SSEDecoder", "SSEEvent", "chunk_text", "openai_chunk", "status_error"]
 
@@ -107,10 +108,11 @@ def openai_chunk(event: SSEEvent) -> dict[str, Any] | None:
     if event.data.strip() == "[DONE]":
         return None
     try:
-        data = json.loads(event.data)
-    except ValueError:
+        data = read_json(event.data)
+    except NotJSON as exc:
+        what = "nested too deeply" if exc.too_deep else "not JSON"
         raise UpstreamProtocolError(
-            f"an event of the stream is not JSON: {_excerpt(event.data)}") from None
+            f"an event of the stream is {what}: {_excerpt(event.data)}") from None
     if isinstance(data, dict) and (event.event == "error" or "error" in data):
         message, kind = _error_fields(data)
         raise UpstreamEventError(f"the stream sent an error: {message}", error_type=kind)
@@ -125,8 +127,8 @@ def openai_chunk(event: SSEEvent) -> dict[str, Any] | None:
 def status_error(status: int, body: bytes, retry_after: str | None) -> UpstreamStatusError:
     """The error for a non-2xx answer, with the body's ``error.message`` when it has one."""
     try:
-        data: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        data: Any = read_json(body)
+    except NotJSON:
         data = None
     if isinstance(data, dict) and ("error" in data or "message" in data):
         message, kind = _error_fields(data)

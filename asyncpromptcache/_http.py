@@ -6,19 +6,21 @@ A session passed in is used as is and never closed here; otherwise one is made o
 or else, with ``trust_env``, the one ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` and
 ``NO_PROXY`` name for the target (read once, here, with ``proxy_for``). ``user:password@`` in
 it is kept in a ``Secret`` and sent as ``Proxy-Authorization``: in the request itself to an
-http:// target (sent to the proxy whole), in the CONNECT to an https:// one.
+http:// target (sent to the proxy whole), in the CONNECT to an https:// one. ``redact`` hides
+the client's credentials and the proxy's in any text an upstream or the proxy sends back.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Iterable
 
 import aiohttp
 import yarl
 
 from ._errors import ConfigurationError
-from ._secret import Secret
+from ._secret import Redactor, Secret
 from ._settings import _http_url, proxy_for
 
 __all__ = ["OwnedSession", "basic_auth"]
@@ -33,6 +35,7 @@ class OwnedSession:
         verify_ssl: bool,
         trust_env: bool,
         proxy: str | None,
+        secrets: Iterable[Secret | None] = (),
     ) -> None:
         if proxy is not None:
             _http_url(proxy, "proxy", "")
@@ -47,6 +50,8 @@ class OwnedSession:
             if url.user is not None:
                 self.__proxy_auth = basic_auth(
                     url.user, Secret(url.password or ""), "the proxy's credentials")
+        #: Hides the client's ``secrets`` and the proxy's credentials in upstream text.
+        self.redact = Redactor([*secrets, self.__proxy_auth])
         self._tls = target.startswith("https:")
         #: The session in use, ``None`` before the first request and after ``aclose``.
         self.session = session

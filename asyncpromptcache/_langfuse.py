@@ -33,7 +33,7 @@ from ._json import NotJSON, dumps, read_json
 from ._keys import PromptKey, _shown
 from ._models import Prompt, parse_prompt
 from ._retry import RetryPolicy, parse_retry_after
-from ._secret import Secret
+from ._secret import NO_SECRETS, Redactor, Secret
 from ._settings import check_base_url
 from ._source import FetchOptions, NewPrompt
 
@@ -82,8 +82,8 @@ class LangfuseSource:
         del secret_key
         self._base = check_base_url(base_url)
         self._public_key = public_key
-        self._http = OwnedSession(
-            self._base, session, verify_ssl=verify_ssl, trust_env=trust_env, proxy=proxy)
+        self._http = OwnedSession(self._base, session, verify_ssl=verify_ssl,
+                                  trust_env=trust_env, proxy=proxy, secrets=(self.__auth,))
         self._timeout = check_seconds(timeout_seconds, "timeout_seconds", positive=True)
         self._retry = retry or RetryPolicy()
         self._max_bytes = check_count(max_response_bytes, "max_response_bytes", minimum=1)
@@ -182,14 +182,15 @@ class LangfuseSource:
                     retry_after = response.headers.get("Retry-After")
                     body = await self._read_body(response, what, name, key)
         except TimeoutError as exc:
-            _forget_credentials(exc)
+            _forget_credentials(exc, self._http.redact)
             raise FetchTimeoutError(
                 f"prompt {what}: no complete answer within {timeout:.3g}s", name=name, key=key,
             ) from exc
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
-            _forget_credentials(exc)
-            raise TransportError(
-                f"prompt {what}: {type(exc).__name__}: {exc}", name=name, key=key
+            _forget_credentials(exc, self._http.redact)
+            raise TransportError(  # a proxy's reason phrase may echo what it was sent
+                f"prompt {what}: {type(exc).__name__}: {self._http.redact(str(exc))}",
+                name=name, key=key,
             ) from exc
         return status, body, retry_after
 
@@ -276,18 +277,20 @@ class LangfuseSource:
         except NotJSON as exc:
             reason = "nested too deeply" if exc.too_deep else "not valid JSON"
             raise InvalidResponseError(
-                f"prompt {what}: response is {reason} ({_excerpt(body)})", name=name, key=key,
+                f"prompt {what}: response is {reason} ({self._http.redact.excerpt(body)})",
+                name=name, key=key,
             ) from None
         try:
             prompt = parse_prompt(data)
         except InvalidResponseError as exc:
             raise InvalidResponseError(
-                f"prompt {what}: {exc}", field=exc.field, name=name, key=key
+                f"prompt {what}: {self._http.redact(str(exc))}", field=exc.field, name=name,
+                key=key,
             ) from None
         if prompt.name != name:
             raise InvalidResponseError(
-                f"prompt {what}: the server answered with prompt {prompt.name!r}",
-                field="name", name=name, key=key,
+                f"prompt {what}: the server answered with prompt "
+                f"{self._http.redact(repr(prompt.name))}", field="name", name=name, key=key,
             )
         if version is not None and prompt.version != version:
             raise InvalidResponseError(
@@ -301,7 +304,7 @@ class LangfuseSource:
         name: str, key: PromptKey | None,
     ) -> FetchError:
         data = _json_body(body)
-        detail = _error_message(data, body)
+        detail = _error_message(data, body, self._http.redact)
         what = f"{what}: HTTP {status}" + (f": {detail}" if detail else "")
         if status == 404:
             if data is _TOO_DEEP or (isinstance(data, dict) and isinstance(data.get("error"), str)):
@@ -329,10 +332,11 @@ def _not_acted_on(error: FetchError) -> bool:
         and isinstance(error.__cause__, aiohttp.ClientConnectorError)
 
 
-def _forget_credentials(exc: BaseException) -> None:
+def _forget_credentials(exc: BaseException, redact: Redactor = NO_SECRETS) -> None:
     """Remove the credentials from an aiohttp error before it is chained to ours, where any
     error reporter may print it: its frames' locals (aiohttp's hold the auth and the request
-    headers), and the request headers a ``ClientResponseError`` keeps in ``request_info``."""
+    headers), the request headers a ``ClientResponseError`` keeps in ``request_info``, and
+    what its message quotes of the answer (a proxy's reason phrase may echo them)."""
     chain: list[BaseException | None] = [exc]
     seen: set[int] = set()
     while chain:
@@ -344,6 +348,7 @@ def _forget_credentials(exc: BaseException) -> None:
         traceback.clear_frames(current.__traceback__)
         chain += [current.__cause__, current.__context__]
     if isinstance(exc, aiohttp.ClientResponseError):
+        exc.message = redact(exc.message)
         info = exc.request_info
         headers = CIMultiDict(info.headers)
         headers.popall("Authorization", None)
@@ -352,11 +357,6 @@ def _forget_credentials(exc: BaseException) -> None:
             info.url, info.method, CIMultiDictProxy(headers), info.real_url
         )
         exc.args = tuple(exc.request_info if arg is info else arg for arg in exc.args)
-
-
-def _excerpt(body: bytes, limit: int = 80) -> str:
-    text = body[:limit].decode("utf-8", "replace")
-    return repr(text) + ("..." if len(body) > limit else "")
 
 
 _NOT_JSON = object()
@@ -371,14 +371,12 @@ def _json_body(body: bytes) -> Any:
         return _TOO_DEEP if exc.too_deep else _NOT_JSON
 
 
-def _error_message(data: Any, body: bytes) -> str:
-    """The server's ``message`` from a Langfuse error body, else a short excerpt."""
+def _error_message(data: Any, body: bytes, redact: Redactor) -> str:
+    """The server's ``message`` from a Langfuse error body, else a short excerpt; redacted
+    (a gateway may echo the request's credentials) and escaped (a server echoing a name or
+    label with a newline must not forge log lines)."""
     if data is _NOT_JSON or data is _TOO_DEEP:
-        return _excerpt(body) if body else ""
+        return redact.excerpt(body) if body else ""
     if isinstance(data, dict) and isinstance(data.get("message"), str):
-        # Escaped: a server echoing a name or label with a newline must not forge log lines.
-        return "".join(
-            ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
-            for ch in str(data["message"])[:300]
-        )
-    return _excerpt(body)
+        return redact.printable(data["message"])
+    return redact.excerpt(body)

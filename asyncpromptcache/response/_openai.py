@@ -72,8 +72,8 @@ class OpenAIChatProducer:
         _http_url(base_url, "base_url", "")
         self._url = str(yarl.URL(base_url)).rstrip("/") + "/chat/completions"
         self._headers = {"User-Agent": _USER_AGENT, **(headers or {})}
-        self._http = OwnedSession(
-            self._url, session, verify_ssl=verify_ssl, trust_env=trust_env, proxy=proxy)
+        self._http = OwnedSession(self._url, session, verify_ssl=verify_ssl,
+                                  trust_env=trust_env, proxy=proxy, secrets=(self.__auth,))
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout_seconds, sock_read=read_timeout_seconds)
         self._max_error = max_error_bytes
@@ -124,7 +124,7 @@ class OpenAIChatProducer:
                 decoder = SSEDecoder()
                 async for raw in response.content.iter_any():
                     for event in decoder.feed(raw):
-                        chunk = openai_chunk(event)
+                        chunk = openai_chunk(event, self._http.redact)
                         if chunk is None:
                             return
                         yield chunk
@@ -152,13 +152,15 @@ class OpenAIChatProducer:
         except UpstreamError:
             raise
         except TimeoutError as exc:
-            _forget_credentials(exc)
+            _forget_credentials(exc, self._http.redact)
             raise UpstreamTimeoutError(
                 f"no data from {self._url} within the read timeout") from exc
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
-            _forget_credentials(exc)  # the API key must not ride along in the cause
-            raise UpstreamTransportError(f"{self._url}: {type(exc).__name__}: {exc}") from exc
+            _forget_credentials(exc, self._http.redact)  # nor the API key in the cause
+            raise UpstreamTransportError(
+                f"{self._url}: {type(exc).__name__}: {self._http.redact(str(exc))}") from exc
 
     async def _status_error(self, response: aiohttp.ClientResponse) -> UpstreamError:
         body = await response.content.read(self._max_error)
-        return status_error(response.status, body, response.headers.get("Retry-After"))
+        return status_error(response.status, body, response.headers.get("Retry-After"),
+                            self._http.redact)

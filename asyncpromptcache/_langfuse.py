@@ -106,11 +106,8 @@ class LangfuseSource:
             query = f"version={key.version}"
         else:
             query = "label=" + quote(key.label or "production", safe="")
-        segment = quote(key.name, safe="")
-        if not segment.strip("."):
-            # "." and ".." would be resolved away by proxies and URL normalisers.
-            segment = segment.replace(".", "%2E")
-        return yarl.URL(f"{self._base}/api/public/v2/prompts/{segment}?{query}", encoded=True)
+        return yarl.URL(f"{self._base}/api/public/v2/prompts/{name_segment(key.name)}?{query}",
+                        encoded=True)
 
     async def fetch(self, key: PromptKey, options: FetchOptions) -> Prompt:
         """Fetch ``key``, retrying what is worth retrying; raises our errors only."""
@@ -244,9 +241,9 @@ class LangfuseSource:
     ) -> Prompt:
         """``PATCH /api/public/v2/prompts/{name}/versions/{version}`` with ``newLabels``;
         idempotent (labels are added), so retried as a fetch is."""
-        segment = quote(name, safe="")
         url = yarl.URL(
-            f"{self._base}/api/public/v2/prompts/{segment}/versions/{version}", encoded=True
+            f"{self._base}/api/public/v2/prompts/{name_segment(name)}/versions/{version}",
+            encoded=True,
         )
         what = f"{_shown(name)} (version {version}): label update"
         return await self._retrying(
@@ -321,6 +318,14 @@ class LangfuseSource:
         if status == 408 or 500 <= status <= 599:
             return ServerError(what, status=status, name=name, key=key)
         return UnexpectedStatusError(what, status=status, name=name, key=key)
+
+
+def name_segment(name: str) -> str:
+    """A prompt's name as one URL path segment, for every request that names it: percent-
+    encoded with nothing safe, and ``.``/``..`` encoded too (proxies and URL normalisers would
+    resolve them away, sending the request to another prompt)."""
+    segment = quote(name, safe="")
+    return segment.replace(".", "%2E") if not segment.strip(".") else segment
 
 
 def _not_acted_on(error: FetchError) -> bool:

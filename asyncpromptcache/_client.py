@@ -9,15 +9,16 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Literal, TypeAlias, overload
+from typing import Any, Literal, TypeAlias, cast, overload
 
 import aiohttp
 import anyio
 import attrs
 
 from ._cache import AsyncPromptCache, CacheStats, Clock
-from ._changes import CacheChange, ChangeLog, dependents, version_change
+from ._changes import CacheChange, ChangeLog, version_change
 from ._checks import check_count, check_seconds
+from ._composition import part_names
 from ._errors import (
     ClientStateError,
     ConfigurationError,
@@ -487,7 +488,7 @@ class AsyncPromptClient:
             raise FetchTimeoutError(
                 f"prompt {key.describe()}: no answer within {budget:g}s", name=key.name, key=key
             ) from exc
-        if self._change_log.touches(prompt, since):
+        if self._change_log.touches(_parts(key, prompt), since):
             # Resolved from a part that changed meanwhile: it answers its waiters, not kept.
             self._cache.invalidate(key.name, label=key.label, version=key.version)
         return prompt
@@ -658,7 +659,7 @@ class AsyncPromptClient:
         created = await writer.create_prompt(new, FetchOptions())
         if created.type != type:
             raise _wrong_type(PromptKey(name, None, created.version), created, type)
-        self._change(version_change("created", created, self._held()))
+        self._change(version_change("created", created, self._held(name)))
         return created
 
     async def update_prompt(self, *, name: str, version: int, new_labels: list[str]) -> Prompt:
@@ -669,7 +670,7 @@ class AsyncPromptClient:
         labels = _labels(new_labels, "new_labels")
         writer = self._writer()
         updated = await writer.update_prompt_labels(key.name, version, labels, FetchOptions())
-        self._change(version_change("updated", updated, self._held()))
+        self._change(version_change("updated", updated, self._held(key.name)))
         return updated
 
     def _writer(self) -> PromptWriter:
@@ -729,22 +730,22 @@ class AsyncPromptClient:
         else:
             if not known:
                 prompt, known = self._with_known_parts(prompt)
-            self._change(version_change(event.action, prompt, self._held(),
+            self._change(version_change(event.action, prompt, self._held(prompt.name),
                                               composition_known=known))
             if at is not None:
                 self._version_states.record(prompt.name, prompt.version, at)
         self._seen_events.add(event.id)
         return event
 
-    def _held(self) -> list[tuple[PromptKey, Prompt]]:
-        return [(PromptKey._make(key), entry.prompt)  # type: ignore[arg-type]
-                for key, entry in self._cache.snapshot()]
+    def _held(self, name: str) -> list[tuple[PromptKey, Prompt]]:
+        return [(PromptKey._make(key), prompt)  # type: ignore[arg-type]
+                for key, prompt in self._cache.held(name)]
 
     def _with_known_parts(self, prompt: Prompt) -> tuple[Prompt, bool]:
         """``prompt`` with the resolution graph of the same version held here, if any is
         (a version's references never change: it is immutable in Langfuse)."""
-        for key, held in self._held():
-            if held.name == prompt.name and held.version == prompt.version \
+        for key, held in self._held(prompt.name):
+            if held.version == prompt.version \
                     and self._unknown_parts.get(key) is not held:
                 return attrs.evolve(prompt, resolution_graph=held.resolution_graph), True
         return prompt, False
@@ -768,11 +769,11 @@ class AsyncPromptClient:
                 self._unknown_parts.pop(key, None)
             else:
                 self._unknown_parts[key] = prompt
-        held = self._held()
-        unknown = {key for key, prompt in held if self._unknown_parts.get(key) is prompt}
-        self._unknown_parts = {key: self._unknown_parts[key] for key in unknown}
+        self._unknown_parts = {key: prompt for key, prompt in self._unknown_parts.items()
+                               if cache.peek(key) is prompt}
         written = {key for key, _ in change.puts}
-        for key in dependents(change.changed_names, held, suspects=unknown) - written:
+        for found in cache.dependents(change.changed_names, self._unknown_parts) - written:
+            key = cast(PromptKey, found)
             dropped += cache.invalidate(key.name, label=key.label, version=key.version)
         self._change_log.record(change.changed_names)  # see _fetch
         return dropped
@@ -784,6 +785,18 @@ class AsyncPromptClient:
         if self._link is not None:
             stats = attrs.evolve(stats, shared=self._link.stats())
         return stats
+
+
+def _parts(key: PromptKey, prompt: Prompt) -> frozenset[str]:
+    """The names ``prompt``, as a source answered ``key``, includes: its graph read once, as
+    the prompt enters the cache, and the same for every source (an unreadable one is an
+    ``InvalidResponseError``, whatever else happened meanwhile)."""
+    try:
+        return part_names(prompt.resolution_graph)
+    except InvalidResponseError as exc:
+        raise InvalidResponseError(
+            f"prompt {key.describe()}: {exc}", field=exc.field, name=key.name, key=key
+        ) from None
 
 
 def _first_leaf(exc: BaseException) -> BaseException:

@@ -15,6 +15,7 @@ references, its parts) to the prompts it included, so the graph is already trans
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Collection, Hashable, Iterable, Mapping
 from typing import Any
@@ -23,10 +24,23 @@ import attrs
 
 from ._errors import InvalidResponseError
 
-__all__ = ["CompositionIndex", "Part", "has_references", "parse_resolution_graph", "part_names"]
+__all__ = [
+    "REFERENCE_PREFIX",
+    "REFERENCE_TAG",
+    "CompositionIndex",
+    "Part",
+    "has_references",
+    "js_json",
+    "parse_resolution_graph",
+    "part_names",
+    "reference_tags",
+]
 
-# The tag Langfuse resolves (``parsePromptDependencyTags`` in its shared package).
-_REFERENCE = re.compile(r"@@@langfusePrompt:(.*?)@@@")
+#: The tag Langfuse resolves (``parsePromptDependencyTags`` in its shared package:
+#: ``/@@@langfusePrompt:(.*?)@@@/g``). JavaScript's "." stops at these four line
+#: terminators, Python's only at "\n": the one copy of the tag, for the SDK and the store.
+REFERENCE_PREFIX = "@@@langfusePrompt:"
+REFERENCE_TAG = re.compile(REFERENCE_PREFIX + "[^\n\r\u2028\u2029]*?@@@")
 
 
 @attrs.frozen
@@ -83,10 +97,22 @@ def _bad(path: str, expected: str, value: Any) -> InvalidResponseError:
     )
 
 
+def js_json(value: Any) -> str:
+    """``JSON.stringify(value)``."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def reference_tags(content: Any) -> list[str]:
+    """The ``@@@langfusePrompt:...@@@`` tags in a prompt's content, each once, in order of
+    first appearance: found as Langfuse finds them, in ``JSON.stringify`` of the content (a
+    newline inside a tag is ``\\n`` there, and part of it)."""
+    return list(dict.fromkeys(match.group(0) for match in REFERENCE_TAG.finditer(js_json(content))))
+
+
 def has_references(texts: Iterable[str]) -> bool:
     """Whether any of ``texts`` still holds an unresolved ``@@@langfusePrompt:...@@@`` tag:
     a prompt as stored, before Langfuse resolved it (as create and label updates answer)."""
-    return any(_REFERENCE.search(text) for text in texts)
+    return any(reference_tags(text) for text in texts)
 
 
 class CompositionIndex:

@@ -27,6 +27,7 @@ from asyncpromptcache._composition import (
     parse_resolution_graph,
     part_names,
 )
+from asyncpromptcache._store._compose import find_references
 from asyncpromptcache._webhooks import sign
 from asyncpromptcache.testing import FakeClock, StaticSource
 from tests.composeserver import ComposeServer, compose_server
@@ -100,6 +101,18 @@ def test_a_malformed_graph_is_an_invalid_response(graph: Any, field: str) -> Non
 def test_references() -> None:
     assert has_references(["x @@@langfusePrompt:name=a|version=3@@@ y"])
     assert not has_references(["@@@langfusePrompt:name=a", "plain {{var}}"])
+
+
+@pytest.mark.parametrize(("end", "is_reference"), [
+    ("\n", True), ("\r", True), ("\u2028", False), ("\u2029", False)])
+def test_the_sdk_and_the_store_read_a_tag_across_a_line_end_as_langfuse_does(
+        end: str, is_reference: bool) -> None:
+    """Langfuse looks for tags in JSON.stringify of the content with a JavaScript regex: a
+    newline there is written \\n (inside the tag), U+2028 raw (where "." stops). The SDK
+    (whether a write's answer still holds references) and the local store agree."""
+    text = f"@@@langfusePrompt:name=a{end}|label=production@@@"
+    assert has_references([text]) is is_reference
+    assert bool(find_references(text)) is is_reference
 
 
 def _text(name: str, version: int, parts: Sequence[tuple[str, int]] = (), **kw: Any) -> TextPrompt:

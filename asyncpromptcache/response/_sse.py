@@ -17,6 +17,7 @@ import attrs
 
 from .._errors import UpstreamEventError, UpstreamProtocolError, UpstreamStatusError
 from .._json import NotJSON, read_json
+from .._retry import parse_retry_after
 from .._secret import NO_SECRETS, Redactor
 
 __all__ = ["SSEDecoder", "SSEEvent", "chunk_text", "openai_chunk", "status_error"]
@@ -141,7 +142,7 @@ def status_error(status: int, body: bytes, retry_after: str | None,
         message, kind = redact.excerpt(body) if body else "", None
     return UpstreamStatusError(
         f"HTTP {status}" + (f": {message}" if message else ""), status=status,
-        retry_after=_seconds(retry_after), error_type=kind and redact(kind),
+        retry_after=parse_retry_after(retry_after), error_type=kind and redact(kind),
     )
 
 
@@ -167,11 +168,3 @@ def _error_fields(data: dict[str, Any], redact: Redactor) -> tuple[str, str | No
                 else redact.excerpt(json.dumps(error)),
                 str(kind) if kind is not None else None)
     return redact.printable(str(error)), None
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
-        return None
-    return seconds if seconds is not None and 0 <= seconds < 86400 else None

@@ -1,12 +1,10 @@
-"""The Langfuse HTTP source (aiohttp). The only module that sees aiohttp's exceptions: every
-one is converted to our error tree here, ``from`` the original."""
+"""The Langfuse HTTP source (aiohttp). aiohttp's exceptions are converted to our error tree
+by the HTTP edge's one map (``OwnedSession.converted``), ``from`` the original."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
-import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -14,7 +12,6 @@ from urllib.parse import quote
 import aiohttp
 import anyio
 import yarl
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from ._checks import check_count, check_seconds
 from ._errors import (
@@ -33,7 +30,7 @@ from ._json import NotJSON, dumps, read_json
 from ._keys import PromptKey, _shown
 from ._models import Prompt, parse_prompt
 from ._retry import RetryPolicy, parse_retry_after
-from ._secret import NO_SECRETS, Redactor, Secret
+from ._secret import Redactor, Secret
 from ._settings import check_base_url
 from ._source import FetchOptions, NewPrompt
 
@@ -168,27 +165,19 @@ class LangfuseSource:
         data = None if payload is None else dumps(payload, "the request body").encode()
         session = self._http.get()
         self.requests_sent += 1
-        try:
-            with anyio.fail_after(timeout):
-                async with session.request(
-                    method, url, data=data, allow_redirects=False, proxy=self._http.proxy,
-                    headers=self._headers(json_body=data is not None),
-                    proxy_headers=self._http.connect_headers(),
-                ) as response:
-                    status = response.status
-                    retry_after = response.headers.get("Retry-After")
-                    body = await self._read_body(response, what, name, key)
-        except TimeoutError as exc:
-            _forget_credentials(exc, self._http.redact)
-            raise FetchTimeoutError(
-                f"prompt {what}: no complete answer within {timeout:.3g}s", name=name, key=key,
-            ) from exc
-        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
-            _forget_credentials(exc, self._http.redact)
-            raise TransportError(  # a proxy's reason phrase may echo what it was sent
-                f"prompt {what}: {type(exc).__name__}: {self._http.redact(str(exc))}",
-                name=name, key=key,
-            ) from exc
+        with self._http.converted(
+            lambda: FetchTimeoutError(
+                f"prompt {what}: no complete answer within {timeout:.3g}s", name=name, key=key),
+            lambda cause: TransportError(f"prompt {what}: {cause}", name=name, key=key),
+        ), anyio.fail_after(timeout):
+            async with session.request(
+                method, url, data=data, allow_redirects=False, proxy=self._http.proxy,
+                headers=self._headers(json_body=data is not None),
+                proxy_headers=self._http.connect_headers(),
+            ) as response:
+                status = response.status
+                retry_after = response.headers.get("Retry-After")
+                body = await self._read_body(response, what, name, key)
         return status, body, retry_after
 
     # A temporary that the request consumes, so that no frame that may raise holds the
@@ -335,33 +324,6 @@ def _not_acted_on(error: FetchError) -> bool:
         return True
     return isinstance(error, TransportError) and not isinstance(error, FetchTimeoutError) \
         and isinstance(error.__cause__, aiohttp.ClientConnectorError)
-
-
-def _forget_credentials(exc: BaseException, redact: Redactor = NO_SECRETS) -> None:
-    """Remove the credentials from an aiohttp error before it is chained to ours, where any
-    error reporter may print it: its frames' locals (aiohttp's hold the auth and the request
-    headers), the request headers a ``ClientResponseError`` keeps in ``request_info``, and
-    what its message quotes of the answer (a proxy's reason phrase may echo them)."""
-    chain: list[BaseException | None] = [exc]
-    seen: set[int] = set()
-    while chain:
-        current = chain.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        # Those frames have finished (the error left them); the one running is skipped.
-        traceback.clear_frames(current.__traceback__)
-        chain += [current.__cause__, current.__context__]
-    if isinstance(exc, aiohttp.ClientResponseError):
-        exc.message = redact(exc.message)
-        info = exc.request_info
-        headers = CIMultiDict(info.headers)
-        headers.popall("Authorization", None)
-        headers.popall("Proxy-Authorization", None)
-        exc.request_info = aiohttp.RequestInfo(
-            info.url, info.method, CIMultiDictProxy(headers), info.real_url
-        )
-        exc.args = tuple(exc.request_info if arg is info else arg for arg in exc.args)
 
 
 _NOT_JSON = object()

@@ -4,10 +4,9 @@ aiohttp's exceptions: each becomes an ``UpstreamError``, ``from`` the original."
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -22,7 +21,6 @@ from .._errors import (
     UpstreamTransportError,
 )
 from .._http import OwnedSession
-from .._langfuse import _forget_credentials
 from .._secret import Secret
 from .._settings import _http_url
 from ._sse import SSEDecoder, openai_chunk, status_error
@@ -144,21 +142,11 @@ class OpenAIChatProducer:
             raise UpstreamProtocolError("the answer is not a JSON object")
         return data
 
-    @contextlib.contextmanager
-    def _converted(self) -> Iterator[None]:
+    def _converted(self) -> contextlib.AbstractContextManager[None]:
         """aiohttp's and the socket's exceptions, as our ``UpstreamError``s."""
-        try:
-            yield
-        except UpstreamError:
-            raise
-        except TimeoutError as exc:
-            _forget_credentials(exc, self._http.redact)
-            raise UpstreamTimeoutError(
-                f"no data from {self._url} within the read timeout") from exc
-        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
-            _forget_credentials(exc, self._http.redact)  # nor the API key in the cause
-            raise UpstreamTransportError(
-                f"{self._url}: {type(exc).__name__}: {self._http.redact(str(exc))}") from exc
+        return self._http.converted(
+            lambda: UpstreamTimeoutError(f"no data from {self._url} within the read timeout"),
+            lambda cause: UpstreamTransportError(f"{self._url}: {cause}"))
 
     async def _status_error(self, response: aiohttp.ClientResponse) -> UpstreamError:
         body = await response.content.read(self._max_error)

@@ -198,6 +198,10 @@ class _Store(cachetools.LRUCache[Hashable, _Entry]):
 class AsyncPromptCache:
     """A bounded prompt cache with single-flight fetches and stale-while-revalidate refresh.
 
+    The engine alone, with no HTTP, settings or lifecycle: it caches whatever ``fetch`` you
+    give each ``get``; ``AsyncPromptClient`` is the SDK built on it (Langfuse source, retries,
+    fallbacks, writes, webhooks, the shared tier) and what an application normally uses.
+
     ``clock`` is any monotonic ``() -> float`` in seconds (tests pass a fake one).
     ``max_stale_seconds`` bounds how long past its TTL a prompt is still served (``None``:
     for ever, as Langfuse does). A key whose refreshes fail waits

@@ -791,6 +791,8 @@ def _parts(key: PromptKey, prompt: Prompt) -> frozenset[str]:
     """The names ``prompt``, as a source answered ``key``, includes: its graph read once, as
     the prompt enters the cache, and the same for every source (an unreadable one is an
     ``InvalidResponseError``, whatever else happened meanwhile)."""
+    if not isinstance(prompt, TextPrompt | ChatPrompt):
+        return frozenset()  # not a prompt at all: the cache refuses it, saying so
     try:
         return part_names(prompt.resolution_graph)
     except InvalidResponseError as exc:

@@ -10,11 +10,12 @@ through) and, with a shared tier, sends each local change to the rest of the fle
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import attrs
 
 from ._cache import AsyncPromptCache
-from ._changes import CacheChange, ChangeLog, dependents
+from ._changes import CacheChange, ChangeLog
 from ._keys import PromptKey, make_key
 from ._models import Prompt
 from ._redis import _Link
@@ -95,15 +96,15 @@ class ChangeApplier:
         self._unknown_parts.clear()
         return self._cache.clear()
 
-    def held(self) -> list[tuple[PromptKey, Prompt]]:
-        return [(PromptKey._make(key), entry.prompt)  # type: ignore[arg-type]
-                for key, entry in self._cache.snapshot()]
+    def held(self, name: str) -> list[tuple[PromptKey, Prompt]]:
+        return [(PromptKey._make(key), prompt)  # type: ignore[arg-type]
+                for key, prompt in self._cache.held(name)]
 
     def with_known_parts(self, prompt: Prompt) -> tuple[Prompt, bool]:
         """``prompt`` with the resolution graph of the same version held here, if any is
         (a version's references never change: it is immutable in Langfuse)."""
-        for key, held in self.held():
-            if held.name == prompt.name and held.version == prompt.version \
+        for key, held in self.held(prompt.name):
+            if held.version == prompt.version \
                     and self._unknown_parts.get(key) is not held:
                 return attrs.evolve(prompt, resolution_graph=held.resolution_graph), True
         return prompt, False
@@ -127,11 +128,11 @@ class ChangeApplier:
                 self._unknown_parts.pop(key, None)
             else:
                 self._unknown_parts[key] = prompt
-        held = self.held()
-        unknown = {key for key, prompt in held if self._unknown_parts.get(key) is prompt}
-        self._unknown_parts = {key: self._unknown_parts[key] for key in unknown}
+        self._unknown_parts = {key: prompt for key, prompt in self._unknown_parts.items()
+                               if cache.peek(key) is prompt}
         written = {key for key, _ in change.puts}
-        for key in dependents(change.changed_names, held, suspects=unknown) - written:
+        for found in cache.dependents(change.changed_names, self._unknown_parts) - written:
+            key = cast(PromptKey, found)
             dropped += cache.invalidate(key.name, label=key.label, version=key.version)
         self.change_log.record(change.changed_names)  # see PromptReads._fetch
         return dropped

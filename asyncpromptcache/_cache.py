@@ -26,7 +26,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable
 from typing import Any
 
 import anyio
@@ -35,6 +35,7 @@ import cachetools
 from anyio.abc import TaskGroup
 
 from ._checks import check_count, check_seconds
+from ._composition import CompositionIndex
 from ._errors import (
     ClientStateError,
     FetchError,
@@ -185,6 +186,10 @@ class _Store(cachetools.LRUCache[Hashable, _Entry]):
 class AsyncPromptCache:
     """A bounded prompt cache with single-flight fetches and stale-while-revalidate refresh.
 
+    The engine alone, with no HTTP, settings or lifecycle: it caches whatever ``fetch`` you
+    give each ``get``; ``AsyncPromptClient`` is the SDK built on it (Langfuse source, retries,
+    fallbacks, writes, webhooks, the shared tier) and what an application normally uses.
+
     ``clock`` is any monotonic ``() -> float`` in seconds (tests pass a fake one).
     ``max_stale_seconds`` bounds how long past its TTL a prompt is still served (``None``:
     for ever, as Langfuse does). A key whose refreshes fail waits
@@ -219,6 +224,8 @@ class AsyncPromptCache:
         # the clock reading it took anyway; the notes are applied to the LRU order, oldest
         # reading first, before any insertion can evict.
         self._hot: dict[Hashable, _Entry] = {}
+        # The entries held by name and by the prompts they include (read once as they come).
+        self._composition = CompositionIndex()
         # Default-label entries again, by the name alone: the hit path looks a name up without
         # building a key tuple (a str caches its hash). A str never equals a tuple, so nothing
         # but a default-label name finds an entry here.
@@ -475,6 +482,7 @@ class AsyncPromptCache:
 
     def _index(self, key: Hashable, entry: _Entry) -> None:
         self._hot[key] = entry
+        self._composition.add(key, entry.prompt.name, entry.prompt.resolution_graph)
         name = _default_label_name(key)
         if name is not None:
             self._by_name[name] = entry
@@ -484,6 +492,7 @@ class AsyncPromptCache:
         self._forget(key)
 
     def _forget(self, key: Hashable) -> None:
+        self._composition.discard(key)
         entry = self._hot.pop(key, None)
         if entry is not None:
             self._touched.pop(entry, None)
@@ -520,6 +529,21 @@ class AsyncPromptCache:
 
     # -- invalidation ----------------------------------------------------------------------
 
+    def held(self, name: str) -> list[tuple[Hashable, Prompt]]:
+        """The entries held for prompt ``name``: ``(key, prompt)``."""
+        return [(key, self._hot[key].prompt) for key in self._composition.named(name)]
+
+    def peek(self, key: Hashable) -> Prompt | None:
+        """The prompt held for ``key``, fresh or not; no stats, no LRU move."""
+        entry = self._hot.get(key)
+        return None if entry is None else entry.prompt
+
+    def dependents(self, names: Collection[str],
+                   suspects: Collection[Hashable] = ()) -> set[Hashable]:
+        """Keys of held prompts composed of a prompt in ``names``, at any depth (see
+        ``CompositionIndex.dependents``)."""
+        return self._composition.dependents(names, suspects)
+
     def invalidate(self, name: str, *, label: str | None = None,
                    version: int | None = None) -> int:
         """Drop one key (with ``label`` or ``version``) or every key of ``name``.
@@ -532,8 +556,9 @@ class AsyncPromptCache:
             keys: list[Hashable] = [make_key(name, version, label)]
         else:
             negative = self._negative if self._negative is not None else {}
-            keys = [k for k in {*self._hot, *self._inflight, *negative}
-                    if k[0] == name]  # type: ignore[index]
+            keys = [*self._composition.named(name), *(
+                k for k in {*self._inflight, *negative}
+                if k[0] == name and k not in self._hot)]  # type: ignore[index]
         dropped = 0
         for key in keys:
             if key in self._hot:
@@ -552,6 +577,7 @@ class AsyncPromptCache:
         self._inflight.clear()
         self._store.clear()
         self._hot.clear()
+        self._composition.clear()
         self._by_name.clear()
         self._touched.clear()
         self._failures.clear()

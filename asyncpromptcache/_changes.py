@@ -3,23 +3,23 @@
 A new version, a label move or a deletion (from our own write or from a webhook) becomes one
 ``CacheChange``: prompts written through to the keys the version now serves, keys dropped that
 it no longer serves, and the name whose content changed, so that every cached prompt composed
-of it is dropped too (``dependents``). The client applies it in one place.
+of it is dropped too (found through the cache's ``CompositionIndex``). The client applies it
+in one place.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 
 import attrs
 
-from ._composition import has_references, parse_resolution_graph
-from ._errors import InvalidResponseError
+from ._composition import has_references
 from ._events import EventAction
 from ._keys import PromptKey
 from ._models import ChatMessage, Prompt, TextPrompt
 
-__all__ = ["LATEST_LABEL", "CacheChange", "ChangeLog", "dependents", "version_change"]
+__all__ = ["LATEST_LABEL", "CacheChange", "ChangeLog", "version_change"]
 
 LATEST_LABEL = "latest"
 
@@ -91,43 +91,6 @@ def _texts(prompt: Prompt) -> list[str]:
     return [item.content for item in prompt.prompt if isinstance(item, ChatMessage)]
 
 
-def dependents(
-    names: Collection[str], held: Iterable[tuple[PromptKey, Prompt]],
-    *, suspects: Collection[PromptKey] = (),
-) -> set[PromptKey]:
-    """Keys of ``held`` prompts that include a prompt named in ``names``, at any depth.
-
-    Closed transitively over what is held: a prompt dropped here changes in turn, so what
-    includes it is dropped too. ``suspects`` (keys whose parts are unknown) are dropped by a
-    change to any other name (a prompt never includes its own name: Langfuse refuses that
-    cycle). A prompt whose graph cannot be read counts as a suspect.
-    """
-    uses: dict[PromptKey, frozenset[str] | None] = {}
-    for key, prompt in held:
-        try:
-            parts = parse_resolution_graph(prompt.resolution_graph)
-        except InvalidResponseError:
-            uses[key] = None
-        else:
-            uses[key] = None if key in suspects else frozenset(part.name for part in parts)
-    if not names:
-        return set()
-    changed = set(names)
-    found: set[PromptKey] = set()
-    while True:
-        more = {
-            key for key, used in uses.items()
-            if key not in found and (
-                not changed.isdisjoint(used) if used is not None
-                else bool(changed - {key.name})
-            )
-        }
-        if not more:
-            return found
-        found |= more
-        changed.update(key.name for key in more)
-
-
 class ChangeLog:
     """The names changed lately, numbered in order (the last ``max_size`` changes), so that a
     fetch can tell whether a part of the prompt it read changed while it ran."""
@@ -141,12 +104,11 @@ class ChangeLog:
             self.seq += 1
             self._entries.append((self.seq, names))
 
-    def touches(self, prompt: Prompt, since: int) -> bool:
-        """Whether a part of ``prompt`` changed after change number ``since`` (or may have:
-        changes that old are forgotten)."""
-        if self.seq == since or prompt.resolution_graph is None:
+    def touches(self, parts: frozenset[str], since: int) -> bool:
+        """Whether one of ``parts`` (the names a prompt includes, read once as it was fetched)
+        changed after change number ``since`` (or may have: changes that old are forgotten)."""
+        if self.seq == since or not parts:
             return False
-        parts = {part.name for part in parse_resolution_graph(prompt.resolution_graph)}
         if not self._entries or self._entries[0][0] > since + 1:
             return True
         return any(seq > since and not names.isdisjoint(parts) for seq, names in self._entries)

@@ -178,6 +178,8 @@ async def _responses() -> None:
     from .response import OpenAIChatProducer, ResponseCache, chunk_text
 
     _say("\n7. The LLM response cache: 50 users ask the same question at the same moment")
+    _say("   (the LLM is the local server's OpenAI-compatible endpoint: its answers are "
+         "deterministic filler text, not a model's)")
     request = {"model": "local-model", "temperature": 0, "max_tokens": 12,
                "messages": [{"role": "user", "content": "What does the cache do?"}]}
     async with run_server() as server, aiohttp.ClientSession() as session, \

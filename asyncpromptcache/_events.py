@@ -15,7 +15,6 @@ schema strips it. Langfuse sends ``updated`` for every version whose labels a ch
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any, Generic, Literal, TypeAlias, TypeVar
@@ -23,6 +22,7 @@ from typing import Any, Generic, Literal, TypeAlias, TypeVar
 import attrs
 
 from ._errors import InvalidResponseError, WebhookError
+from ._json import NotJSON, read_json
 from ._models import Prompt, parse_prompt
 
 __all__ = ["EventAction", "PromptVersionEvent", "SeenIds", "VersionStates", "parse_event"]
@@ -50,10 +50,13 @@ class PromptVersionEvent:
 
 def parse_event(body: bytes) -> PromptVersionEvent:
     """Parse a webhook body strictly; anything else raises ``WebhookError``."""
+    if not isinstance(body, bytes | bytearray):
+        raise WebhookError(
+            f"the webhook body must be the raw bytes received, got {type(body).__name__}")
     try:
-        data: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise WebhookError("the webhook body is not valid JSON") from None
+        data: Any = read_json(body)
+    except NotJSON as exc:
+        raise WebhookError(f"the webhook body is {exc}") from None
     if not isinstance(data, dict):
         raise WebhookError("the webhook body is not a JSON object")
     event_id = _str(data, "id")

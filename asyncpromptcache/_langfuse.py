@@ -1,13 +1,10 @@
-"""The Langfuse HTTP source (aiohttp). The only module that sees aiohttp's exceptions: every
-one is converted to our error tree here, ``from`` the original."""
+"""The Langfuse HTTP source (aiohttp). aiohttp's exceptions are converted to our error tree
+by the HTTP edge's one map (``OwnedSession.converted``), ``from`` the original."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import json
 import logging
-import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -15,7 +12,6 @@ from urllib.parse import quote
 import aiohttp
 import anyio
 import yarl
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from ._checks import check_count, check_seconds
 from ._errors import (
@@ -30,10 +26,11 @@ from ._errors import (
     UnexpectedStatusError,
 )
 from ._http import OwnedSession, basic_auth
+from ._json import NotJSON, dumps, read_json
 from ._keys import PromptKey, _shown
 from ._models import Prompt, parse_prompt
 from ._retry import RetryPolicy, parse_retry_after
-from ._secret import Secret
+from ._secret import Redactor, Secret
 from ._settings import check_base_url
 from ._source import FetchOptions, NewPrompt
 
@@ -82,8 +79,8 @@ class LangfuseSource:
         del secret_key
         self._base = check_base_url(base_url)
         self._public_key = public_key
-        self._http = OwnedSession(
-            self._base, session, verify_ssl=verify_ssl, trust_env=trust_env, proxy=proxy)
+        self._http = OwnedSession(self._base, session, verify_ssl=verify_ssl,
+                                  trust_env=trust_env, proxy=proxy, secrets=(self.__auth,))
         self._timeout = check_seconds(timeout_seconds, "timeout_seconds", positive=True)
         self._retry = retry or RetryPolicy()
         self._max_bytes = check_count(max_response_bytes, "max_response_bytes", minimum=1)
@@ -106,11 +103,8 @@ class LangfuseSource:
             query = f"version={key.version}"
         else:
             query = "label=" + quote(key.label or "production", safe="")
-        segment = quote(key.name, safe="")
-        if not segment.strip("."):
-            # "." and ".." would be resolved away by proxies and URL normalisers.
-            segment = segment.replace(".", "%2E")
-        return yarl.URL(f"{self._base}/api/public/v2/prompts/{segment}?{query}", encoded=True)
+        return yarl.URL(f"{self._base}/api/public/v2/prompts/{name_segment(key.name)}?{query}",
+                        encoded=True)
 
     async def fetch(self, key: PromptKey, options: FetchOptions) -> Prompt:
         """Fetch ``key``, retrying what is worth retrying; raises our errors only."""
@@ -168,29 +162,22 @@ class LangfuseSource:
         key: PromptKey | None,
     ) -> tuple[int, bytes, str | None]:
         """One request: ``(status, body, Retry-After)``, or our error when there is no answer."""
-        data = None if payload is None else json.dumps(payload).encode()
+        data = None if payload is None else dumps(payload, "the request body").encode()
         session = self._http.get()
         self.requests_sent += 1
-        try:
-            with anyio.fail_after(timeout):
-                async with session.request(
-                    method, url, data=data, allow_redirects=False, proxy=self._http.proxy,
-                    headers=self._headers(json_body=data is not None),
-                    proxy_headers=self._http.connect_headers(),
-                ) as response:
-                    status = response.status
-                    retry_after = response.headers.get("Retry-After")
-                    body = await self._read_body(response, what, name, key)
-        except TimeoutError as exc:
-            _forget_credentials(exc)
-            raise FetchTimeoutError(
-                f"prompt {what}: no complete answer within {timeout:.3g}s", name=name, key=key,
-            ) from exc
-        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
-            _forget_credentials(exc)
-            raise TransportError(
-                f"prompt {what}: {type(exc).__name__}: {exc}", name=name, key=key
-            ) from exc
+        with self._http.converted(
+            lambda: FetchTimeoutError(
+                f"prompt {what}: no complete answer within {timeout:.3g}s", name=name, key=key),
+            lambda cause: TransportError(f"prompt {what}: {cause}", name=name, key=key),
+        ), anyio.fail_after(timeout):
+            async with session.request(
+                method, url, data=data, allow_redirects=False, proxy=self._http.proxy,
+                headers=self._headers(json_body=data is not None),
+                proxy_headers=self._http.connect_headers(),
+            ) as response:
+                status = response.status
+                retry_after = response.headers.get("Retry-After")
+                body = await self._read_body(response, what, name, key)
         return status, body, retry_after
 
     # A temporary that the request consumes, so that no frame that may raise holds the
@@ -243,9 +230,9 @@ class LangfuseSource:
     ) -> Prompt:
         """``PATCH /api/public/v2/prompts/{name}/versions/{version}`` with ``newLabels``;
         idempotent (labels are added), so retried as a fetch is."""
-        segment = quote(name, safe="")
         url = yarl.URL(
-            f"{self._base}/api/public/v2/prompts/{segment}/versions/{version}", encoded=True
+            f"{self._base}/api/public/v2/prompts/{name_segment(name)}/versions/{version}",
+            encoded=True,
         )
         what = f"{_shown(name)} (version {version}): label update"
         return await self._retrying(
@@ -272,27 +259,24 @@ class LangfuseSource:
     ) -> Prompt:
         """The prompt in a 2xx answer, checked to be ``name`` (at ``version`` when given)."""
         try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = read_json(body)
+        except NotJSON as exc:
+            reason = "nested too deeply" if exc.too_deep else "not valid JSON"
             raise InvalidResponseError(
-                f"prompt {what}: response is not valid JSON ({_excerpt(body)})",
-                name=name, key=key,
-            ) from exc
-        except RecursionError:
-            raise InvalidResponseError(
-                f"prompt {what}: response is nested too deeply ({_excerpt(body)})",
+                f"prompt {what}: response is {reason} ({self._http.redact.excerpt(body)})",
                 name=name, key=key,
             ) from None
         try:
             prompt = parse_prompt(data)
         except InvalidResponseError as exc:
             raise InvalidResponseError(
-                f"prompt {what}: {exc}", field=exc.field, name=name, key=key
+                f"prompt {what}: {self._http.redact(str(exc))}", field=exc.field, name=name,
+                key=key,
             ) from None
         if prompt.name != name:
             raise InvalidResponseError(
-                f"prompt {what}: the server answered with prompt {prompt.name!r}",
-                field="name", name=name, key=key,
+                f"prompt {what}: the server answered with prompt "
+                f"{self._http.redact(repr(prompt.name))}", field="name", name=name, key=key,
             )
         if version is not None and prompt.version != version:
             raise InvalidResponseError(
@@ -306,7 +290,7 @@ class LangfuseSource:
         name: str, key: PromptKey | None,
     ) -> FetchError:
         data = _json_body(body)
-        detail = _error_message(data, body)
+        detail = _error_message(data, body, self._http.redact)
         what = f"{what}: HTTP {status}" + (f": {detail}" if detail else "")
         if status == 404:
             if data is _TOO_DEEP or (isinstance(data, dict) and isinstance(data.get("error"), str)):
@@ -325,6 +309,14 @@ class LangfuseSource:
         return UnexpectedStatusError(what, status=status, name=name, key=key)
 
 
+def name_segment(name: str) -> str:
+    """A prompt's name as one URL path segment, for every request that names it: percent-
+    encoded with nothing safe, and ``.``/``..`` encoded too (proxies and URL normalisers would
+    resolve them away, sending the request to another prompt)."""
+    segment = quote(name, safe="")
+    return segment.replace(".", "%2E") if not segment.strip(".") else segment
+
+
 def _not_acted_on(error: FetchError) -> bool:
     """Whether a failed request surely never reached the server's handler: no connection was
     made, or it was rate-limited. Only then may a non-idempotent request be sent again."""
@@ -334,36 +326,6 @@ def _not_acted_on(error: FetchError) -> bool:
         and isinstance(error.__cause__, aiohttp.ClientConnectorError)
 
 
-def _forget_credentials(exc: BaseException) -> None:
-    """Remove the credentials from an aiohttp error before it is chained to ours, where any
-    error reporter may print it: its frames' locals (aiohttp's hold the auth and the request
-    headers), and the request headers a ``ClientResponseError`` keeps in ``request_info``."""
-    chain: list[BaseException | None] = [exc]
-    seen: set[int] = set()
-    while chain:
-        current = chain.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        # Those frames have finished (the error left them); the one running is skipped.
-        traceback.clear_frames(current.__traceback__)
-        chain += [current.__cause__, current.__context__]
-    if isinstance(exc, aiohttp.ClientResponseError):
-        info = exc.request_info
-        headers = CIMultiDict(info.headers)
-        headers.popall("Authorization", None)
-        headers.popall("Proxy-Authorization", None)
-        exc.request_info = aiohttp.RequestInfo(
-            info.url, info.method, CIMultiDictProxy(headers), info.real_url
-        )
-        exc.args = tuple(exc.request_info if arg is info else arg for arg in exc.args)
-
-
-def _excerpt(body: bytes, limit: int = 80) -> str:
-    text = body[:limit].decode("utf-8", "replace")
-    return repr(text) + ("..." if len(body) > limit else "")
-
-
 _NOT_JSON = object()
 _TOO_DEEP = object()  # JSON, as far as can be told, but nested too deeply to read
 
@@ -371,21 +333,17 @@ _TOO_DEEP = object()  # JSON, as far as can be told, but nested too deeply to re
 def _json_body(body: bytes) -> Any:
     """The error body as JSON, else ``_NOT_JSON`` or ``_TOO_DEEP``."""
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return _NOT_JSON
-    except RecursionError:
-        return _TOO_DEEP
+        return read_json(body)
+    except NotJSON as exc:
+        return _TOO_DEEP if exc.too_deep else _NOT_JSON
 
 
-def _error_message(data: Any, body: bytes) -> str:
-    """The server's ``message`` from a Langfuse error body, else a short excerpt."""
+def _error_message(data: Any, body: bytes, redact: Redactor) -> str:
+    """The server's ``message`` from a Langfuse error body, else a short excerpt; redacted
+    (a gateway may echo the request's credentials) and escaped (a server echoing a name or
+    label with a newline must not forge log lines)."""
     if data is _NOT_JSON or data is _TOO_DEEP:
-        return _excerpt(body) if body else ""
+        return redact.excerpt(body) if body else ""
     if isinstance(data, dict) and isinstance(data.get("message"), str):
-        # Escaped: a server echoing a name or label with a newline must not forge log lines.
-        return "".join(
-            ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
-            for ch in str(data["message"])[:300]
-        )
-    return _excerpt(body)
+        return redact.printable(data["message"])
+    return redact.excerpt(body)

@@ -21,9 +21,10 @@ import anyio
 from ._cache import AsyncPromptCache
 from ._changes import ChangeLog
 from ._checks import check_count
-from ._errors import FetchError, FetchTimeoutError, InvalidArgumentError
+from ._composition import part_names
+from ._errors import FetchError, FetchTimeoutError, InvalidArgumentError, InvalidResponseError
 from ._keys import PromptKey
-from ._models import Prompt, PromptType, prompt_from_value, wrong_type
+from ._models import ChatPrompt, Prompt, PromptType, TextPrompt, prompt_from_value, wrong_type
 from ._redis import _Link
 from ._retry import RetryPolicy
 from ._settings import check_timeout, check_ttl
@@ -147,7 +148,7 @@ class PromptReads:
             raise FetchTimeoutError(
                 f"prompt {key.describe()}: no answer within {budget:g}s", name=key.name, key=key
             ) from exc
-        if self._change_log.touches(prompt, since):
+        if self._change_log.touches(_parts(key, prompt), since):
             # Resolved from a part that changed meanwhile: it answers its waiters, not kept.
             self._cache.invalidate(key.name, label=key.label, version=key.version)
         return prompt
@@ -191,3 +192,17 @@ def _fallback_failed(key: PromptKey, error: FetchError, exc: Exception) -> Inval
         f"prompt {key.describe()}: the fetch failed ({error}) and the fallback raised "
         f"{type(exc).__name__}: {exc}"
     )
+
+
+def _parts(key: PromptKey, prompt: Prompt) -> frozenset[str]:
+    """The names ``prompt``, as a source answered ``key``, includes: its graph read once, as
+    the prompt enters the cache, and the same for every source (an unreadable one is an
+    ``InvalidResponseError``, whatever else happened meanwhile)."""
+    if not isinstance(prompt, TextPrompt | ChatPrompt):
+        return frozenset()  # not a prompt at all: the cache refuses it, saying so
+    try:
+        return part_names(prompt.resolution_graph)
+    except InvalidResponseError as exc:
+        raise InvalidResponseError(
+            f"prompt {key.describe()}: {exc}", field=exc.field, name=key.name, key=key
+        ) from None

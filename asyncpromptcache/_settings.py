@@ -3,7 +3,6 @@ Read when a client is built, never at import. Pure."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Mapping
 from urllib.parse import SplitResult, urlsplit
 
@@ -11,7 +10,7 @@ import attrs
 
 from ._checks import check_seconds, parse_seconds
 from ._errors import ConfigurationError, InvalidArgumentError
-from ._secret import Secret
+from ._secret import Secret, redact_url
 
 __all__ = ["Environment", "Settings", "resolve_settings"]
 
@@ -47,11 +46,6 @@ def check_timeout(value: float, what: str = "fetch_timeout_seconds") -> float:
 
 
 _API_SUFFIXES = ("/api/public", "/api/public/v2", "/api/public/v2/prompts")
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any ``user:password@`` replaced, for messages and reprs."""
-    return re.sub(r"(//)[^/?#]*@", r"\1***@", url)
 
 
 def _http_url(url: str, what: str, hint: str) -> SplitResult:

@@ -42,7 +42,6 @@ __all__ = [
     "SharedStats",
     "decode_change",
     "decode_stored",
-    "decode_value",
     "dependent_member",
     "encode_change",
     "encode_value",
@@ -244,20 +243,13 @@ def _wire(prompt: Prompt) -> dict[str, Any]:
     return data
 
 
-def decode_value(
-    raw: bytes, key: PromptKey, signing_key: bytes | None
-) -> tuple[Prompt, float]:
-    """The prompt and its wall-clock fetch time, or ``InvalidResponseError`` saying why the
-    value must not be served: truncated, corrupt, foreign (another key's or format's),
-    unsigned or wrongly signed when a signing key is set."""
-    prompt, fetched_at, _ = decode_stored(raw, key, signing_key)
-    return prompt, fetched_at
-
-
 def decode_stored(
     raw: bytes, key: PromptKey, signing_key: bytes | None
 ) -> tuple[Prompt, float, bool]:
-    """``decode_value`` and whether the value is a suspect (its composition unknown)."""
+    """The prompt, its wall-clock fetch time and whether it is a suspect (its composition
+    unknown), or ``InvalidResponseError`` saying why the value must not be served:
+    truncated, corrupt, foreign (another key's or format's), unsigned or wrongly signed when a
+    signing key is set."""
     body = unseal(raw, _VALUE_TAG, signing_key, "shared value")
     try:
         return _decode_value(body, key)

@@ -11,7 +11,7 @@ from ._errors import PromptNotFoundError
 from ._keys import PromptKey
 from ._models import Prompt
 from ._source import FetchOptions
-from .server import PromptStore
+from ._store._sqlite import PromptStore
 
 __all__ = ["DirectorySource", "FunctionSource", "StoreSource"]
 

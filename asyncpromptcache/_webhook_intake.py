@@ -71,7 +71,7 @@ class WebhookIntake:
         else:
             if not known:
                 prompt, known = self._with_known_parts(prompt)
-            self._change(version_change(event.action, prompt, self._held(),
+            self._change(version_change(event.action, prompt, self._held(prompt.name),
                                               composition_known=known))
             if at is not None:
                 self._version_states.record(prompt.name, prompt.version, at)

@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import re
 
-from ._errors import WebhookSignatureError
+from ._errors import WebhookError, WebhookSignatureError
 
 __all__ = ["SIGNATURE_HEADER", "TOLERANCE_SECONDS", "sign", "verify_signature"]
 
@@ -34,7 +34,14 @@ def verify_signature(
     tolerance_seconds: float = TOLERANCE_SECONDS,
 ) -> int:
     """Check ``header`` against ``body``; returns its timestamp or raises
-    ``WebhookSignatureError`` (missing, malformed, wrong, or too old or new)."""
+    ``WebhookSignatureError`` (missing, malformed, wrong, or too old or new), or
+    ``WebhookError`` for a body that is not the raw bytes received."""
+    if not isinstance(body, bytes | bytearray):
+        raise WebhookError(
+            f"the webhook body must be the raw bytes received, got {type(body).__name__}")
+    if header is not None and not isinstance(header, str):
+        raise WebhookSignatureError(
+            f"the webhook signature header must be text, got {type(header).__name__}")
     if not header:
         raise WebhookSignatureError("the webhook has no x-langfuse-signature header")
     parts: dict[str, list[str]] = {}

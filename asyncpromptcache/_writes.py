@@ -13,6 +13,7 @@ from typing import Any
 from ._apply import ChangeApplier
 from ._changes import version_change
 from ._errors import InvalidArgumentError, WritesNotSupportedError
+from ._json import dumps, json_value
 from ._keys import PromptKey, make_key
 from ._models import Prompt, PromptType, prompt_from_value, wrong_type
 from ._source import FetchOptions, NewPrompt, PromptSource, PromptWriter
@@ -49,7 +50,7 @@ class PromptWrites:
         created = await writer.create_prompt(new, FetchOptions())
         if created.type != type:
             raise wrong_type(PromptKey(name, None, created.version), created, type)
-        self._change(version_change("created", created, self._held()))
+        self._change(version_change("created", created, self._held(name)))
         return created
 
     async def update_prompt(self, *, name: str, version: int, new_labels: list[str]) -> Prompt:
@@ -58,7 +59,7 @@ class PromptWrites:
         labels = _labels(new_labels, "new_labels")
         writer = self._writer()
         updated = await writer.update_prompt_labels(key.name, version, labels, FetchOptions())
-        self._change(version_change("updated", updated, self._held()))
+        self._change(version_change("updated", updated, self._held(key.name)))
         return updated
 
     def _writer(self) -> PromptWriter:
@@ -97,6 +98,11 @@ def _new_prompt(
         raise InvalidArgumentError(
             f"commit_message must be a string, got {type(commit_message).__name__}"
         )
+    if config is not None:
+        # Checked whole before anything is sent: a set or NaN in it, a cycle, or nesting
+        # past the recursion limit is the caller's error, not a failed request.
+        config = json_value(config, "config")
+        dumps(config, "config")
     return NewPrompt(
         name=name, type=prompt_type, prompt=prompt,
         labels=tuple(_labels(labels or [], "labels")),

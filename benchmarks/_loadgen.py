@@ -15,7 +15,7 @@ import time
 from types import TracebackType
 from typing import Any
 
-from ._upstream import spawn_module
+from devkit.upstream import spawn_module
 
 
 class LoadGenerator:

@@ -24,8 +24,7 @@ import cachetools
 
 from asyncpromptcache import AsyncPromptClient, FunctionSource, Prompt, PromptKey, parse_prompt
 from asyncpromptcache.server import basic_auth_header
-
-from ._upstream import PUBLIC_KEY, SECRET_KEY
+from devkit.upstream import PUBLIC_KEY, SECRET_KEY
 
 Get = Callable[[str], Awaitable[Any]]
 #: Where a peer's fetches go: the upstream's base URL, or an in-memory ``async (name) -> Prompt``.

@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from devkit.upstream import REPO
+
 from . import hit_instructions
 from ._peers import ASYNC_LRU, FETCHING_PEERS, OURS
-from ._upstream import REPO
 from .scenarios import Result, Table
 
 PACKAGES = ("asyncpromptcache", "aiohttp", "anyio", "attrs", "cachetools", "async-lru",

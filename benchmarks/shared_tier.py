@@ -1,6 +1,6 @@
 """Scenario 8 (issue 10): the shared Redis tier with real worker processes.
 
-Each worker process (``benchmarks._fleet``) runs its own client against the local server
+Each worker process (``devkit.fleet``) runs its own client against the local server
 and a private redis-server; they are stepped through the same phases:
 
 * upstream requests at cold start (every worker, ``callers`` concurrent cold callers over
@@ -20,12 +20,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ._fleet import Fleet
-from ._upstream import bench_name
+from devkit.fleet import Fleet
+from devkit.upstream import bench_name
+
 from .scenarios import Context, Result
 
 try:  # the test helper that starts a private redis-server (also used by the test suite)
-    from tests.redisserver import RedisServer, find_redis_server
+    from devkit.redisserver import RedisServer, find_redis_server
 except ImportError:  # pragma: no cover - run from outside the repository
     RedisServer = None  # type: ignore[assignment,misc]
     find_redis_server = None  # type: ignore[assignment]
@@ -95,7 +96,7 @@ def run_shared(upstream: Any, smoke: bool, log: Any = print) -> dict[str, Any]:
         latencies: list[float] = []
         missed = 0
         others = range(1, sizes.workers)
-        from tests.test_redis_fleet import publish  # the same create request as the test
+        from devkit.upstream import publish  # the same create request as the test
 
         for _ in range(sizes.invalidation_rounds):
             version = publish(upstream, names[0], f"version at {time.time()}")

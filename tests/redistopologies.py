@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
 
-from .redisserver import RedisServer, free_port
+from devkit.redisserver import RedisServer, free_port
 
 SLOTS = 16384
 

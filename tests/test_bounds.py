@@ -33,8 +33,7 @@ from asyncpromptcache._source import FetchOptions
 from asyncpromptcache.testing import FakeClock
 
 from .faultserver import FaultServer, fault_server
-from .test_client import client_for
-from .test_faults import until
+from .helpers import client_for, until
 
 pytestmark = pytest.mark.anyio
 

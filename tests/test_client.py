@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import anyio
 import anyio.lowlevel
@@ -33,10 +33,9 @@ from asyncpromptcache import (
 from asyncpromptcache.testing import FakeClock
 
 from .faultserver import FaultServer, fault_server
+from .helpers import client_for, until
 
 pytestmark = pytest.mark.anyio
-
-NO_WAIT = RetryPolicy(max_retries=2, base_delay=0.0, max_delay=0.0)
 
 
 @pytest.fixture
@@ -50,22 +49,6 @@ async def server() -> AsyncIterator[FaultServer]:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-def client_for(server: FaultServer, clock: FakeClock, **kwargs: object) -> AsyncPromptClient:
-    options: dict[str, object] = {
-        "base_url": server.base_url, "clock": clock, "cache_ttl_seconds": 60,
-        "retry": NO_WAIT, "fetch_timeout_seconds": 2, "env": {},
-    }
-    options.update(kwargs)
-    return AsyncPromptClient(**options)  # type: ignore[arg-type]
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Yield to the loop until ``condition`` holds (bounded, so a bug fails instead of hanging)."""
-    with anyio.fail_after(5):
-        while not condition():  # noqa: ASYNC110 - the condition is a plain counter, no event
-            await anyio.sleep(0.001)
 
 
 def own_tasks() -> int:

@@ -12,11 +12,24 @@ from typing import Any
 import anyio
 import pytest
 
-from asyncpromptcache import AsyncPromptClient, InvalidResponseError, PromptKey, TextPrompt
-from asyncpromptcache._changes import ChangeLog, dependents, version_change
-from asyncpromptcache._composition import Part, has_references, parse_resolution_graph
+from asyncpromptcache import (
+    AsyncPromptClient,
+    FunctionSource,
+    InvalidResponseError,
+    PromptKey,
+    TextPrompt,
+)
+from asyncpromptcache._changes import ChangeLog, version_change
+from asyncpromptcache._composition import (
+    CompositionIndex,
+    Part,
+    has_references,
+    parse_resolution_graph,
+    part_names,
+)
+from asyncpromptcache._store._compose import find_references
 from asyncpromptcache._webhooks import sign
-from asyncpromptcache.testing import FakeClock
+from asyncpromptcache.testing import FakeClock, StaticSource
 from tests.composeserver import ComposeServer, compose_server
 
 pytestmark = pytest.mark.anyio
@@ -90,11 +103,30 @@ def test_references() -> None:
     assert not has_references(["@@@langfusePrompt:name=a", "plain {{var}}"])
 
 
+@pytest.mark.parametrize(("end", "is_reference"), [
+    ("\n", True), ("\r", True), ("\u2028", False), ("\u2029", False)])
+def test_the_sdk_and_the_store_read_a_tag_across_a_line_end_as_langfuse_does(
+        end: str, is_reference: bool) -> None:
+    """Langfuse looks for tags in JSON.stringify of the content with a JavaScript regex: a
+    newline there is written \\n (inside the tag), U+2028 raw (where "." stops). The SDK
+    (whether a write's answer still holds references) and the local store agree."""
+    text = f"@@@langfusePrompt:name=a{end}|label=production@@@"
+    assert has_references([text]) is is_reference
+    assert bool(find_references(text)) is is_reference
+
+
 def _text(name: str, version: int, parts: Sequence[tuple[str, int]] = (), **kw: Any) -> TextPrompt:
     graph = {"root": {"id": "r", "name": name, "version": version},
              "dependencies": {"r": [{"id": n, "name": n, "version": v} for n, v in parts]}}
     return TextPrompt(name=name, version=version, prompt="t",
                       resolution_graph=graph if parts else None, **kw)
+
+
+def _indexed(held: Sequence[tuple[PromptKey, TextPrompt]]) -> CompositionIndex:
+    index = CompositionIndex()
+    for key, prompt in held:
+        index.add(key, prompt.name, prompt.resolution_graph)
+    return index
 
 
 def test_dependents_are_transitive_and_exact() -> None:
@@ -105,26 +137,43 @@ def test_dependents_are_transitive_and_exact() -> None:
         (PromptKey("greeting", "production", None), _text("greeting", 1)),
         (PromptKey("c", "production", None), _text("c", 1)),
     ]
+    index = _indexed(held)
     # x includes a (only a's graph names b): found through a, in a second round.
-    assert dependents({"c"}, held) == {
+    assert index.dependents({"c"}) == {
         PromptKey("a", "production", None), PromptKey("b", "production", None),
         PromptKey("x", "production", None),
     }
-    assert dependents({"greet"}, held) == set()
+    assert index.dependents({"greet"}) == set()
     # A prompt whose parts are unknown is dropped by any change.
     unknown = PromptKey("greeting", "production", None)
-    assert dependents({"zzz"}, held, suspects={unknown}) == {unknown}
-    assert dependents({"greeting"}, held, suspects={unknown}) == set()  # not its own name
+    assert index.dependents({"zzz"}, suspects={unknown}) == {unknown}
+    assert index.dependents({"greeting"}, suspects={unknown}) == set()  # not its own name
+    assert index.dependents({"zzz"}, suspects={PromptKey("gone", None, 1)}) == set()
+
+
+def test_the_index_follows_entries_as_they_come_and_go() -> None:
+    a, b = PromptKey("a", "production", None), PromptKey("a", None, 1)
+    index = _indexed([(a, _text("a", 1, [("b", 1)])), (b, _text("a", 1, [("b", 1)]))])
+    assert index.dependents({"b"}) == {a, b} and index.named("a") == {a, b}
+    index.add(a, "a", None)  # a's key now holds a version composed of nothing
+    assert index.dependents({"b"}) == {b}
+    index.discard(b)
+    assert index.dependents({"b"}) == set() and index.named("a") == {a} and len(index) == 1
+    # A graph that cannot be read: a suspect, dropped by a change to any other name.
+    index.add(b, "a", {"dependencies": []})
+    assert index.dependents({"zzz"}) == {b} and index.dependents({"a"}) == set()
+    index.clear()
+    assert len(index) == 0 and index.dependents({"zzz"}) == set()
 
 
 def test_change_log_tells_a_fetch_whether_its_parts_changed() -> None:
     log = ChangeLog(max_size=2)
-    composed = _text("a", 1, [("b", 1)])
+    composed = part_names(_text("a", 1, [("b", 1)]).resolution_graph)
     since = log.seq
     assert not log.touches(composed, since)
     log.record(frozenset({"x"}))
     assert not log.touches(composed, since)
-    assert not log.touches(_text("c", 1), since)  # includes nothing
+    assert not log.touches(frozenset(), since)  # includes nothing
     log.record(frozenset({"b"}))
     assert log.touches(composed, since)
     assert not log.touches(composed, log.seq)
@@ -246,3 +295,66 @@ async def test_a_first_fetch_racing_a_change_to_its_part_is_not_kept(
         server.release()
     assert result == ["A[B[C1]]"]  # what was asked before the change
     assert (await client.get_prompt("a")).prompt == "A[B[C2]]"
+
+
+# -- the graph read once, changes found through the index ------------------------------------
+
+
+@pytest.mark.parametrize("invalidate_meanwhile", [False, True])
+async def test_a_graph_is_read_as_the_prompt_enters_whatever_else_happens_meanwhile(
+        invalidate_meanwhile: bool) -> None:
+    """A source's prompt with an unreadable graph is an InvalidResponseError at once, the
+    same whether or not an unrelated invalidate() ran while it was fetched (it used to be
+    served, unless one did: then the fetch failed)."""
+    bad = TextPrompt(name="p", version=1, prompt="t", resolution_graph={"dependencies": []})
+    gate = anyio.Event()
+
+    async def fetch(key: PromptKey) -> TextPrompt:
+        await gate.wait()
+        return bad
+
+    results: list[object] = []
+    async with AsyncPromptClient(source=FunctionSource(fetch), env={}) as client:
+
+        async def get() -> None:
+            try:
+                results.append(await client.get_prompt("p"))
+            except InvalidResponseError as exc:
+                results.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(get)
+            await anyio.wait_all_tasks_blocked()
+            if invalidate_meanwhile:
+                assert client.invalidate("unrelated") == 0
+            gate.set()
+        assert client.stats().entries == 0
+    assert isinstance(results[0], InvalidResponseError), results
+    assert results[0].field is not None and "resolutionGraph" in results[0].field
+
+
+async def test_a_change_reads_no_held_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A change finds what includes it through the index: invalidating a prompt reads none
+    of the graphs held (it used to read every one, on the event loop, per call)."""
+    import asyncpromptcache._changes as changes
+    import asyncpromptcache._composition as composition
+
+    prompts = [_text(f"p{i}", 1, [(f"base{i % 7}", 1)] if i % 3 == 0 else (),
+                     labels=["production"]) for i in range(300)]
+    async with AsyncPromptClient(source=StaticSource(prompts), env={}, max_size=1000,
+                                 cache_ttl_seconds=3600, clock=FakeClock()) as client:
+        await client.prefetch([prompt.name for prompt in prompts])
+        reads = 0
+        original = composition.parse_resolution_graph
+
+        def counting(graph: Any) -> frozenset[Part]:
+            nonlocal reads
+            reads += 1
+            return original(graph)
+
+        for module in (composition, changes):
+            monkeypatch.setattr(module, "parse_resolution_graph", counting, raising=False)
+        assert client.invalidate("unrelated") == 0
+        assert client.invalidate("base1") == len(range(15, 300, 21))
+        assert reads == 0
+        assert client.stats().entries == 300 - len(range(15, 300, 21))

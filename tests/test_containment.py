@@ -28,8 +28,7 @@ from asyncpromptcache import (
 from asyncpromptcache.testing import FakeClock, StaticSource
 
 from .faultserver import FaultServer, fault_server
-from .test_client import client_for
-from .test_faults import until
+from .helpers import client_for, until
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,7 @@ One scenario per fault, the same four acts each time:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -36,6 +36,7 @@ from asyncpromptcache import (
 from asyncpromptcache.testing import FakeClock
 
 from .faultserver import FaultServer, fault_server
+from .helpers import until
 
 pytestmark = pytest.mark.anyio
 
@@ -71,12 +72,6 @@ SCENARIOS: dict[str, tuple[type[FetchError], bool]] = {
 
 def own_tasks() -> list[asyncio.Task[object]]:
     return [t for t in asyncio.all_tasks() if t.get_name().startswith("asyncpromptcache:")]
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    with anyio.fail_after(10):
-        while not condition():  # noqa: ASYNC110 - polling a plain counter
-            await anyio.sleep(0.001)
 
 
 @pytest.fixture

@@ -15,19 +15,18 @@ from collections.abc import Iterator
 import pytest
 
 from asyncpromptcache._webhooks import SIGNATURE_HEADER, sign
-from benchmarks._fleet import Fleet
-from benchmarks._upstream import Upstream, bench_name
-from benchmarks.propagation import applied, create, move_label
+from devkit.fleet import Fleet, applied
+from devkit.redisserver import RedisServer
+from devkit.upstream import Upstream, bench_name, create, move_label
 
-from . import test_redis_fleet
-from .redisserver import RedisServer
+from .helpers import redis_module
 
 pytestmark = pytest.mark.slow
 
 WORKERS = 8
 SECRET = "whsec-propagation"
 ALL = range(WORKERS)
-redis = test_redis_fleet.redis  # the fixture: a private redis-server for the module
+redis = redis_module  # the fixture: a private redis-server for the module
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ from asyncpromptcache import PromptKey, TextPrompt, WebhookReplayError
 from asyncpromptcache.testing import FakeClock, StaticSource
 
 from . import test_redis_tier
-from .test_propagation_tier import client, received, until
-from .test_webhook_client import event, signed
+from .helpers import event, propagation_client as client, received, signed, until
 
 pytestmark = pytest.mark.anyio
 

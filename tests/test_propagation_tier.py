@@ -6,16 +6,20 @@ the including prompt from Redis too."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import anyio
 import pytest
 
-from asyncpromptcache import AsyncPromptClient, PromptKey, RedisTier, TextPrompt
+from asyncpromptcache import AsyncPromptClient, PromptKey, TextPrompt
 from asyncpromptcache.testing import FakeClock, StaticSource
 
 from . import test_redis_tier
-from .test_webhook_client import SECRET, event, signed
+from .helpers import (
+    event,
+    propagation_client as client,
+    received,
+    signed,
+    until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -24,23 +28,10 @@ PRODUCTION = PromptKey("p", "production", None)
 redis_server, redis_url = test_redis_tier.redis_server, test_redis_tier.redis_url
 
 
-def client(url: str, source: StaticSource, clock: FakeClock, *,
-           grace: float = 30.0) -> AsyncPromptClient:
-    tier = RedisTier(url, namespace="propagation", wall_clock=clock, moved_grace_seconds=grace)
-    return AsyncPromptClient(source=source, clock=clock, shared=tier, webhook_secret=SECRET)
-
-
 def waits(client: AsyncPromptClient) -> int:
     """How often ``client`` waited for another process's fetch (or a label's new version)."""
     shared = client.stats().shared
     return 0 if shared is None else shared.waits
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Until ``condition()`` holds: a message from Redis is real I/O (at most 5 s)."""
-    with anyio.fail_after(5):
-        while not condition():  # noqa: ASYNC110 - a pub/sub message of another client
-            await anyio.sleep(0.002)
 
 
 async def test_readers_of_a_label_that_moved_wait_for_its_new_version_instead_of_fetching(
@@ -114,6 +105,3 @@ async def test_a_composed_prompt_fetched_while_its_part_changed_is_not_kept_in_r
         assert source.total_fetches == 2
 
 
-def received(client: AsyncPromptClient) -> int:
-    shared = client.stats().shared
-    return 0 if shared is None else shared.changes_received

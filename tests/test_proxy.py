@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
-from aiohttp import web
 from anyio.from_thread import start_blocking_portal
 
 from asyncpromptcache import AsyncPromptClient, ConfigurationError, PromptClient
@@ -19,43 +17,7 @@ from asyncpromptcache.response import OpenAIChatProducer
 from asyncpromptcache.server import run_server
 
 from .faultserver import FaultServer, fault_server
-
-
-class Proxy:
-    """A forwarding HTTP proxy: each request (absolute-form) is sent on to its target."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, str | None]] = []  # (target URL, Proxy-Authorization)
-        self.url = ""
-
-    async def handle(self, request: web.BaseRequest) -> web.Response:
-        target = str(request.url)
-        self.seen.append((target, request.headers.get("Proxy-Authorization")))
-        headers = {k: v for k, v in request.headers.items()
-                   if k in ("Accept", "Authorization", "Content-Type")}
-        async with aiohttp.ClientSession() as upstream, upstream.request(
-            request.method, target, headers=headers, data=await request.read(),
-            allow_redirects=False,
-        ) as answer:
-            return web.Response(
-                status=answer.status, body=await answer.read(),
-                content_type=answer.content_type,
-            )
-
-
-@asynccontextmanager
-async def forwarding_proxy() -> AsyncIterator[Proxy]:
-    proxy = Proxy()
-    runner = web.ServerRunner(web.Server(proxy.handle), shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    proxy.url = f"http://{host}:{port}"
-    try:
-        yield proxy
-    finally:
-        await runner.cleanup()
+from .helpers import Proxy, forwarding_proxy
 
 
 @pytest.fixture

@@ -99,3 +99,12 @@ def test_log_lines_name_their_logger_and_level_without_app_logging() -> None:
     result = subprocess.run([sys.executable, "-c", configured], capture_output=True,
                             text=True, timeout=60, check=True)
     assert result.stderr == "app|WARNING|asyncpromptcache|once\n"  # the app's format, once
+
+
+def test_readme_opens_with_what_it_is_and_cites_nothing_outside_the_repo() -> None:
+    assert README.startswith("# asyncpromptcache\n\n")
+    first_paragraph = README.split("\n\n")[1]
+    assert not first_paragraph.startswith("```") and "asyncio" in first_paragraph
+    assert "filler text" in README.split("## ")[0]  # the demo's answers are not a model's
+    for outside in ("SPEC", "DESIGN.md", "../shared", "issue "):
+        assert outside not in README, outside

@@ -4,18 +4,14 @@ per TTL, last-known-good during an outage, invalidation reaching every process."
 
 from __future__ import annotations
 
-import base64
-import json
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
-from benchmarks._fleet import Fleet
-from benchmarks._upstream import PUBLIC_KEY, SECRET_KEY, Upstream, bench_name
-
-from .redisserver import RedisServer
+from devkit.fleet import Fleet
+from devkit.redisserver import RedisServer
+from devkit.upstream import Upstream, bench_name, publish
 
 pytestmark = pytest.mark.slow
 
@@ -40,18 +36,6 @@ def redis() -> Iterator[RedisServer]:
 def fleet() -> Iterator[Fleet]:
     with Fleet(WORKERS + 1) as workers:  # the last one joins later
         yield workers
-
-
-def publish(upstream: Upstream, name: str, body: str) -> int:
-    auth = base64.b64encode(f"{PUBLIC_KEY}:{SECRET_KEY}".encode()).decode()
-    request = urllib.request.Request(
-        upstream.base_url + "/api/public/v2/prompts", method="POST",
-        data=json.dumps({"name": name, "type": "text", "prompt": body,
-                         "labels": ["production"]}).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Basic {auth}"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:  # loopback only
-        return int(json.loads(response.read())["version"])
 
 
 def test_the_fleet_shares_fetches_refreshes_invalidations_and_outages(

@@ -26,9 +26,10 @@ from asyncpromptcache._shared import Names, namespace_id
 from asyncpromptcache.response._redis import RedisResponses
 from asyncpromptcache.response._wire import ResponseNames, encode_chunk_entry
 from asyncpromptcache.testing import StaticSource
+from devkit.redisserver import RedisServer, free_port
 
-from .redisserver import RedisServer, free_port
-from .test_redis_tier import fleet, redis_server, redis_url, text, wait_until
+from .helpers import until as wait_until
+from .test_redis_tier import fleet, redis_server, redis_url, text
 
 __all__ = ["redis_server", "redis_url"]  # fixtures, used by name
 

@@ -4,7 +4,6 @@ subscription and identity. The multi-process runs are in test_redis_fleet.py."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import subprocess
@@ -29,9 +28,9 @@ from asyncpromptcache import (
 )
 from asyncpromptcache._shared import Names, encode_value, namespace_id
 from asyncpromptcache.testing import FakeClock, StaticSource
+from devkit.redisserver import RedisServer, free_port
 
-from .redisserver import RedisServer, free_port
-from .test_sync import read_until_eof
+from .helpers import read_until_eof, until as wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -80,14 +79,6 @@ async def fleet(url: str, *prompts: TextPrompt) -> AsyncIterator[Fleet]:
     made = Fleet(url, StaticSource(prompts), FakeClock())
     async with made.stack:
         yield made
-
-
-async def wait_until(check: Callable[[], bool], limit: float = 5.0) -> None:
-    with anyio.fail_after(limit):
-        for _ in itertools.count():
-            if check():
-                return
-            await anyio.sleep(0.005)  # another client's subscriber task applies the change
 
 
 def _state(client: AsyncPromptClient) -> str | None:

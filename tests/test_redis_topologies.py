@@ -26,8 +26,9 @@ from asyncpromptcache import (
 from asyncpromptcache._shared import Names, namespace_id
 from asyncpromptcache.testing import FakeClock, StaticSource
 
+from .helpers import until as wait_until
 from .redistopologies import SLOTS, RedisClusterServers, RedisSentinelServers
-from .test_redis_tier import HOST, gather, text, wait_until
+from .test_redis_tier import HOST, gather, text
 
 pytestmark = pytest.mark.anyio
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import anyio
@@ -21,6 +23,7 @@ from asyncpromptcache import (
     UpstreamEventError,
     UpstreamProtocolError,
 )
+from asyncpromptcache._retry import parse_retry_after
 from asyncpromptcache.response import (
     Chunk,
     MemoryStore,
@@ -153,6 +156,18 @@ def test_openai_events() -> None:
     assert (error.status, error.retry_after, str(error)) == (503, 2.0, "HTTP 503: down")
     assert chunk_text({"choices": [{"message": {"content": "whole"}}]}) == "whole"
     assert chunk_text("not a chunk") == ""
+
+
+def test_an_upstream_retry_after_is_read_as_the_prompt_source_reads_it() -> None:
+    """One Retry-After parser: delta-seconds or an HTTP date (the LLM producer ignored
+    dates)."""
+    soon = datetime.now(UTC) + timedelta(seconds=30)
+    error = status_error(429, b"", format_datetime(soon, usegmt=True))
+    assert error.retry_after is not None and 20 < error.retry_after <= 31
+    assert error.retry_after == pytest.approx(
+        parse_retry_after(format_datetime(soon, usegmt=True)), abs=2)
+    assert status_error(503, b"", "Wed, 21 Oct 2015 07:28:00 GMT").retry_after == 0.0
+    assert status_error(503, b"", "soon").retry_after is None
 
 
 def test_an_endless_sse_line_is_refused() -> None:

@@ -85,4 +85,5 @@ async def test_the_demo_answers_50_questions_with_one_stream(
         await _responses()
     out = capsys.readouterr().out
     assert "50 answers" in out and "from 1 upstream stream(s)" in out
+    assert "deterministic filler text, not a model's" in out
     assert "source='hit', 14 chunks replayed" in out

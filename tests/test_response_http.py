@@ -8,10 +8,8 @@ import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import anyio
 import anyio.lowlevel
-import attrs
 import pytest
 
 from asyncpromptcache import (
@@ -25,57 +23,11 @@ from asyncpromptcache import (
     UpstreamStatusError,
     UpstreamTransportError,
 )
-from asyncpromptcache.response import Chunk, OpenAIChatProducer, chunk_text
-from asyncpromptcache.server import run_server
+from asyncpromptcache.response import Chunk, chunk_text
+
+from .helpers import CHUNKS, REQUEST, Upstream, until, upstream as upstream
 
 pytestmark = pytest.mark.anyio
-
-REQUEST: dict[str, Any] = {
-    "model": "local-model", "temperature": 0, "max_tokens": 12,
-    "messages": [{"role": "user", "content": "What does the cache do?"}],
-}
-CHUNKS = 12 + 2  # the role chunk, 12 tokens, the finish chunk
-
-
-@attrs.define
-class Upstream:
-    base_url: str
-    http: aiohttp.ClientSession
-    llm: OpenAIChatProducer
-
-    async def control(self, **changes: Any) -> None:
-        async with self.http.post(self.base_url + "/_admin/chat/controls", json=changes) as r:
-            assert r.status == 200, await r.text()
-
-    async def release(self) -> None:
-        async with self.http.post(self.base_url + "/_admin/chat/release") as r:
-            assert r.status == 204
-
-    async def counts(self) -> dict[str, int]:
-        async with self.http.get(self.base_url + "/_admin/chat/requests") as r:
-            data: dict[str, int] = await r.json()
-            return data
-
-    async def direct(self, request: dict[str, Any]) -> list[dict[str, Any]]:
-        """The upstream's own chunk sequence for ``request``, without the cache."""
-        return [chunk async for chunk in self.llm.stream(request)]
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    async with run_server() as server, aiohttp.ClientSession() as http, \
-            OpenAIChatProducer(base_url=server.base_url + "/v1") as llm:
-        upstream = Upstream(server.base_url, http, llm)
-        yield upstream
-        await upstream.control(hold_after_chunks=None)  # no held stream delays the shutdown
-        await upstream.release()
-
-
-async def until(predicate: Any) -> None:
-    """Yield to other tasks until ``predicate()`` holds (bounded; network I/O included)."""
-    with anyio.fail_after(10):
-        while not predicate():  # noqa: ASYNC110 - a plain counter fed by socket reads
-            await anyio.sleep(0.001)
 
 
 async def collect(stream: Any, into: list[Chunk]) -> None:

@@ -27,9 +27,9 @@ from asyncpromptcache import (
 from asyncpromptcache.response import Chunk, ResponseStore
 from asyncpromptcache.response._redis import RedisResponses
 from asyncpromptcache.response._wire import ResponseNames
+from devkit.redisserver import RedisServer
 
-from .redisserver import RedisServer
-from .test_response_http import (
+from .helpers import (
     CHUNKS,
     REQUEST,
     Upstream,
@@ -327,8 +327,8 @@ def _chat_controls(base_url: str, **changes: Any) -> None:
 
 @pytest.mark.slow
 def test_four_processes_asking_at_once_make_one_upstream_stream(redis: RedisServer) -> None:
-    from benchmarks._fleet import Fleet as Processes
-    from benchmarks._upstream import Upstream as ServerProcess
+    from devkit.fleet import Fleet as Processes
+    from devkit.upstream import Upstream as ServerProcess
 
     request = {**REQUEST, "messages": [{"role": "user", "content": uuid.uuid4().hex}]}
     with ServerProcess() as server, Processes(5) as processes:

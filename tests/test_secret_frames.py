@@ -31,8 +31,7 @@ from asyncpromptcache.response import OpenAIChatProducer
 from asyncpromptcache.server import run_server
 
 from .faultserver import FaultServer, fault_server, fault_server_in_thread
-from .test_proxy import forwarding_proxy
-from .test_secrets import NEEDLES, PUBLIC, SECRET, exception_texts
+from .helpers import NEEDLES, PUBLIC, SECRET, exception_texts, forwarding_proxy
 
 MARKER = "unrelated-variable-marker-5e1f"  # a variable of the environment the SDK never reads
 

@@ -9,13 +9,10 @@ for other encodings of the secret.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import quote
 
 import anyio
 import pytest
@@ -36,43 +33,9 @@ from asyncpromptcache.server import ServerThread, run_server
 from asyncpromptcache.testing import FakeClock
 
 from .faultserver import FaultServer, fault_server
+from .helpers import NEEDLES, PUBLIC, SECRET, SERVER_SECRET, exception_texts
 
-PUBLIC = "pk-lf-public-0001"
-SECRET = "sk-lf-S3CR3T-9f2c41d7-do-not-leak"
-SERVER_SECRET = "sk-lf-SERVER-SIDE-7b1e-do-not-leak"
 NO_WAIT = RetryPolicy(max_retries=1, base_delay=0.0, max_delay=0.0)
-
-
-def needles(public: str, secret: str) -> list[str]:
-    pair = f"{public}:{secret}".encode()
-    return [
-        secret,
-        secret[6:],  # without its "sk-lf-" prefix
-        base64.b64encode(pair).decode(),
-        base64.urlsafe_b64encode(pair).decode(),
-        base64.b64encode(secret.encode()).decode(),
-        quote(secret, safe=""),
-        secret.encode().hex(),
-    ]
-
-
-NEEDLES = needles(PUBLIC, SECRET) + needles(PUBLIC, SERVER_SECRET)
-
-
-def exception_texts(exc: BaseException) -> list[str]:
-    """Message, repr, attributes and formatted traceback of ``exc`` and its whole chain."""
-    texts = ["".join(traceback.format_exception(exc))]
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        current = todo.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        texts += [str(current), repr(current), repr(current.args)]
-        texts += [f"{name}={value!r}" for name, value in vars(current).items()]
-        todo += [current.__cause__, current.__context__]
-    return texts
 
 
 class Everything(logging.Handler):

@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from asyncpromptcache import ConfigurationError
+from asyncpromptcache._store._sqlite import PromptStore
 from asyncpromptcache.server import (
     RequestCounter,
     ServerThread,
@@ -20,7 +21,6 @@ from asyncpromptcache.server import (
     create_app,
     run_server,
 )
-from asyncpromptcache.server._store import PromptStore
 
 pytestmark = pytest.mark.anyio
 

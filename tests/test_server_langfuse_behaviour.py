@@ -12,8 +12,8 @@ from urllib.parse import quote, urlencode
 import aiohttp
 import pytest
 
+from asyncpromptcache._store._schema import PromptValidationError, parse_updated_at
 from asyncpromptcache.server import PromptStore, RunningServer, run_server
-from asyncpromptcache.server._schema import PromptValidationError, parse_updated_at
 
 pytestmark = pytest.mark.anyio
 

@@ -14,10 +14,10 @@ import pytest
 from aiohttp import web
 
 from asyncpromptcache import ConfigurationError
+from asyncpromptcache._store._schema import PromptDraft
 from asyncpromptcache._webhooks import SIGNATURE_HEADER, verify_signature
 from asyncpromptcache.server import PromptStore, RunningServer, ServerThread, run_server
 from asyncpromptcache.server._outbox import WebhookSender
-from asyncpromptcache.server._schema import PromptDraft
 
 pytestmark = pytest.mark.anyio
 

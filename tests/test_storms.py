@@ -32,6 +32,7 @@ from asyncpromptcache import (
 from asyncpromptcache.testing import FakeClock
 
 from .faultserver import FaultServer, fault_server
+from .helpers import until
 
 NO_WAIT = RetryPolicy(max_retries=2, base_delay=0.0, max_delay=0.0)
 STALE = [f"stale{i}" for i in range(5)]  # fetched before the storm, then past their TTL
@@ -47,12 +48,6 @@ def session_of(client: AsyncPromptClient) -> aiohttp.ClientSession:
     session = client.source._http.session  # type: ignore[attr-defined]
     assert isinstance(session, aiohttp.ClientSession)
     return session
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    with anyio.fail_after(BOUND):
-        while not condition():  # noqa: ASYNC110 - polling a plain counter
-            await anyio.sleep(0.001)
 
 
 def fill(server: FaultServer) -> None:

@@ -12,12 +12,9 @@ import asyncio
 import gc
 import json
 import os
-import select
-import signal
 import subprocess
 import sys
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import assert_type
@@ -39,6 +36,7 @@ from asyncpromptcache import (
 from asyncpromptcache.testing import FakeClock
 
 from .faultserver import FaultServer, fault_server, text_prompt
+from .helpers import read_until_eof, until_sync as until
 
 NO_WAIT = RetryPolicy(max_retries=2, base_delay=0.0, max_delay=0.0)
 LOOP_THREAD = "asyncpromptcache-loop"
@@ -89,32 +87,8 @@ def client_for(server: Server, clock: FakeClock | None = None,
     )
 
 
-def until(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + BOUND
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.002)
-
-
 def loop_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == LOOP_THREAD]
-
-
-def read_until_eof(fd: int, pid: int) -> bytes:
-    """What a forked child writes to ``fd`` until it exits; kills it if it takes too long."""
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + BOUND
-    try:
-        while time.monotonic() < deadline:
-            if select.select([fd], [], [], 0.1)[0]:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    return b"".join(chunks)
-                chunks.append(chunk)
-        os.kill(pid, signal.SIGKILL)
-        raise AssertionError("the forked child did not finish in time")
-    finally:
-        os.close(fd)
 
 
 def drop_all(holder: list[PromptClient]) -> None:

@@ -28,38 +28,14 @@ from asyncpromptcache import (
 )
 from asyncpromptcache._langfuse import LangfuseSource
 from asyncpromptcache._secret import Secret
-from asyncpromptcache._webhooks import sign
 from asyncpromptcache.testing import FakeClock
 from examples.webhook_aiohttp import CLIENT, add_webhook_route
 from tests.faultserver import FaultServer, fault_server
 from tests.webapp import serve_app
 
+from .helpers import WEBHOOK_SECRET as SECRET, event, signed
+
 pytestmark = pytest.mark.anyio
-
-SECRET = "whsec-for-tests"
-
-
-def event(
-    action: str, version: int, labels: list[str], *, event_id: str = "evt-1",
-    prompt: str | None = None, name: str = "p", updated_at: str = "2026-11-30T06:59:59.000Z",
-) -> bytes:
-    """A body shaped as Langfuse's worker sends it (prompt key last, no resolutionGraph)."""
-    return json.dumps({
-        "id": event_id, "timestamp": "2026-11-30T07:00:00.000Z", "type": "prompt-version",
-        "apiVersion": "v1", "action": action,
-        "user": {"name": "Ada", "email": "ada@example.com"},
-        "prompt": {
-            "id": f"id-{version}", "name": name, "version": version, "projectId": "proj",
-            "createdBy": "user-1", "labels": labels,
-            "prompt": prompt if prompt is not None else f"text v{version}", "type": "text",
-            "config": {}, "commitMessage": None, "tags": [],
-            "createdAt": "2026-11-30T06:59:00.000Z", "updatedAt": updated_at,
-        },
-    }).encode()
-
-
-def signed(body: bytes, *, secret: str = SECRET, at: float | None = None) -> str:
-    return sign(secret, body, int(time.time() if at is None else at))
 
 
 class Receiver:
@@ -316,7 +292,6 @@ async def test_the_fastapi_example_mounts_the_receiver(
         # Served from the webhook: the upstream has no such prompt.
         assert (await http.get("/?movie=Dune")).json() == {"prompt": "Hi Dune"}
     assert upstream.requests["movie-critic"] == 0
-
 
 
 @pytest.mark.parametrize("make", [AsyncPromptClient, PromptClient])

@@ -21,6 +21,7 @@ from asyncpromptcache import (
     InvalidArgumentError,
     PromptClient,
     PromptKey,
+    PromptNotFoundError,
     ServerError,
     TextPrompt,
     TransportError,
@@ -278,3 +279,32 @@ async def test_readers_see_every_label_move_without_a_fetch(server: RunningServe
         assert sent(client) == before + 7  # the writes, and not one fetch
         assert (await client.get_prompt("p")).version == 3
         assert (await client.get_prompt("p", cache_ttl_seconds=0)).version == 3
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "../other", "ü ?#"])
+async def test_update_prompt_escapes_the_name_as_get_prompt_does(name: str) -> None:
+    """A path-normalising proxy resolves ``..`` and ``.`` segments: a label update must not
+    be sent to another prompt's URL, so its name segment is escaped exactly as a fetch's."""
+    paths: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        paths.append(request.raw_path.split("?", 1)[0])
+        return web.json_response({"message": "no", "error": "LangfuseNotFoundError"},
+                                 status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    async with serve_app(app) as url:
+        source = LangfuseSource(base_url=url, public_key="pk", secret_key="sk")
+        try:
+            async with AsyncPromptClient(source=source, env={}) as client:
+                with pytest.raises(PromptNotFoundError):
+                    await client.get_prompt(name)
+                with pytest.raises(PromptNotFoundError):
+                    await client.update_prompt(name=name, version=1, new_labels=["staging"])
+        finally:
+            await source.aclose()
+    fetched, updated = paths
+    assert updated == fetched + "/versions/1"
+    segment = fetched.removeprefix("/api/public/v2/prompts/")
+    assert "/" not in segment and segment not in (".", "..")

@@ -2,8 +2,8 @@
 
 ``ResponseCache`` shares one upstream stream among identical requests in flight, stores whole
 answers with their chunk boundaries and replays them. ``OpenAIChatProducer`` streams from an
-OpenAI-compatible ``/v1/chat/completions``. The seams a shared tier implements:
-``ResponseStore`` (completed answers) and ``SharedFlights`` (answers in flight).
+OpenAI-compatible ``/v1/chat/completions``. ``ResponseStore`` is the seam for another store
+of completed answers (``ResponseCache(store=...)``); the shared tier is ``shared=``.
 """
 
 from ._cache import (
@@ -16,9 +16,7 @@ from ._cache import (
 )
 from ._fanout import (
     AbandonPolicy as AbandonPolicy,
-    FlightPublisher as FlightPublisher,
     Produce as Produce,
-    SharedFlights as SharedFlights,
 )
 from ._keys import (
     DEFAULT_IGNORED_FIELDS as DEFAULT_IGNORED_FIELDS,
@@ -46,7 +44,6 @@ __all__ = [
     "DEFAULT_IGNORED_FIELDS",
     "AbandonPolicy",
     "Chunk",
-    "FlightPublisher",
     "MemoryStore",
     "Mode",
     "OpenAIChatProducer",
@@ -58,7 +55,6 @@ __all__ = [
     "ResponseStream",
     "SSEDecoder",
     "SSEEvent",
-    "SharedFlights",
     "Source",
     "StoreStats",
     "StoredAnswer",

@@ -14,10 +14,10 @@ leaves, ``on_abandon`` decides: ``"finish"`` lets the upstream run to the end an
 An answer that grows past the store's cap is not stored and stops taking new consumers (they
 start their own stream), and the chunks every consumer has taken are released as it goes.
 
-Across processes (``SharedFlights``, in Redis: ``_redis.py``): the cache wraps the producer it
-hands to a flight, so a flight's upstream is either the real producer teed to a
-``FlightPublisher`` (this process claimed the key) or a follower of another process's flight.
-Local consumers fan out from that one source either way.
+Across processes (the shared tier, in Redis: ``_redis.py``): the cache wraps the producer it
+hands to a flight, so a flight's upstream is either the real producer teed to a publisher
+(this process claimed the key) or a follower of another process's flight. Local consumers fan
+out from that one source either way.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import math
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import aclosing
-from typing import Literal, Protocol, TypeAlias
+from typing import Literal, TypeAlias
 
 import anyio
 import anyio.lowlevel
@@ -44,10 +44,8 @@ __all__ = [
     "AbandonPolicy",
     "Consumer",
     "Flight",
-    "FlightPublisher",
     "LocalFlights",
     "Produce",
-    "SharedFlights",
 ]
 
 AbandonPolicy: TypeAlias = Literal["finish", "cancel"]
@@ -320,31 +318,3 @@ class LocalFlights:
 
     def values(self) -> list[Flight]:
         return list(self._flights.values())
-
-
-# -- the seam for a cross-process join (implemented by a shared tier, e.g. Redis streams) -----
-
-
-class FlightPublisher(Protocol):
-    """Publishes this process's flight of one key to other processes (for example
-    ``XADD`` to a Redis stream per answer). Its trouble must not fail the local flight."""
-
-    async def publish(self, chunk: Chunk) -> None: ...
-
-    async def complete(self) -> None: ...
-
-    async def fail(self, error: BaseException) -> None: ...
-
-
-class SharedFlights(Protocol):
-    """Where flights of many processes meet.
-
-    ``claim(key)`` returns a publisher when no process streams ``key`` (this one now does;
-    the claim expires if the process dies), else ``None``. ``follow(key)`` yields the chunks
-    of the other process's flight from the first, ends when it completes, and raises an
-    ``UpstreamError`` when it failed or its owner vanished (the caller then claims again).
-    """
-
-    async def claim(self, key: str) -> FlightPublisher | None: ...
-
-    def follow(self, key: str) -> AsyncIterator[Chunk]: ...

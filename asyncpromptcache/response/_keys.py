@@ -15,18 +15,18 @@ What goes into a key (the README repeats it)::
 Canonical JSON: keys sorted, no spaces, UTF-8 (not ASCII-escaped); a float with an integral
 value is written as the integer (``1.0`` and ``1`` are one key); tuples are lists. Strings are
 compared as given (no Unicode normalisation). A value JSON cannot carry exactly (a non-string
-mapping key, NaN, a set, an object) is an ``InvalidArgumentError``, never a silent ``str()``.
+mapping key, NaN, a set, an object, an integer too long for JSON text, nesting past the
+recursion limit, a cycle) is an ``InvalidArgumentError``, never a silent ``str()``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 from collections.abc import Collection, Mapping
 from typing import Any, Literal, TypeAlias
 
 from .._errors import InvalidArgumentError
+from .._json import dumps, json_value
 
 __all__ = [
     "DEFAULT_IGNORED_FIELDS",
@@ -48,37 +48,11 @@ DEFAULT_IGNORED_FIELDS: frozenset[str] = frozenset({"stream"})
 _KEY_VERSION = 1
 
 
-def _normalise(value: Any, path: str) -> Any:
-    if value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, int):
-        return int(value)  # an IntEnum or other int subclass is its number
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidArgumentError(f"{path} is {value!r}: JSON has no NaN or infinity")
-        return int(value) if value.is_integer() else value
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidArgumentError(
-                    f"{path} has the key {key!r} of type {type(key).__name__}: "
-                    "JSON object keys are strings"
-                )
-            out[key] = _normalise(item, f"{path}.{key}")
-        return out
-    if isinstance(value, list | tuple):
-        return [_normalise(item, f"{path}[{i}]") for i, item in enumerate(value)]
-    raise InvalidArgumentError(
-        f"{path} is of type {type(value).__name__}, which JSON cannot carry exactly"
-    )
-
-
 def canonical_json(value: Any) -> bytes:
     """``value`` as canonical JSON (UTF-8 bytes): equal requests give equal bytes."""
-    return json.dumps(
-        _normalise(value, "request"), sort_keys=True, separators=(",", ":"),
-        ensure_ascii=False, allow_nan=False,
+    return dumps(
+        json_value(value, "request", integral_floats=True), "request", sort_keys=True,
+        separators=(",", ":"), ensure_ascii=False,
     ).encode("utf-8")
 
 
@@ -124,11 +98,8 @@ def chunk_size(chunk: Any) -> int:
     if isinstance(chunk, bytes):
         return len(chunk)
     if isinstance(chunk, dict):
-        try:
-            return len(json.dumps(chunk, separators=(",", ":"), ensure_ascii=False,
-                                  allow_nan=False).encode("utf-8", "surrogatepass"))
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgumentError(f"a dict chunk is not JSON-able: {exc}") from exc
+        return len(dumps(chunk, "a dict chunk", separators=(",", ":"),
+                         ensure_ascii=False).encode("utf-8", "surrogatepass"))
     raise InvalidArgumentError(
         f"a chunk is str, bytes or a JSON-able dict, got {type(chunk).__name__}"
     )

@@ -4,10 +4,9 @@ aiohttp's exceptions: each becomes an ``UpstreamError``, ``from`` the original."
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -22,7 +21,6 @@ from .._errors import (
     UpstreamTransportError,
 )
 from .._http import OwnedSession
-from .._langfuse import _forget_credentials
 from .._secret import Secret
 from .._settings import _http_url
 from ._sse import SSEDecoder, openai_chunk, status_error
@@ -72,8 +70,8 @@ class OpenAIChatProducer:
         _http_url(base_url, "base_url", "")
         self._url = str(yarl.URL(base_url)).rstrip("/") + "/chat/completions"
         self._headers = {"User-Agent": _USER_AGENT, **(headers or {})}
-        self._http = OwnedSession(
-            self._url, session, verify_ssl=verify_ssl, trust_env=trust_env, proxy=proxy)
+        self._http = OwnedSession(self._url, session, verify_ssl=verify_ssl,
+                                  trust_env=trust_env, proxy=proxy, secrets=(self.__auth,))
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout_seconds, sock_read=read_timeout_seconds)
         self._max_error = max_error_bytes
@@ -124,7 +122,7 @@ class OpenAIChatProducer:
                 decoder = SSEDecoder()
                 async for raw in response.content.iter_any():
                     for event in decoder.feed(raw):
-                        chunk = openai_chunk(event)
+                        chunk = openai_chunk(event, self._http.redact)
                         if chunk is None:
                             return
                         yield chunk
@@ -144,21 +142,13 @@ class OpenAIChatProducer:
             raise UpstreamProtocolError("the answer is not a JSON object")
         return data
 
-    @contextlib.contextmanager
-    def _converted(self) -> Iterator[None]:
+    def _converted(self) -> contextlib.AbstractContextManager[None]:
         """aiohttp's and the socket's exceptions, as our ``UpstreamError``s."""
-        try:
-            yield
-        except UpstreamError:
-            raise
-        except TimeoutError as exc:
-            _forget_credentials(exc)
-            raise UpstreamTimeoutError(
-                f"no data from {self._url} within the read timeout") from exc
-        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
-            _forget_credentials(exc)  # the API key must not ride along in the cause
-            raise UpstreamTransportError(f"{self._url}: {type(exc).__name__}: {exc}") from exc
+        return self._http.converted(
+            lambda: UpstreamTimeoutError(f"no data from {self._url} within the read timeout"),
+            lambda cause: UpstreamTransportError(f"{self._url}: {cause}"))
 
     async def _status_error(self, response: aiohttp.ClientResponse) -> UpstreamError:
         body = await response.content.read(self._max_error)
-        return status_error(response.status, body, response.headers.get("Retry-After"))
+        return status_error(response.status, body, response.headers.get("Retry-After"),
+                            self._http.redact)

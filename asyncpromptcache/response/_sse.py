@@ -16,6 +16,9 @@ from typing import Any
 import attrs
 
 from .._errors import UpstreamEventError, UpstreamProtocolError, UpstreamStatusError
+from .._json import NotJSON, read_json
+from .._retry import parse_retry_after
+from .._secret import NO_SECRETS, Redactor
 
 __all__ = ["SSEDecoder", "SSEEvent", "chunk_text", "openai_chunk", "status_error"]
 
@@ -98,43 +101,48 @@ class SSEDecoder:
             self._id = value
 
 
-def openai_chunk(event: SSEEvent) -> dict[str, Any] | None:
+def openai_chunk(event: SSEEvent, redact: Redactor = NO_SECRETS) -> dict[str, Any] | None:
     """The chunk an event of a chat-completion stream carries; ``None`` for ``[DONE]``.
 
     Raises ``UpstreamEventError`` for an error event and ``UpstreamProtocolError`` for data
-    that is not a JSON object.
+    that is not a JSON object; ``redact`` is applied to the upstream text their messages
+    quote (a producer's ``Redactor``: the stream may echo the request's credentials).
     """
     if event.data.strip() == "[DONE]":
         return None
     try:
-        data = json.loads(event.data)
-    except ValueError:
+        data = read_json(event.data)
+    except NotJSON as exc:
+        what = "nested too deeply" if exc.too_deep else "not JSON"
         raise UpstreamProtocolError(
-            f"an event of the stream is not JSON: {_excerpt(event.data)}") from None
+            f"an event of the stream is {what}: {redact.excerpt(event.data)}") from None
     if isinstance(data, dict) and (event.event == "error" or "error" in data):
-        message, kind = _error_fields(data)
-        raise UpstreamEventError(f"the stream sent an error: {message}", error_type=kind)
+        message, kind = _error_fields(data, redact)
+        raise UpstreamEventError(f"the stream sent an error: {message}",
+                                 error_type=kind and redact(kind))
     if event.event == "error":
-        raise UpstreamEventError(f"the stream sent an error: {_excerpt(event.data)}")
+        raise UpstreamEventError(f"the stream sent an error: {redact.excerpt(event.data)}")
     if not isinstance(data, dict):
         raise UpstreamProtocolError(
-            f"an event of the stream is not a JSON object: {_excerpt(event.data)}")
+            f"an event of the stream is not a JSON object: {redact.excerpt(event.data)}")
     return data
 
 
-def status_error(status: int, body: bytes, retry_after: str | None) -> UpstreamStatusError:
-    """The error for a non-2xx answer, with the body's ``error.message`` when it has one."""
+def status_error(status: int, body: bytes, retry_after: str | None,
+                 redact: Redactor = NO_SECRETS) -> UpstreamStatusError:
+    """The error for a non-2xx answer, with the body's ``error.message`` when it has one
+    (``redact`` applied to it, as in ``openai_chunk``)."""
     try:
-        data: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        data: Any = read_json(body)
+    except NotJSON:
         data = None
     if isinstance(data, dict) and ("error" in data or "message" in data):
-        message, kind = _error_fields(data)
+        message, kind = _error_fields(data, redact)
     else:
-        message, kind = _excerpt(body.decode("utf-8", "replace")) if body else "", None
+        message, kind = redact.excerpt(body) if body else "", None
     return UpstreamStatusError(
         f"HTTP {status}" + (f": {message}" if message else ""), status=status,
-        retry_after=_seconds(retry_after), error_type=kind,
+        retry_after=parse_retry_after(retry_after), error_type=kind and redact(kind),
     )
 
 
@@ -151,29 +159,12 @@ def chunk_text(chunk: Any) -> str:
     return content if isinstance(content, str) else ""
 
 
-def _error_fields(data: dict[str, Any]) -> tuple[str, str | None]:
+def _error_fields(data: dict[str, Any], redact: Redactor) -> tuple[str, str | None]:
     error = data.get("error", data)
     if isinstance(error, dict):
         message = error.get("message")
         kind = error.get("type") or error.get("code")
-        return (_printable(str(message)) if message is not None else _excerpt(json.dumps(error)),
+        return (redact.printable(str(message)) if message is not None
+                else redact.excerpt(json.dumps(error)),
                 str(kind) if kind is not None else None)
-    return _printable(str(error)), None
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
-        return None
-    return seconds if seconds is not None and 0 <= seconds < 86400 else None
-
-
-def _printable(text: str, limit: int = 300) -> str:
-    # Escaped: an upstream message with a newline must not forge log lines.
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
-                   for ch in text[:limit])
-
-
-def _excerpt(text: str, limit: int = 80) -> str:
-    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+    return redact.printable(str(error)), None

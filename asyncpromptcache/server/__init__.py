@@ -11,6 +11,23 @@ resolved, Langfuse's create-time validation, and (with ``webhook_url``/``webhook
 its signed prompt-version webhooks.
 """
 
+from .._store._compose import ResolutionError as ResolutionError
+from .._store._schema import (
+    MAX_NAME_LENGTH as MAX_NAME_LENGTH,
+    PromptDraft as PromptDraft,
+    PromptValidationError as PromptValidationError,
+    load_seed_dir as load_seed_dir,
+)
+from .._store._sqlite import (
+    PromptChange as PromptChange,
+    PromptConflictError as PromptConflictError,
+    PromptPage as PromptPage,
+    PromptReferenceError as PromptReferenceError,
+    PromptStore as PromptStore,
+    PromptSummary as PromptSummary,
+    StoreClosedError as StoreClosedError,
+    StoredPrompt as StoredPrompt,
+)
 from ._app import (
     DEFAULT_PROJECT_ID as DEFAULT_PROJECT_ID,
     MAX_BODY_BYTES as MAX_BODY_BYTES,
@@ -18,7 +35,6 @@ from ._app import (
     create_app as create_app,
 )
 from ._cli import add_serve_arguments as add_serve_arguments, run_serve as run_serve
-from ._compose import ResolutionError as ResolutionError
 from ._controls import (
     MAX_COUNTED_NAMES as MAX_COUNTED_NAMES,
     ROUTE_KINDS as ROUTE_KINDS,
@@ -34,22 +50,6 @@ from ._runner import (
     check_bind as check_bind,
     is_loopback_host as is_loopback_host,
     run_server as run_server,
-)
-from ._schema import (
-    MAX_NAME_LENGTH as MAX_NAME_LENGTH,
-    PromptDraft as PromptDraft,
-    PromptValidationError as PromptValidationError,
-    load_seed_dir as load_seed_dir,
-)
-from ._store import (
-    PromptChange as PromptChange,
-    PromptConflictError as PromptConflictError,
-    PromptPage as PromptPage,
-    PromptReferenceError as PromptReferenceError,
-    PromptStore as PromptStore,
-    PromptSummary as PromptSummary,
-    StoreClosedError as StoreClosedError,
-    StoredPrompt as StoredPrompt,
 )
 
 __all__ = [

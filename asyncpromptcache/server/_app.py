@@ -25,11 +25,8 @@ from aiohttp.typedefs import Handler
 from multidict import MultiMapping
 
 from .._errors import ConfigurationError
-from ._compose import ResolutionError
-from ._controls import RequestCounter, ServerControls
-from ._openai import add_openai_routes
-from ._outbox import WebhookSender, check_webhook
-from ._schema import (
+from .._store._compose import ResolutionError
+from .._store._schema import (
     PRODUCTION_LABEL,
     PromptDraft,
     PromptValidationError,
@@ -37,7 +34,10 @@ from ._schema import (
     parse_new_labels,
     parse_updated_at,
 )
-from ._store import PromptConflictError, PromptReferenceError, PromptStore
+from .._store._sqlite import PromptConflictError, PromptReferenceError, PromptStore
+from ._controls import RequestCounter, ServerControls
+from ._openai import add_openai_routes
+from ._outbox import WebhookSender, check_webhook
 
 __all__ = ["DEFAULT_PROJECT_ID", "MAX_BODY_BYTES", "check_keys", "create_app"]
 

@@ -13,11 +13,11 @@ from contextlib import ExitStack
 import anyio
 
 from .._errors import ConfigurationError
+from .._store._schema import PromptValidationError
+from .._store._sqlite import PromptStore
 from ._guard import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ConnectionGuard
 from ._outbox import check_webhook
 from ._runner import check_bind, run_server
-from ._schema import PromptValidationError
-from ._store import PromptStore
 
 __all__ = ["add_serve_arguments", "run_serve"]
 

@@ -21,6 +21,8 @@ import anyio
 import attrs
 from aiohttp import web
 
+from .._json import NotJSON, read_json
+
 __all__ = ["ChatControls", "ChatCounter", "add_openai_routes", "answer_tokens"]
 
 COMPLETIONS_PATH = "/v1/chat/completions"
@@ -196,9 +198,9 @@ async def _completions(request: web.Request) -> web.StreamResponse:
     controls = state.controls
     state.counter.add("requests")
     try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
-        return _error(400, "the body is not valid JSON")
+        body = read_json(await request.read())
+    except NotJSON as exc:
+        return _error(400, f"the body is {exc}")
     if not isinstance(body, dict):
         return _error(400, "the body must be a JSON object")
     model, messages = body.get("model"), body.get("messages")
@@ -292,7 +294,7 @@ async def _get_controls(request: web.Request) -> web.Response:
 async def _set_controls(request: web.Request) -> web.Response:
     controls = request.app[_CHAT].controls
     try:
-        body = json.loads(await request.read())
+        body = read_json(await request.read())  # NotJSON is a ValueError
         if not isinstance(body, dict):
             raise ValueError("the body should be a JSON object of controls")
         controls.update(body)

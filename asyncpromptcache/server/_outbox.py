@@ -33,8 +33,8 @@ import aiohttp
 from aiohttp import web
 
 from .._errors import ConfigurationError
+from .._store._sqlite import PromptChange, PromptStore
 from .._webhooks import SIGNATURE_HEADER, sign
-from ._store import PromptChange, PromptStore
 
 __all__ = ["WEBHOOK_ATTEMPTS", "WebhookSender", "check_webhook", "webhook_body"]
 

@@ -17,11 +17,11 @@ import attrs
 from aiohttp import web
 
 from .._errors import ConfigurationError
+from .._store._sqlite import PromptStore
 from ._app import DEFAULT_PROJECT_ID, check_keys, create_app
 from ._controls import RequestCounter, ServerControls
 from ._guard import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ConnectionGuard
 from ._outbox import check_webhook
-from ._store import PromptStore
 
 __all__ = [
     "RunningServer",

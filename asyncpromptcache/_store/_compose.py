@@ -18,6 +18,8 @@ from typing import Any
 
 import attrs
 
+from .._composition import REFERENCE_PREFIX, js_json as _js_json, reference_tags
+
 __all__ = [
     "MAX_NESTING_DEPTH",
     "PromptNode",
@@ -28,9 +30,6 @@ __all__ = [
 ]
 
 MAX_NESTING_DEPTH = 5
-# JavaScript's "." stops at these four line terminators, Python's only at "\n".
-_TAG_RE = re.compile("@@@langfusePrompt:[^\n\r\u2028\u2029]*?@@@")
-_PREFIX = "@@@langfusePrompt:"
 _JS_NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 _JS_RADIX = {"0x": 16, "0o": 8, "0b": 2}
 _JS_SPACE = " \t\n\v\f\r\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008" \
@@ -74,11 +73,6 @@ class PromptNode:
 Lookup = Callable[[Reference], PromptNode | None]
 
 
-def _js_json(value: Any) -> str:
-    """``JSON.stringify(value)``."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
 def _js_number(text: str) -> float | None:
     """``Number(text)`` when it is finite (what ``z.coerce.number()`` accepts), else None."""
     stripped = text.strip(_JS_SPACE)
@@ -104,8 +98,8 @@ def find_references(content: Any) -> list[Reference]:
     """The references in a prompt's content, in order of first appearance, as Langfuse
     parses them (malformed tags are left alone, as text)."""
     found: list[Reference] = []
-    for tag in dict.fromkeys(match.group(0) for match in _TAG_RE.finditer(_js_json(content))):
-        parts = tag[len(_PREFIX):-3].split("|")
+    for tag in reference_tags(content):
+        parts = tag[len(REFERENCE_PREFIX):-3].split("|")
         if not parts[0].startswith("name=") or len(parts) != 2:
             continue
         params: dict[str, str | None] = {}
@@ -157,8 +151,9 @@ def resolve(root: PromptNode, lookup: Lookup) -> tuple[Any, dict[str, Any] | Non
                 {"id": part.id, "name": part.name, "version": part.version}
             )
             resolved = visit(part, level + 1)
-            tags = [f"{_PREFIX}name={part.name}|version={part.version}@@@"]
-            tags += [f"{_PREFIX}name={part.name}|label={label}@@@" for label in part.labels]
+            tags = [f"{REFERENCE_PREFIX}name={part.name}|version={part.version}@@@"]
+            tags += [f"{REFERENCE_PREFIX}name={part.name}|label={label}@@@"
+                     for label in part.labels]
             pattern = re.compile("|".join(re.escape(tag) for tag in tags))
             replacement = _js_json(resolved)[1:-1]
             text = pattern.sub(lambda _, value=replacement: value, text)  # type: ignore[misc]

@@ -10,6 +10,7 @@ loopback only), so every client may send keys of its own.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -72,7 +73,7 @@ class Upstream:
         self._args = [] if webhook_url is None else [webhook_url, webhook_secret or ""]
 
     def __enter__(self) -> Upstream:
-        self._proc = spawn_module("benchmarks._upstream", *self._args)
+        self._proc = spawn_module("devkit.upstream", *self._args)
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline()
         if not line:
@@ -185,3 +186,34 @@ async def _serve(webhook_url: str | None, webhook_secret: str | None) -> None:
 if __name__ == "__main__":
     _url, _secret = (sys.argv[1], sys.argv[2]) if len(sys.argv) == 3 else (None, None)
     asyncio.run(_serve(_url, _secret))
+
+
+# -- prompts on the upstream, as Langfuse's API writes them ------------------------------
+
+
+def _api(upstream: Upstream, method: str, path: str, body: Any) -> Any:
+    auth = base64.b64encode(f"{PUBLIC_KEY}:{SECRET_KEY}".encode()).decode()
+    request = urllib.request.Request(
+        upstream.base_url + path, method=method, data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Basic {auth}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # loopback only
+        return json.loads(response.read())
+
+
+def create(upstream: Upstream, name: str, body: str, labels: list[str]) -> int:
+    """A new version on the local server (Langfuse's create request); its number."""
+    created = _api(upstream, "POST", "/api/public/v2/prompts",
+                   {"name": name, "type": "text", "prompt": body, "labels": labels})
+    return int(created["version"])
+
+
+def move_label(upstream: Upstream, name: str, version: int, label: str) -> None:
+    """Langfuse's PATCH of a version's labels: ``label`` moves to ``version``."""
+    _api(upstream, "PATCH", f"/api/public/v2/prompts/{name}/versions/{version}",
+         {"newLabels": [label]})
+
+
+def publish(upstream: Upstream, name: str, body: str) -> int:
+    """A new version of ``name`` labelled ``production``; its number."""
+    return create(upstream, name, body, ["production"])

@@ -1,6 +1,6 @@
 """A fleet of real worker processes for the shared tier's tests and benchmark.
 
-``Fleet(n)`` starts ``n`` children (``python -m benchmarks._fleet``); each answers one JSON
+``Fleet(n)`` starts ``n`` children (``python -m devkit.fleet``); each answers one JSON
 command per line on stdin with one JSON line on stdout, so the parent can step them all
 through the same phases (open a client, cold load, invalidate, watch for a new version...).
 A worker holds one contender at a time: ``ours`` (``AsyncPromptClient``, with ``shared=``
@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from ._upstream import PUBLIC_KEY, SECRET_KEY, spawn_module
+from .upstream import PUBLIC_KEY, SECRET_KEY, spawn_module
 
 
 class Fleet:
@@ -28,7 +28,7 @@ class Fleet:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._procs = [spawn_module("benchmarks._fleet") for _ in range(size)]
+        self._procs = [spawn_module("devkit.fleet") for _ in range(size)]
 
     def __enter__(self) -> Fleet:
         return self
@@ -352,3 +352,14 @@ if __name__ == "__main__":
 
     logging.getLogger("asyncpromptcache").setLevel(logging.ERROR)
     asyncio.run(_serve())
+
+
+def applied(fleet: Fleet, count: int, limit: float = 10.0, status: str = "200") -> int:
+    """Wait until worker 0's receiver has applied (or answered with ``status``) ``count``
+    webhooks; how many it has."""
+    deadline = time.monotonic() + limit
+    while True:
+        done = int(fleet.one(0, {"op": "webhooks"})["received"].get(status, 0))
+        if done >= count or time.monotonic() > deadline:
+            return done
+        time.sleep(0.005)

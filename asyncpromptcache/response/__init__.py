@@ -28,18 +28,18 @@ from ._keys import (
     is_deterministic as is_deterministic,
     response_key as response_key,
 )
-from ._openai import OpenAIChatProducer as OpenAIChatProducer
-from ._sse import (
-    SSEDecoder as SSEDecoder,
-    SSEEvent as SSEEvent,
-    chunk_text as chunk_text,
-    openai_chunk as openai_chunk,
-)
 from ._store import (
     MemoryStore as MemoryStore,
     ResponseStore as ResponseStore,
     StoredAnswer as StoredAnswer,
     StoreStats as StoreStats,
+)
+from .providers._openai import OpenAIChatProducer as OpenAIChatProducer
+from .providers._sse import (
+    SSEDecoder as SSEDecoder,
+    SSEEvent as SSEEvent,
+    chunk_text as chunk_text,
+    openai_chunk as openai_chunk,
 )
 
 __all__ = [

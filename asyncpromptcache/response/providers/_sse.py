@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from .._errors import UpstreamEventError, UpstreamProtocolError, UpstreamStatusError
+from ..._errors import UpstreamEventError, UpstreamProtocolError, UpstreamStatusError
 
 __all__ = ["SSEDecoder", "SSEEvent", "chunk_text", "openai_chunk", "status_error"]
 

@@ -14,17 +14,17 @@ from typing import Any
 import aiohttp
 import yarl
 
-from .._errors import (
+from ..._errors import (
     ConfigurationError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeoutError,
     UpstreamTransportError,
 )
-from .._http import OwnedSession
-from .._langfuse import _forget_credentials
-from .._secret import Secret
-from .._settings import _http_url
+from ..._http import OwnedSession
+from ..._langfuse import _forget_credentials
+from ..._secret import Secret
+from ..._settings import _http_url
 from ._sse import SSEDecoder, openai_chunk, status_error
 
 __all__ = ["OpenAIChatProducer"]

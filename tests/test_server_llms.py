@@ -17,35 +17,13 @@ import pytest
 from asyncpromptcache.server import run_server
 from asyncpromptcache.server._embeddings import embedding_vector
 
+from .fakellm import FakeLLMAdmin as Admin
+
 pytestmark = pytest.mark.anyio
 
 # The SDKs' typed overloads are not what these tests check: their clients are ``Any`` here.
 MESSAGES = [{"role": "user", "content": "What does the cache do?"}]
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}}
-
-
-class Admin:
-    def __init__(self, base_url: str, http: aiohttp.ClientSession) -> None:
-        self.base_url, self.http = base_url, http
-
-    async def control(self, name: str, **changes: Any) -> None:
-        async with self.http.post(f"{self.base_url}/_admin/{name}/controls", json=changes) as r:
-            assert r.status == 200, await r.text()
-
-    async def counts(self, name: str) -> dict[str, int]:
-        async with self.http.get(f"{self.base_url}/_admin/{name}/requests") as r:
-            data: dict[str, int] = await r.json()
-            return data
-
-    async def recent(self, name: str) -> list[dict[str, Any]]:
-        async with self.http.get(f"{self.base_url}/_admin/{name}/recent") as r:
-            data: list[dict[str, Any]] = await r.json()
-            return data
-
-    async def post(self, path: str, body: Any, **headers: str) -> tuple[int, dict[str, str],
-                                                                       bytes]:
-        async with self.http.post(self.base_url + path, json=body, headers=headers) as r:
-            return r.status, dict(r.headers), await r.read()
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
 """The LLM response cache: stream first, cache after.
 
 ``ResponseCache`` shares one upstream stream among identical requests in flight, stores whole
-answers with their chunk boundaries and replays them. ``OpenAIChatProducer`` streams from an
-OpenAI-compatible ``/v1/chat/completions``. The seams a shared tier implements:
+answers with their chunk boundaries and replays them. Producers stream from the upstream:
+``OpenAIChatProducer`` (an OpenAI-compatible ``/v1/chat/completions``),
+``OpenAIResponsesProducer`` (the Responses API, ``/v1/responses``) and
+``AnthropicMessagesProducer`` (Anthropic's ``/v1/messages``). The seams a shared tier implements:
 ``ResponseStore`` (completed answers) and ``SharedFlights`` (answers in flight).
 """
 
@@ -34,7 +36,13 @@ from ._store import (
     StoredAnswer as StoredAnswer,
     StoreStats as StoreStats,
 )
+from .providers._anthropic import (
+    ANTHROPIC_VERSION as ANTHROPIC_VERSION,
+    AnthropicMessagesProducer as AnthropicMessagesProducer,
+)
+from .providers._base import SSEProducer as SSEProducer
 from .providers._openai import OpenAIChatProducer as OpenAIChatProducer
+from .providers._responses import OpenAIResponsesProducer as OpenAIResponsesProducer
 from .providers._sse import (
     SSEDecoder as SSEDecoder,
     SSEEvent as SSEEvent,
@@ -43,13 +51,16 @@ from .providers._sse import (
 )
 
 __all__ = [
+    "ANTHROPIC_VERSION",
     "DEFAULT_IGNORED_FIELDS",
     "AbandonPolicy",
+    "AnthropicMessagesProducer",
     "Chunk",
     "FlightPublisher",
     "MemoryStore",
     "Mode",
     "OpenAIChatProducer",
+    "OpenAIResponsesProducer",
     "Pace",
     "Produce",
     "ResponseCache",
@@ -58,6 +69,7 @@ __all__ = [
     "ResponseStream",
     "SSEDecoder",
     "SSEEvent",
+    "SSEProducer",
     "SharedFlights",
     "Source",
     "StoreStats",

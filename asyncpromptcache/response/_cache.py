@@ -529,8 +529,9 @@ class ResponseCache:
 
 class ResponseStream:
     """The chunks of one answer; an async iterator. ``source`` says where they come from
-    (``None`` until started: the first ``__anext__`` or ``await start()``); ``key`` is the
-    cache key (``None`` for a bypass)."""
+    (``None`` until started: the first ``__anext__``, ``await start()``, or an ``async for``
+    beginning on a hit it finds at once, which it then reads through an async generator);
+    ``key`` is the cache key (``None`` for a bypass)."""
 
     def __init__(self, cache: ResponseCache, key: str | None, produce: Produce, mode: str,
                  ttl: float, pace: Pace) -> None:

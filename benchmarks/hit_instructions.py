@@ -36,7 +36,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -194,40 +194,44 @@ def _redis_server(stack: contextlib.ExitStack) -> str | None:
     return stack.enter_context(RedisServer()).url
 
 
-def measure(n: int) -> dict[str, Any]:
-    """Instructions per call of each contender and its ratio to the floor, or ``{"skipped":
-    why}`` when valgrind is missing."""
+def count_per_call(module: str, n: int, extra: Sequence[str] = ()) -> dict[str, float]:
+    """Run ``python -m module --child N --names-to FILE *extra`` under callgrind (its child
+    counts each contender's ``N`` and ``2N`` calls with ``_counted``, in the order of the
+    names it writes); each contender's instructions per call. Needs valgrind."""
     valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        return {"skipped": "valgrind is not installed (apt-get install valgrind): not measured"}
+    assert valgrind is not None
     root = Path(__file__).resolve().parent.parent
     # Bytecode compiled here first: a child that compiles a module instead of loading it
     # leaves its heap in another state, which moves the figures a little.
     for package in ("asyncpromptcache", "benchmarks"):
         compileall.compile_dir(root / package, quiet=2)
-    with tempfile.TemporaryDirectory(prefix="hit-instructions-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="instructions-") as tmp:
         out = Path(tmp) / "callgrind.out"
         names = Path(tmp) / "contenders.json"
         command = [
             valgrind, "--tool=callgrind", "--quiet", f"--callgrind-out-file={out}",
             "--zero-before=getppid", "--dump-before=getpgrp",
-            sys.executable, "-m", "benchmarks.hit_instructions", "--child", str(n),
-            "--names-to", str(names),
+            sys.executable, "-m", module, "--child", str(n), "--names-to", str(names), *extra,
         ]
         # Nothing of the caller's environment: its size alone moves a few instructions.
         env = {"PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1",
                "PATH": os.environ.get("PATH", "")}
-        with contextlib.ExitStack() as stack:
-            redis = _redis_server(stack)
-            if redis is not None:
-                command += ["--redis", redis]
-            subprocess.run(command, check=True, env=env, cwd=root, stdout=subprocess.DEVNULL)
+        subprocess.run(command, check=True, env=env, cwd=root, stdout=subprocess.DEVNULL)
         contenders = json.loads(names.read_text())
         # One dump per counted run, numbered from 1 in order; the last file is the rest.
         counts = [_summary(Path(f"{out}.{i}")) for i in range(1, 2 * len(contenders) + 1)]
-    per_call = {
-        label: (counts[2 * i + 1] - counts[2 * i]) / n for i, label in enumerate(contenders)
-    }
+    return {label: (counts[2 * i + 1] - counts[2 * i]) / n for i, label in enumerate(contenders)}
+
+
+def measure(n: int) -> dict[str, Any]:
+    """Instructions per call of each contender and its ratio to the floor, or ``{"skipped":
+    why}`` when valgrind is missing."""
+    if shutil.which("valgrind") is None:
+        return {"skipped": "valgrind is not installed (apt-get install valgrind): not measured"}
+    with contextlib.ExitStack() as stack:
+        redis = _redis_server(stack)
+        per_call = count_per_call("benchmarks.hit_instructions", n,
+                                  ["--redis", redis] if redis is not None else [])
     floor = per_call[FLOOR]
     return {
         "unit": "instructions per call (callgrind Ir)",

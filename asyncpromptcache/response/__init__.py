@@ -1,9 +1,12 @@
 """The LLM response cache: stream first, cache after.
 
 ``ResponseCache`` shares one upstream stream among identical requests in flight, stores whole
-answers with their chunk boundaries and replays them. ``OpenAIChatProducer`` streams from an
-OpenAI-compatible ``/v1/chat/completions``. ``ResponseStore`` is the seam for another store
-of completed answers (``ResponseCache(store=...)``); the shared tier is ``shared=``.
+answers with their chunk boundaries and replays them. Producers stream from the upstream:
+``OpenAIChatProducer`` (an OpenAI-compatible ``/v1/chat/completions``),
+``OpenAIResponsesProducer`` (the Responses API, ``/v1/responses``) and
+``AnthropicMessagesProducer`` (Anthropic's ``/v1/messages``).
+``ResponseStore`` is the seam for another store of completed answers
+(``ResponseCache(store=...)``); the shared tier is ``shared=``.
 """
 
 from ._cache import (
@@ -26,27 +29,36 @@ from ._keys import (
     is_deterministic as is_deterministic,
     response_key as response_key,
 )
-from ._openai import OpenAIChatProducer as OpenAIChatProducer
-from ._sse import (
-    SSEDecoder as SSEDecoder,
-    SSEEvent as SSEEvent,
-    chunk_text as chunk_text,
-    openai_chunk as openai_chunk,
-)
 from ._store import (
     MemoryStore as MemoryStore,
     ResponseStore as ResponseStore,
     StoredAnswer as StoredAnswer,
     StoreStats as StoreStats,
 )
+from .providers._anthropic import (
+    ANTHROPIC_VERSION as ANTHROPIC_VERSION,
+    AnthropicMessagesProducer as AnthropicMessagesProducer,
+)
+from .providers._base import SSEProducer as SSEProducer
+from .providers._openai import OpenAIChatProducer as OpenAIChatProducer
+from .providers._responses import OpenAIResponsesProducer as OpenAIResponsesProducer
+from .providers._sse import (
+    SSEDecoder as SSEDecoder,
+    SSEEvent as SSEEvent,
+    chunk_text as chunk_text,
+    openai_chunk as openai_chunk,
+)
 
 __all__ = [
+    "ANTHROPIC_VERSION",
     "DEFAULT_IGNORED_FIELDS",
     "AbandonPolicy",
+    "AnthropicMessagesProducer",
     "Chunk",
     "MemoryStore",
     "Mode",
     "OpenAIChatProducer",
+    "OpenAIResponsesProducer",
     "Pace",
     "Produce",
     "ResponseCache",
@@ -55,6 +67,7 @@ __all__ = [
     "ResponseStream",
     "SSEDecoder",
     "SSEEvent",
+    "SSEProducer",
     "Source",
     "StoreStats",
     "StoredAnswer",

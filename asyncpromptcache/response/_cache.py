@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import anyio
+import anyio.lowlevel
 import attrs
 from anyio.abc import TaskGroup
 
@@ -37,13 +38,13 @@ from .._errors import (
 )
 from .._shared import SharedStats
 from ._fanout import AbandonPolicy, Consumer, Flight, LocalFlights, Produce
+from ._keymemo import KeyMemo
 from ._keys import (
     DEFAULT_IGNORED_FIELDS,
     Chunk,
     KeyKind,
     chunk_size,
     is_deterministic,
-    response_key,
 )
 from ._store import MemoryStore, ResponseStore, StoredAnswer
 
@@ -173,6 +174,7 @@ class ResponseCache:
         self._nondeterministic = cache_nondeterministic
         self._default_temperature = default_temperature
         self._ignored = frozenset(ignored_fields)
+        self._keys = KeyMemo(ignored_fields=self._ignored)
         self._pace = replay_pace
         self._front: ResponseStore = (
             store if store is not None else MemoryStore(max_bytes=max_bytes, clock=clock))
@@ -235,10 +237,7 @@ class ResponseCache:
     def key_for(self, request: Mapping[str, Any], *, namespace: str | None = None,
                 kind: KeyKind = "stream") -> str:
         """The key ``request`` is cached under (see ``response_key``)."""
-        return response_key(
-            request, namespace=self._namespace if namespace is None else namespace, kind=kind,
-            ignored_fields=self._ignored,
-        )
+        return self._keys.key(request, self._namespace if namespace is None else namespace, kind)
 
     def is_cacheable(self, request: Mapping[str, Any], *,
                      cache_nondeterministic: bool | None = None) -> bool:
@@ -362,6 +361,22 @@ class ResponseCache:
             return ResponseStream(self, None, produce, "bypass", ttl, pace)
         key = self.key_for(request, namespace=namespace, kind=kind)
         return ResponseStream(self, key, produce, mode, ttl, pace)
+
+    def _hit_now(self, stream: ResponseStream) -> tuple[Chunk, ...] | None:
+        """``_resolve`` for an unpaced hit in a store that never waits: the chunks, with the
+        stream set up as a hit; ``None`` when it takes the full path."""
+        store, key = self._store, stream.key
+        if (key is None or stream._pace is not None or stream._mode == "refresh"
+                or type(store) is not MemoryStore or self._flights.get(key) is not None):
+            return None
+        answer = store.peek(key)
+        if answer is None:
+            return None
+        self._hits += 1
+        stream._started = True
+        stream._source = "hit"
+        stream._replay = answer
+        return answer.chunks
 
     async def _resolve(self, stream: ResponseStream) -> None:
         """Find ``stream``'s source and set it up (see the module docstring)."""
@@ -514,8 +529,9 @@ class ResponseCache:
 
 class ResponseStream:
     """The chunks of one answer; an async iterator. ``source`` says where they come from
-    (``None`` until started: the first ``__anext__`` or ``await start()``); ``key`` is the
-    cache key (``None`` for a bypass)."""
+    (``None`` until started: the first ``__anext__``, ``await start()``, or an ``async for``
+    beginning on a hit it finds at once, which it then reads through an async generator);
+    ``key`` is the cache key (``None`` for a bypass)."""
 
     def __init__(self, cache: ResponseCache, key: str | None, produce: Produce, mode: str,
                  ttl: float, pace: Pace) -> None:
@@ -529,6 +545,11 @@ class ResponseStream:
         self._consumer: Consumer | None = None
         self._replay: StoredAnswer | None = None
         self._bypass: AsyncIterator[Chunk] | None = None
+        #: An unpaced replay's chunks, for ``__anext__``'s fast path (``None`` otherwise),
+        #: and the position at which it next looks at the clock or ends.
+        self._fast: tuple[Chunk, ...] | None = None
+        self._mark = 0
+        self._since = 0.0
         self._position = 0
         self._started = False
         self._closed = False
@@ -553,6 +574,10 @@ class ResponseStream:
                 raise ClientStateError("this response stream is closed")
             self._started = True
             await self._cache._resolve(self)
+            if self._replay is not None and self._pace is None:
+                self._fast = self._replay.chunks
+                self._mark = min(_FAIR_CHUNKS, len(self._fast))
+                self._since = _now()
         assert self._source is not None
         return self._source
 
@@ -563,10 +588,28 @@ class ResponseStream:
         self._finalizer = weakref.finalize(self, consumer.close)
         self._finalizer.atexit = False
 
-    def __aiter__(self) -> ResponseStream:
+    def __aiter__(self) -> AsyncIterator[Chunk]:
+        if not self._started and not self._closed:
+            chunks = self._cache._hit_now(self)
+            if chunks is not None:
+                # A hit found without waiting: an async generator over its chunks, which
+                # costs per chunk what any async generator does.
+                return _replayed(self, chunks)
         return self
 
     async def __anext__(self) -> Chunk:
+        chunks = self._fast
+        if chunks is not None:  # an unpaced replay, after its first chunk
+            position = self._position
+            if position >= self._mark:
+                if position >= len(chunks):
+                    self._leave()
+                    raise StopAsyncIteration
+                self._mark = min(position + _FAIR_CHUNKS, len(chunks))
+                if _now() - self._since >= _FAIR_SECONDS:
+                    await self._let_others_run()
+            self._position = position + 1
+            return chunks[position]
         if not self._started:
             await self.start()
         if self._closed:
@@ -597,8 +640,17 @@ class ResponseStream:
         except Exception as exc:
             raise _bypass_failed(exc, self._position) from exc
 
+    async def _let_others_run(self) -> None:
+        try:
+            await anyio.lowlevel.checkpoint()
+        except BaseException:  # a cancellation: this reader is done
+            self._leave()
+            raise
+        self._since = _now()
+
     def _leave(self) -> AsyncIterator[Chunk] | None:
         self._closed = True
+        self._fast = None
         if self._finalizer is not None:
             self._finalizer()  # Consumer.close, once
         bypass, self._bypass = self._bypass, None
@@ -617,6 +669,33 @@ class ResponseStream:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.aclose()
+
+
+_now = time.monotonic
+#: The longest an unpaced replay runs without letting other tasks run, and how many chunks
+#: it replays between two looks at the clock.
+_FAIR_SECONDS = 0.001
+_FAIR_CHUNKS = 4
+
+
+async def _replayed(stream: ResponseStream, chunks: tuple[Chunk, ...]) -> AsyncIterator[Chunk]:
+    """A hit's chunks, unpaced, for ``async for``. Fair without a checkpoint per chunk (one
+    costs as much as replaying dozens of chunks): every ``_FAIR_CHUNKS`` chunks it looks at
+    the clock, and lets the loop run once ``_FAIR_SECONDS`` have passed since it last did."""
+    since = _now()
+    position = 0
+    try:
+        for chunk in chunks:
+            if stream._closed:  # ``aclose()`` from the loop's body
+                return
+            position += 1
+            stream._position = position
+            yield chunk
+            if not position % _FAIR_CHUNKS and _now() - since >= _FAIR_SECONDS:
+                await anyio.lowlevel.checkpoint()
+                since = _now()
+    finally:  # the end, a cancellation, or the generator closed: this reader is done
+        stream._leave()
 
 
 async def _checked(produce: Produce) -> AsyncIterator[Chunk]:

@@ -115,8 +115,15 @@ class MemoryStore:
         return f"<MemoryStore {len(self._answers)} answers, {self._answers.currsize} bytes>"
 
     async def get(self, key: str) -> StoredAnswer | None:
-        entry = self._answers.get(key)  # an expired entry reads as missing
-        return None if entry is None else entry.answer
+        return self.peek(key)
+
+    def peek(self, key: str) -> StoredAnswer | None:
+        """``get`` without awaiting: this store never waits."""
+        try:
+            entry = self._answers[key]  # one look (``get`` looks twice); expired is missing
+        except KeyError:
+            return None
+        return entry.answer
 
     async def put(self, key: str, answer: StoredAnswer, ttl_seconds: float) -> bool:
         if ttl_seconds <= 0 or _entry_size(_Entry(answer, ttl_seconds)) > self._answers.maxsize:

@@ -4,7 +4,11 @@
 answers with their chunk boundaries and replays them. ``OpenAIChatProducer`` streams from an
 OpenAI-compatible ``/v1/chat/completions``. The seams a shared tier implements:
 ``ResponseStore`` (completed answers) and ``SharedFlights`` (answers in flight).
+``AsyncCacheTransport`` and ``CacheTransport`` put the cache under an SDK's HTTP client
+(imported on first use: they need ``httpx`` or ``httpx2``).
 """
+
+from typing import TYPE_CHECKING, Any
 
 from ._cache import (
     Mode as Mode,
@@ -42,9 +46,26 @@ from ._store import (
     StoreStats as StoreStats,
 )
 
+if TYPE_CHECKING:
+    from .transports import (
+        AsyncCacheTransport as AsyncCacheTransport,
+        CacheTransport as CacheTransport,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("AsyncCacheTransport", "CacheTransport"):
+        from . import transports
+
+        return getattr(transports, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "DEFAULT_IGNORED_FIELDS",
     "AbandonPolicy",
+    "AsyncCacheTransport",
+    "CacheTransport",
     "Chunk",
     "FlightPublisher",
     "MemoryStore",

@@ -34,7 +34,7 @@ from asyncpromptcache.response import (
     openai_chunk,
     response_key,
 )
-from asyncpromptcache.response._sse import status_error
+from asyncpromptcache.response.providers._sse import status_error
 from asyncpromptcache.testing import FakeClock
 
 REQUEST: dict[str, Any] = {"model": "m", "temperature": 0,

@@ -1,8 +1,10 @@
 """The LLM response cache: stream first, cache after.
 
 ``ResponseCache`` shares one upstream stream among identical requests in flight, stores whole
-answers with their chunk boundaries and replays them. ``OpenAIChatProducer`` streams from an
-OpenAI-compatible ``/v1/chat/completions``. The seams a shared tier implements:
+answers with their chunk boundaries and replays them. Producers stream from the upstream:
+``OpenAIChatProducer`` (an OpenAI-compatible ``/v1/chat/completions``),
+``OpenAIResponsesProducer`` (the Responses API, ``/v1/responses``) and
+``AnthropicMessagesProducer`` (Anthropic's ``/v1/messages``). The seams a shared tier implements:
 ``ResponseStore`` (completed answers) and ``SharedFlights`` (answers in flight).
 ``AsyncCacheTransport`` and ``CacheTransport`` put the cache under an SDK's HTTP client
 (imported on first use: they need ``httpx`` or ``httpx2``).
@@ -32,18 +34,24 @@ from ._keys import (
     is_deterministic as is_deterministic,
     response_key as response_key,
 )
-from ._openai import OpenAIChatProducer as OpenAIChatProducer
-from ._sse import (
-    SSEDecoder as SSEDecoder,
-    SSEEvent as SSEEvent,
-    chunk_text as chunk_text,
-    openai_chunk as openai_chunk,
-)
 from ._store import (
     MemoryStore as MemoryStore,
     ResponseStore as ResponseStore,
     StoredAnswer as StoredAnswer,
     StoreStats as StoreStats,
+)
+from .providers._anthropic import (
+    ANTHROPIC_VERSION as ANTHROPIC_VERSION,
+    AnthropicMessagesProducer as AnthropicMessagesProducer,
+)
+from .providers._base import SSEProducer as SSEProducer
+from .providers._openai import OpenAIChatProducer as OpenAIChatProducer
+from .providers._responses import OpenAIResponsesProducer as OpenAIResponsesProducer
+from .providers._sse import (
+    SSEDecoder as SSEDecoder,
+    SSEEvent as SSEEvent,
+    chunk_text as chunk_text,
+    openai_chunk as openai_chunk,
 )
 
 if TYPE_CHECKING:
@@ -62,8 +70,10 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ANTHROPIC_VERSION",
     "DEFAULT_IGNORED_FIELDS",
     "AbandonPolicy",
+    "AnthropicMessagesProducer",
     "AsyncCacheTransport",
     "CacheTransport",
     "Chunk",
@@ -71,6 +81,7 @@ __all__ = [
     "MemoryStore",
     "Mode",
     "OpenAIChatProducer",
+    "OpenAIResponsesProducer",
     "Pace",
     "Produce",
     "ResponseCache",
@@ -79,6 +90,7 @@ __all__ = [
     "ResponseStream",
     "SSEDecoder",
     "SSEEvent",
+    "SSEProducer",
     "SharedFlights",
     "Source",
     "StoreStats",

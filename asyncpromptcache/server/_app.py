@@ -27,7 +27,7 @@ from multidict import MultiMapping
 from .._errors import ConfigurationError
 from ._compose import ResolutionError
 from ._controls import RequestCounter, ServerControls
-from ._openai import add_openai_routes
+from ._llms import add_llm_routes
 from ._outbox import WebhookSender, check_webhook
 from ._schema import (
     PRODUCTION_LABEL,
@@ -182,7 +182,7 @@ def create_app(
     app.router.add_delete("/_admin/requests", _reset_requests)
     app.router.add_get("/_admin/controls", _get_controls)
     app.router.add_post("/_admin/controls", _set_controls)
-    add_openai_routes(app)  # /v1/chat/completions for the response cache (server/_openai.py)
+    add_llm_routes(app)  # /v1/chat/completions, /v1/responses, /v1/messages, /v1/embeddings
     return app
 
 

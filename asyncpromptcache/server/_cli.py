@@ -14,6 +14,7 @@ import anyio
 
 from .._errors import ConfigurationError
 from ._guard import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ConnectionGuard
+from ._llms import describe_llm_endpoints
 from ._outbox import check_webhook
 from ._runner import check_bind, run_server
 from ._schema import PromptValidationError
@@ -23,7 +24,10 @@ __all__ = ["add_serve_arguments", "run_serve"]
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``serve`` options to ``parser``."""
+    """Add the ``serve`` options to ``parser`` (and name the fake LLM endpoints in its
+    epilog)."""
+    parser.epilog = (f"Beside the prompt API: {describe_llm_endpoints()}, deterministic, "
+                     "streaming (SSE) and not, for the response cache without an API key.")
     parser.add_argument(
         "--host", default="127.0.0.1",
         help="address to bind (default: %(default)s; a non-loopback address needs keys)",
@@ -124,7 +128,8 @@ async def _serve(args: argparse.Namespace, store: PromptStore) -> int:
                 seeded = f", {server.seeded} new prompt versions seeded" if args.seed else ""
                 print(
                     f"Langfuse-compatible prompt server on {server.base_url} "
-                    f"(db {store.path}, {auth}{seeded}). Ctrl-C to stop.",
+                    f"(db {store.path}, {auth}{seeded}); {describe_llm_endpoints()}. "
+                    "Ctrl-C to stop.",
                     flush=True,
                 )
                 if signals is None:

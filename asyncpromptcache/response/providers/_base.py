@@ -1,6 +1,12 @@
-"""``OpenAIChatProducer``: streams ``POST {base_url}/chat/completions`` of any
-OpenAI-compatible endpoint over aiohttp. The only module of the response cache that sees
-aiohttp's exceptions: each becomes an ``UpstreamError``, ``from`` the original."""
+"""``SSEProducer``: what every producer of ours shares, whatever its protocol. One
+``aiohttp.ClientSession`` (``OwnedSession``), the API key as a ``Secret``, the timeouts and
+proxy, a streaming POST read through ``SSEDecoder``, a whole-answer POST, and the one place
+aiohttp's and the socket's exceptions become our ``UpstreamError``s (``from`` the original).
+
+A protocol is a subclass naming its path, its default base URL, how it sends the key and its
+fixed headers, and ``read_event``: an event in, ``(chunk or None, whether it ends the
+stream)`` out, raising our errors for the protocol's error events.
+"""
 
 from __future__ import annotations
 
@@ -9,40 +15,37 @@ import contextlib
 import functools
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import aiohttp
 import yarl
 
-from .._errors import (
+from ..._errors import (
     ConfigurationError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeoutError,
     UpstreamTransportError,
 )
-from .._http import OwnedSession
-from .._langfuse import _forget_credentials
-from .._secret import Secret
-from .._settings import _http_url
-from ._sse import SSEDecoder, openai_chunk, status_error
+from ..._http import OwnedSession
+from ..._langfuse import _forget_credentials
+from ..._secret import Secret
+from ..._settings import _http_url
+from ._sse import SSEDecoder, SSEEvent, status_error
 
-__all__ = ["OpenAIChatProducer"]
+__all__ = ["SSEProducer"]
 
 _USER_AGENT = "asyncpromptcache/0.1"
 
 
-class OpenAIChatProducer:
-    """Chat completions from an OpenAI-compatible endpoint, as producers for
-    ``ResponseCache``::
+class SSEProducer:
+    """Base of the producers (see the subclasses for their protocols).
 
-        async with OpenAIChatProducer(base_url="http://127.0.0.1:3000/v1") as llm:
-            async for chunk in cache.stream(request, llm.producer(request)):
-                print(chunk_text(chunk), end="")
-
-    ``stream(request)`` yields each chunk object of ``stream=true`` (``[DONE]`` ends it);
-    ``complete(request)`` returns the whole ``chat.completion`` object. ``read_timeout_seconds``
-    bounds each wait for data (the first token included), ``connect_timeout_seconds`` the
+    ``stream(request)`` yields each chunk of the request sent with ``stream: true`` until the
+    protocol's terminal event; ``complete(request)`` returns the whole answer's JSON object.
+    ``producer(request)`` and ``whole(request)`` are the zero-argument callables
+    ``ResponseCache.stream`` and ``ResponseCache.get`` take. ``read_timeout_seconds`` bounds
+    each wait for data (the first token included), ``connect_timeout_seconds`` the
     connection. One ``aiohttp.ClientSession`` for the producer's life unless one is passed
     (then never closed here). ``proxy`` is an http(s) proxy URL (``user:password@`` in it is
     sent as ``Proxy-Authorization``); without one, ``trust_env`` takes it from
@@ -50,10 +53,21 @@ class OpenAIChatProducer:
     never appears in a repr, a message or a traceback's frame locals.
     """
 
+    #: Appended to ``base_url``.
+    path: ClassVar[str]
+    default_base_url: ClassVar[str]
+    #: The header that carries the API key, and what precedes the key in it.
+    auth_header: ClassVar[str] = "Authorization"
+    auth_prefix: ClassVar[str] = "Bearer "
+    #: Headers the protocol wants on every request (a caller's ``headers`` override them).
+    protocol_headers: ClassVar[Mapping[str, str]] = {}
+    #: What the stream must end with, for the error when it does not.
+    terminal: ClassVar[str]
+
     def __init__(
         self,
         *,
-        base_url: str = "https://api.openai.com/v1",
+        base_url: str | None = None,
         api_key: str | None = None,
         session: aiohttp.ClientSession | None = None,
         headers: Mapping[str, str] | None = None,
@@ -65,13 +79,15 @@ class OpenAIChatProducer:
         proxy: str | None = None,
     ) -> None:
         # A Secret from the first statement on: error reporters record the locals of frames.
-        self.__auth = None if api_key is None else Secret(f"Bearer {api_key}")
+        self.__auth = None if api_key is None else Secret(self.auth_prefix + api_key)
         del api_key
+        if base_url is None:
+            base_url = self.default_base_url
         if not isinstance(base_url, str):
             raise ConfigurationError(f"base_url must be a string, got {type(base_url).__name__}")
         _http_url(base_url, "base_url", "")
-        self._url = str(yarl.URL(base_url)).rstrip("/") + "/chat/completions"
-        self._headers = {"User-Agent": _USER_AGENT, **(headers or {})}
+        self._url = str(yarl.URL(base_url)).rstrip("/") + self.path
+        self._headers = {"User-Agent": _USER_AGENT, **self.protocol_headers, **(headers or {})}
         self._http = OwnedSession(
             self._url, session, verify_ssl=verify_ssl, trust_env=trust_env, proxy=proxy)
         self._timeout = aiohttp.ClientTimeout(
@@ -81,9 +97,9 @@ class OpenAIChatProducer:
         self.requests_sent = 0
 
     def __repr__(self) -> str:
-        return f"OpenAIChatProducer(url={self._url!r})"
+        return f"{type(self).__name__}(url={self._url!r})"
 
-    async def __aenter__(self) -> OpenAIChatProducer:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
@@ -93,6 +109,10 @@ class OpenAIChatProducer:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    def read_event(self, event: SSEEvent) -> tuple[dict[str, Any] | None, bool]:
+        """The chunk ``event`` carries (``None`` for none) and whether the stream ends."""
+        raise NotImplementedError
+
     def _post(self, body: Mapping[str, Any], accept: str | None) -> Any:
         """The request, its headers (the API key among them) a temporary that it consumes, so
         that no frame that may raise holds the key in a local."""
@@ -101,7 +121,7 @@ class OpenAIChatProducer:
             self._url, json=body, timeout=self._timeout, allow_redirects=False,
             headers={
                 **self._headers, **({"Accept": accept} if accept else {}),
-                **({"Authorization": self.__auth.reveal()} if self.__auth else {}),
+                **({self.auth_header: self.__auth.reveal()} if self.__auth else {}),
                 **self._http.request_headers(),
             },
             proxy=self._http.proxy, proxy_headers=self._http.connect_headers(),
@@ -116,7 +136,7 @@ class OpenAIChatProducer:
         return functools.partial(self.complete, request)
 
     async def stream(self, request: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """The chunks of ``request`` sent with ``stream=true``; raises ``UpstreamError``s."""
+        """The chunks of ``request`` sent with ``stream: true``; raises ``UpstreamError``s."""
         with self._converted():
             async with self._post({**request, "stream": True}, "text/event-stream") as response:
                 if response.status != 200:
@@ -124,14 +144,15 @@ class OpenAIChatProducer:
                 decoder = SSEDecoder()
                 async for raw in response.content.iter_any():
                     for event in decoder.feed(raw):
-                        chunk = openai_chunk(event)
-                        if chunk is None:
+                        chunk, last = self.read_event(event)
+                        if chunk is not None:
+                            yield chunk
+                        if last:
                             return
-                        yield chunk
-        raise UpstreamProtocolError("the stream ended before its [DONE] marker")
+        raise UpstreamProtocolError(f"the stream ended before its {self.terminal}")
 
     async def complete(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        """The ``chat.completion`` object of ``request`` sent without streaming."""
+        """The whole answer to ``request`` sent without streaming."""
         with self._converted():
             async with self._post({**request, "stream": False}, None) as response:
                 if response.status != 200:

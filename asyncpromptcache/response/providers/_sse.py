@@ -15,9 +15,10 @@ from typing import Any
 
 import attrs
 
-from .._errors import UpstreamEventError, UpstreamProtocolError, UpstreamStatusError
+from ..._errors import UpstreamEventError, UpstreamProtocolError, UpstreamStatusError
 
-__all__ = ["SSEDecoder", "SSEEvent", "chunk_text", "openai_chunk", "status_error"]
+__all__ = ["SSEDecoder", "SSEEvent", "chunk_text", "event_error", "event_json", "openai_chunk",
+           "status_error"]
 
 
 @attrs.frozen(slots=True)
@@ -122,6 +123,26 @@ def openai_chunk(event: SSEEvent) -> dict[str, Any] | None:
     return data
 
 
+def event_json(event: SSEEvent) -> dict[str, Any]:
+    """The JSON object an event carries; ``UpstreamProtocolError`` when it carries none."""
+    try:
+        data = json.loads(event.data)
+    except ValueError:
+        raise UpstreamProtocolError(
+            f"an event of the stream is not JSON: {_excerpt(event.data)}") from None
+    if not isinstance(data, dict):
+        raise UpstreamProtocolError(
+            f"an event of the stream is not a JSON object: {_excerpt(event.data)}")
+    return data
+
+
+def event_error(message: str, data: dict[str, Any]) -> UpstreamEventError:
+    """``UpstreamEventError`` for an error event's object (``{"error": {...}}`` or the error
+    fields themselves), its ``error_type`` the error's ``type`` or ``code``."""
+    text, kind = _error_fields(data)
+    return UpstreamEventError(f"{message}: {text}", error_type=kind)
+
+
 def status_error(status: int, body: bytes, retry_after: str | None) -> UpstreamStatusError:
     """The error for a non-2xx answer, with the body's ``error.message`` when it has one."""
     try:
@@ -139,16 +160,35 @@ def status_error(status: int, body: bytes, retry_after: str | None) -> UpstreamS
 
 
 def chunk_text(chunk: Any) -> str:
-    """The text a chat-completion chunk adds (its first choice's ``delta.content``), or of a
-    whole completion (``message.content``); ``""`` when it has none."""
+    """The text a chunk adds, or a whole answer's text; ``""`` when it has none. Knows Chat
+    Completions (a chunk's first ``delta.content``, a completion's ``message.content``), the
+    Responses API (``response.output_text.delta``, a ``response`` object's output text) and
+    Anthropic Messages (a ``text_delta``, a ``message``'s text blocks)."""
     if not isinstance(chunk, dict):
         return ""
+    kind = chunk.get("type")
+    if kind == "response.output_text.delta" or (
+            kind == "content_block_delta" and isinstance(chunk.get("delta"), dict)):
+        text = chunk["delta"] if kind == "response.output_text.delta" else chunk["delta"].get(
+            "text") if chunk["delta"].get("type") == "text_delta" else None
+        return text if isinstance(text, str) else ""
+    if chunk.get("object") == "response" or kind == "message":
+        blocks = chunk.get("content") if kind == "message" else [
+            part for item in _dicts(chunk.get("output")) if item.get("type") == "message"
+            for part in _dicts(item.get("content"))]
+        return "".join(block["text"] for block in _dicts(blocks)
+                       if block.get("type") in ("text", "output_text")
+                       and isinstance(block.get("text"), str))
     choices = chunk.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return ""
     part = choices[0].get("delta") or choices[0].get("message")
     content = part.get("content") if isinstance(part, dict) else None
     return content if isinstance(content, str) else ""
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
 
 def _error_fields(data: dict[str, Any]) -> tuple[str, str | None]:

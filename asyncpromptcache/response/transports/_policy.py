@@ -122,7 +122,7 @@ def is_sampled(route: Route, body: Mapping[str, Any]) -> bool:
     if route == "responses":
         return _samples(body.get("temperature"), 1.0)
     thinking = body.get("thinking")
-    if isinstance(thinking, Mapping) and thinking.get("type") == "enabled":
+    if isinstance(thinking, Mapping) and thinking.get("type") in ("enabled", "adaptive"):
         return True
     return _samples(body.get("temperature"), 1.0)
 

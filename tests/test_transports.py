@@ -511,3 +511,33 @@ async def test_langchain_astream_ten_times_one_upstream(admin: Admin) -> None:
             await admin.release_when_held()
         assert len(set(texts)) == 1 and texts[0]
     assert (await admin.counts())["requests"] == 1
+
+
+# -- pydantic-ai -------------------------------------------------------------------------------
+
+
+async def test_pydantic_ai_agent_streams_ten_times_one_upstream(admin: Admin) -> None:
+    pytest.importorskip("pydantic_ai")
+    from pydantic_ai import Agent
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    await admin.control(hold_after_chunks=2)
+    async with AsyncCacheTransport() as transport:
+        provider = OpenAIProvider(base_url=admin.base_url + "/v1", api_key="k",
+                                  http_client=httpx2.AsyncClient(transport=transport))
+        agent = Agent(OpenAIChatModel("m", provider=provider),
+                      model_settings={"temperature": 0})
+        texts: list[str] = []
+
+        async def one() -> None:
+            async with agent.run_stream("What does the cache do?") as result:
+                texts.append("".join([part async for part in result.stream_text(delta=True)]))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(one)
+            await until(lambda: transport.cache.stats().joins == 9)
+            await admin.release_when_held()
+        assert len(set(texts)) == 1 and texts[0]
+    assert (await admin.counts())["requests"] == 1

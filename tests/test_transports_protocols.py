@@ -213,3 +213,24 @@ async def test_directives_never_reach_the_upstream(server: Server) -> None:
     for logged in recent:
         names = {name.lower() for name in logged["headers"]}
         assert not names & {"cache-control", "x-cache-ttl", "x-cache-namespace"}
+
+
+async def test_embeddings_on_the_local_server_send_only_the_missing_inputs(
+        server: Server) -> None:
+    async with AsyncCacheTransport() as transport:
+        client = openai_client(server, transport)
+        first = await client.embeddings.create(model="text-embedding-3-small",
+                                               input=["alpha", "beta"], dimensions=8)
+        await transport.cache.drain()
+        second = await client.embeddings.create(model="text-embedding-3-small",
+                                                input=["beta", "gamma"], dimensions=8)
+        async with AsyncCacheTransport() as other:  # no cache shared with the first
+            direct = await openai_client(server, other).embeddings.create(
+                model="text-embedding-3-small", input=["beta", "gamma"], dimensions=8)
+    recent = await server.admin("embeddings", "GET", "recent")
+    assert [r["body"]["input"] for r in recent] == [["alpha", "beta"], ["gamma"],
+                                                    ["beta", "gamma"]]
+    assert recent[0]["body"]["encoding_format"] == "base64"  # the SDK's default
+    assert second.data[0].embedding == first.data[1].embedding
+    assert [d.embedding for d in second.data] == [d.embedding for d in direct.data]
+    assert [d.index for d in second.data] == [0, 1]

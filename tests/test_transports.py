@@ -541,3 +541,28 @@ async def test_pydantic_ai_agent_streams_ten_times_one_upstream(admin: Admin) ->
             await admin.release_when_held()
         assert len(set(texts)) == 1 and texts[0]
     assert (await admin.counts())["requests"] == 1
+
+
+# -- Ownership -------------------------------------------------------------------------------
+
+
+async def test_an_open_cache_is_used_as_it_is_and_left_open(admin: Admin) -> None:
+    from asyncpromptcache import ClientStateError, ConfigurationError
+
+    async with ResponseCache() as cache:
+        async with AsyncCacheTransport(cache) as transport:
+            raw = await sdk(admin, transport).chat.completions.with_raw_response.create(
+                model="m", temperature=0, messages=MESSAGES)
+            assert raw.headers["x-cache"] == "miss"
+        assert cache.state == "open" and cache.stats().misses == 1
+        with pytest.raises(ClientStateError):
+            CacheTransport(cache)  # a sync transport enters its cache on its own loop
+    with pytest.raises(ConfigurationError):
+        AsyncCacheTransport(ResponseCache(), ttl_seconds=5)
+    built = AsyncCacheTransport(ttl_seconds=5)
+    await sdk(admin, built).chat.completions.create(model="m", temperature=0,
+                                                    messages=MESSAGES)
+    states = [built.cache.state]
+    await built.aclose()
+    states.append(built.cache.state)
+    assert states == ["open", "closed"]

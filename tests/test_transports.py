@@ -300,6 +300,13 @@ async def test_directives_steer_the_cache_and_never_leave(admin: Admin) -> None:
         with pytest.raises(openai.APIStatusError) as caught:  # nothing stored yet
             await ask(**{"Cache-Control": "only-if-cached"})
         assert caught.value.status_code == 504
+        retrying = AsyncOpenAI(base_url=admin.base_url + "/v1", api_key="sk-one",
+                               http_client=httpx2.AsyncClient(transport=transport))
+        with pytest.raises(openai.APIStatusError):  # the SDK does not retry a 504 of ours
+            await retrying.chat.completions.create(
+                model="m", temperature=0, messages=MESSAGES,
+                extra_headers={"Cache-Control": "only-if-cached"})
+        assert transport.cache.stats().cache_only_misses == 2
         assert (await ask(**{"Cache-Control": "no-store"})).headers["x-cache"] == "bypass"
         assert (await ask(**{"Cache-Control": "no-store"})).headers["x-cache"] == "bypass"
         assert transport.cache.stats().stored == 0

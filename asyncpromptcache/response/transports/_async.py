@@ -14,7 +14,7 @@ from ..._errors import ConfigurationError
 from ..._runtime import spawn_detached
 from .._cache import ResponseCache
 from ._adapt import Library, bases, library_of
-from ._engine import Answer, Engine, Headers, Reject, Untouched, Upstream, error_body
+from ._engine import Answer, Engine, Headers, Reject, Untouched, Upstream, local_answer
 from ._policy import Bypass, route_of
 
 __all__ = ["AsyncCacheTransport"]
@@ -101,8 +101,7 @@ def origin_and_target(url: Any) -> tuple[str, str]:
 
 
 def rejected(plan: Reject) -> Answer:
-    return Answer(plan.status, [("content-type", "application/json"), ("x-cache", "bypass")],
-                  body=error_body(plan.message, "invalid_cache_directive"))
+    return local_answer(plan.status, plan.message, "invalid_cache_directive", "bypass")
 
 
 class AsyncCacheTransport(_Base):

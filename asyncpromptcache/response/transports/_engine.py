@@ -36,7 +36,8 @@ from ._policy import (
 
 __all__ = [
     "Answer", "CutError", "Engine", "ErrorAnswer", "Plan", "Reject", "Send", "Unfinished",
-    "Untouched", "Upstream", "error_body", "failed_answer", "not_cached_answer", "read_all",
+    "Untouched", "Upstream", "error_body", "failed_answer", "local_answer", "not_cached_answer",
+    "read_all",
 ]
 
 Headers: TypeAlias = list[tuple[str, str]]
@@ -115,13 +116,15 @@ def error_body(message: str, kind: str) -> bytes:
                                  "code": kind}}).encode()
 
 
-def _json_answer(status: int, message: str, kind: str, source: str) -> Answer:
-    return Answer(status, [("content-type", "application/json"), ("x-cache", source)],
-                  body=error_body(message, kind))
+def local_answer(status: int, message: str, kind: str, source: str) -> Answer:
+    """An error answered by the transport itself; the SDKs do not retry it
+    (``x-should-retry: false``): asking again would get the same answer."""
+    return Answer(status, [("content-type", "application/json"), ("x-cache", source),
+                           ("x-should-retry", "false")], body=error_body(message, kind))
 
 
 def not_cached_answer() -> Answer:
-    return _json_answer(504, "only-if-cached: no answer is stored or in flight for this "
+    return local_answer(504, "only-if-cached: no answer is stored or in flight for this "
                         "request", "only_if_cached", "miss")
 
 

@@ -496,6 +496,36 @@ async def test_two_processes_share_answers_through_redis(admin: Admin) -> None:
     assert (await admin.counts())["requests"] == 1
 
 
+async def test_two_processes_share_a_stream_in_flight_through_redis(admin: Admin) -> None:
+    from tests.redisserver import RedisServer
+
+    await admin.control(hold_after_chunks=2)
+    with RedisServer() as redis:
+        async with AsyncCacheTransport(ResponseCache(shared=redis.url)) as one, \
+                AsyncCacheTransport(ResponseCache(shared=redis.url)) as two:
+            texts: dict[str, str] = {}
+
+            async def ask(name: str, transport: AsyncCacheTransport) -> None:
+                stream = await sdk(admin, transport).chat.completions.create(
+                    model="m", temperature=0, messages=MESSAGES, stream=True)
+                texts[name] = await read_text(stream)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ask, "one", one)
+                await until(lambda: one.cache.stats().misses == 1)
+                with anyio.fail_after(10):
+                    while (await admin.counts())["chunks"] < 2:  # noqa: ASYNC110 - HTTP
+                        await anyio.sleep(0.005)
+                tg.start_soon(ask, "two", two)
+                # the second process found the first's claim and follows its stream
+                await until(lambda: getattr(two.cache.stats().shared, "waits", 0) == 1)
+                await admin.release()
+            assert texts["one"] == texts["two"] and texts["one"]
+            shared = two.cache.stats().shared
+            assert shared is not None and shared.waits == 1
+    assert (await admin.counts())["requests"] == 1
+
+
 # -- LangChain -------------------------------------------------------------------------------
 
 

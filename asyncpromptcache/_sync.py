@@ -22,8 +22,9 @@ import threading
 import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import anyio
 import attrs
@@ -55,6 +56,7 @@ __all__ = ["PromptClient"]
 logger = logging.getLogger("asyncpromptcache")
 
 _T = TypeVar("_T")
+_C = TypeVar("_C", bound=AbstractAsyncContextManager[Any])
 
 _CLOSED = "the PromptClient is closed"
 _CLOSE_TIMEOUT = 10.0
@@ -154,7 +156,7 @@ class PromptClient:
             AsyncPromptClient._from_options, attrs.evolve(options, shared=self._client._tier)
         )
         self._lock = threading.Lock()
-        self._loop: _LoopThread | None = None
+        self._loop: _LoopThread[AsyncPromptClient] | None = None
         self._closed = False
         self._bind(self._client)
         _clients.add(self)
@@ -226,7 +228,7 @@ class PromptClient:
         )
         loop.stop_soon()
 
-    def _running(self) -> _LoopThread:
+    def _running(self) -> _LoopThread[AsyncPromptClient]:
         """The loop thread, started if need be (once, whatever the number of callers)."""
         if self._closed:
             raise ClientStateError(_CLOSED)
@@ -522,8 +524,9 @@ async def _get_prompt(
     )
 
 
-class _LoopThread:
-    """One client's event-loop thread: an anyio blocking portal and the entered async client.
+class _LoopThread(Generic[_C]):
+    """One client's event-loop thread: an anyio blocking portal and the entered async client
+    (an ``AsyncPromptClient``, or any async context manager: the cache transports' cache).
 
     A daemon thread running ``anyio.run`` with a ``BlockingPortal`` in its main task, which is
     what ``anyio.from_thread.start_blocking_portal`` does, kept by hand so that ending it is
@@ -532,7 +535,7 @@ class _LoopThread:
     runs, at interpreter exit, or in a forked child where the thread no longer exists).
     """
 
-    def __init__(self, client: AsyncPromptClient) -> None:
+    def __init__(self, client: _C) -> None:
         self.client = client
         self.pid = os.getpid()
         self.portal: BlockingPortal
@@ -598,7 +601,7 @@ class _LoopThread:
 # Every unclosed client, weakly: closed at interpreter exit, reset in a forked child.
 _clients: weakref.WeakSet[PromptClient] = weakref.WeakSet()
 # In a forked child: the parent's loop threads, copied without their thread.
-_orphans: list[_LoopThread] = []
+_orphans: list[_LoopThread[Any]] = []
 
 
 def _close_at_exit() -> None:

@@ -7,7 +7,11 @@ answers with their chunk boundaries and replays them. Producers stream from the 
 ``AnthropicMessagesProducer`` (Anthropic's ``/v1/messages``).
 ``ResponseStore`` is the seam for another store of completed answers
 (``ResponseCache(store=...)``); the shared tier is ``shared=``.
+``AsyncCacheTransport`` and ``CacheTransport`` put the cache under an SDK's HTTP client
+(imported on first use: they need ``httpx`` or ``httpx2``).
 """
+
+from typing import TYPE_CHECKING, Any
 
 from ._cache import (
     Mode as Mode,
@@ -49,11 +53,28 @@ from .providers._sse import (
     openai_chunk as openai_chunk,
 )
 
+if TYPE_CHECKING:
+    from .transports import (
+        AsyncCacheTransport as AsyncCacheTransport,
+        CacheTransport as CacheTransport,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("AsyncCacheTransport", "CacheTransport"):
+        from . import transports
+
+        return getattr(transports, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ANTHROPIC_VERSION",
     "DEFAULT_IGNORED_FIELDS",
     "AbandonPolicy",
     "AnthropicMessagesProducer",
+    "AsyncCacheTransport",
+    "CacheTransport",
     "Chunk",
     "MemoryStore",
     "Mode",

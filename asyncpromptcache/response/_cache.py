@@ -200,6 +200,12 @@ class ResponseCache:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    @property
+    def state(self) -> Literal["new", "open", "closed"]:
+        """``"new"`` until entered, ``"open"`` inside ``async with``, then ``"closed"``."""
+        state: Literal["new", "open", "closed"] = self._state  # type: ignore[assignment]
+        return state
+
     async def __aenter__(self) -> ResponseCache:
         if self._state != _NEW:
             raise ClientStateError(f"a ResponseCache can be entered once; it is {self._state}")

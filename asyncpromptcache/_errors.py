@@ -39,7 +39,8 @@ Arguments that are plainly wrong at the call site (empty name, both ``version`` 
 raise ``InvalidArgumentError``, which is both a ``PromptCacheError`` and a ``ValueError``.
 
 Messages never contain the secret key: sources build them from the prompt name, the status and
-the server's own error message only.
+the server's own error message only, and every upstream text they quote goes through the
+client's ``Redactor`` (an upstream may echo the credentials it was sent).
 """
 
 from __future__ import annotations

@@ -53,10 +53,12 @@ def version_change(
     given the cache's ``held`` entries.
 
     It serves its labels, its version and, when created (Langfuse moves ``latest`` to every
-    new version), ``latest``. Created or updated: those keys get the prompt, and keys held at
-    this version under a label it no longer has are dropped. Deleted: every key it served is
-    dropped. A prompt that still holds unresolved references (as Langfuse answers a create or
-    a label update) is not written through: its keys are dropped, for a fetch to resolve them.
+    new version), ``latest``. Created or updated: those keys get the prompt, keys held at this
+    version under a label it no longer has are dropped, and keys held at another version whose
+    prompt still lists a label this one has now get that prompt without the label. Deleted:
+    every key it served is dropped. A prompt that still holds unresolved references (as
+    Langfuse answers a create or a label update) is not written through: its keys are
+    dropped, for a fetch to resolve them.
     """
     name, version = prompt.name, prompt.version
     labels = dict.fromkeys(prompt.labels)
@@ -73,16 +75,37 @@ def version_change(
             changed_names=frozenset({name}),
         )
     gone = [key for key in at_this_version if key.label is not None and key.label not in labels]
+    relabelled = _relabelled(name, version, labels.keys(), serves, held)
     if has_references(_texts(prompt)):
         return CacheChange(
-            drops=tuple(dict.fromkeys([*serves, *gone])), changed_names=frozenset({name}),
-            moved=tuple(gone),
+            drops=tuple(dict.fromkeys([*serves, *gone])), puts=relabelled,
+            changed_names=frozenset({name}), moved=tuple(gone),
         )
     return CacheChange(
-        drops=tuple(gone), puts=tuple((key, prompt) for key in serves),
+        drops=tuple(gone), puts=(*((key, prompt) for key in serves), *relabelled),
         changed_names=frozenset({name}), composition_known=composition_known,
         moved=tuple(gone),
     )
+
+
+def _relabelled(
+    name: str, version: int, labels: Collection[str], serves: Collection[PromptKey],
+    held: Iterable[tuple[PromptKey, Prompt]],
+) -> tuple[tuple[PromptKey, Prompt], ...]:
+    """Other versions of ``name`` held that still list a label ``version`` has taken, each
+    with that label removed, as Langfuse would now answer them: no fetch, no stale labels."""
+    copies: dict[int, Prompt] = {}
+    puts: list[tuple[PromptKey, Prompt]] = []
+    for key, cached in held:
+        if key.name != name or cached.version == version or key in serves \
+                or all(label not in labels for label in cached.labels):
+            continue
+        if id(cached) not in copies:
+            copies[id(cached)] = attrs.evolve(
+                cached, labels=[label for label in cached.labels if label not in labels]
+            )
+        puts.append((key, copies[id(cached)]))
+    return tuple(puts)
 
 
 def _texts(prompt: Prompt) -> list[str]:

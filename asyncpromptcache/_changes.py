@@ -54,8 +54,9 @@ def version_change(
 
     It serves its labels, its version and, when created (Langfuse moves ``latest`` to every
     new version), ``latest``. Created or updated: those keys get the prompt, keys held at this
-    version under a label it no longer has are dropped, and keys held at another version whose
-    prompt still lists a label this one has now get that prompt without the label. Deleted:
+    version under a label it no longer has are dropped, and keys held at another version get
+    that version as Langfuse now has it (without the labels this one took, with its tags).
+    Deleted:
     every key it served is dropped. A prompt that still holds unresolved references (as
     Langfuse answers a create or a label update) is not written through: its keys are
     dropped, for a fetch to resolve them.
@@ -75,7 +76,7 @@ def version_change(
             changed_names=frozenset({name}),
         )
     gone = [key for key in at_this_version if key.label is not None and key.label not in labels]
-    relabelled = _relabelled(name, version, labels.keys(), serves, held)
+    relabelled = _relabelled(prompt, labels.keys(), serves, held)
     if has_references(_texts(prompt)):
         return CacheChange(
             drops=tuple(dict.fromkeys([*serves, *gone])), puts=relabelled,
@@ -89,20 +90,23 @@ def version_change(
 
 
 def _relabelled(
-    name: str, version: int, labels: Collection[str], serves: Collection[PromptKey],
+    prompt: Prompt, labels: Collection[str], serves: Collection[PromptKey],
     held: Iterable[tuple[PromptKey, Prompt]],
 ) -> tuple[tuple[PromptKey, Prompt], ...]:
-    """Other versions of ``name`` held that still list a label ``version`` has taken, each
-    with that label removed, as Langfuse would now answer them: no fetch, no stale labels."""
+    """Other versions of ``prompt``'s name held with what Langfuse now answers for them: a
+    label ``prompt`` has taken removed, and its tags (Langfuse keeps one set of tags per
+    name, for all its versions). No fetch, and no stale labels or tags."""
     copies: dict[int, Prompt] = {}
     puts: list[tuple[PromptKey, Prompt]] = []
     for key, cached in held:
-        if key.name != name or cached.version == version or key in serves \
-                or all(label not in labels for label in cached.labels):
+        if key.name != prompt.name or cached.version == prompt.version or key in serves:
+            continue
+        if cached.tags == prompt.tags and all(label not in labels for label in cached.labels):
             continue
         if id(cached) not in copies:
             copies[id(cached)] = attrs.evolve(
-                cached, labels=[label for label in cached.labels if label not in labels]
+                cached, tags=prompt.tags,
+                labels=[label for label in cached.labels if label not in labels],
             )
         puts.append((key, copies[id(cached)]))
     return tuple(puts)

@@ -235,8 +235,23 @@ def seed(other: OutOfBand) -> None:
         other.create(**body)
 
 
+def _record_connections(into: list[str]) -> None:
+    """Every host this process resolves or connects to, from the interpreter's audit events
+    (the test checks that all are loopback)."""
+
+    def hook(event: str, args: tuple[Any, ...]) -> None:
+        if event == "socket.connect" and isinstance(args[1], tuple):
+            into.append(str(args[1][0]))
+        elif event == "socket.getaddrinfo":
+            into.append(str(args[0]))
+
+    sys.addaudithook(hook)
+
+
 def main() -> None:
     which = sys.argv[1]
+    hosts: list[str] = []
+    _record_connections(hosts)
     if which == "official":
         from langfuse import Langfuse
     else:
@@ -246,7 +261,8 @@ def main() -> None:
         "public_key": os.environ["PROGRAM_PUBLIC_KEY"],
         "secret_key": os.environ["PROGRAM_SECRET_KEY"],
     }
-    print(json.dumps(program(Langfuse, env)))
+    observed = program(Langfuse, env)
+    print(json.dumps({"observed": observed, "hosts": sorted(set(hosts))}))
 
 
 if __name__ == "__main__":

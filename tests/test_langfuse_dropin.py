@@ -60,7 +60,10 @@ def _run_program(which: str) -> list[Any]:
             timeout=300, check=False,
         )
         assert done.returncode == 0, done.stderr[-3000:]
-        observed: list[Any] = json.loads(done.stdout)
+        result = json.loads(done.stdout)
+        # Every connection the program made, either SDK's, went to this server.
+        assert result["hosts"] == ["127.0.0.1"], result["hosts"]
+        observed: list[Any] = result["observed"]
         return observed
 
 

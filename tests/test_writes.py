@@ -113,6 +113,23 @@ async def test_update_prompt_moves_a_label_and_touches_nothing_else(
         assert (await client.get_prompt("p", cache_ttl_seconds=0)).version == 1
 
 
+async def test_a_write_gives_other_cached_versions_their_new_labels_and_tags(
+    server: RunningServer,
+) -> None:
+    # Langfuse keeps one set of tags per name and moves labels: a version held from before a
+    # write must not keep the labels or tags the server no longer gives it.
+    async with open_client(server.base_url) as client:
+        await client.create_prompt(name="p", prompt="one", labels=["production"], tags=["a"])
+        first = await client.get_prompt("p", version=1)
+        assert (first.labels, first.tags) == (("production", "latest"), ("a",))
+        await client.create_prompt(name="p", prompt="two", labels=["production"], tags=["b"])
+        before = sent(client)
+        held = await client.get_prompt("p", version=1)
+        assert (held.labels, held.tags, held.prompt) == ((), ("b",), "one")
+        assert sent(client) == before  # no fetch
+        assert await client.get_prompt("p", version=1, cache_ttl_seconds=0) == held
+
+
 async def test_chat_prompts_are_typed(server: RunningServer) -> None:
     async with open_client(server.base_url) as client:
         chat = await client.create_prompt(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Literal, overload
 
@@ -19,7 +19,7 @@ from .._errors import (
     InvalidResponseError,
 )
 from .._langfuse import LangfuseSource
-from .._models import PromptType, prompt_from_value
+from .._models import Prompt, PromptType, prompt_from_value
 from .._redis import RedisTier
 from .._secret import Secret
 from .._source import FetchOptions
@@ -36,6 +36,11 @@ _MAX_RETRIES_BOUND = 4
 
 def _bounded_retries(max_retries: int | None) -> int | None:
     return None if max_retries is None else min(max(max_retries, 0), _MAX_RETRIES_BOUND)
+
+
+def _wrong_type(error: FetchError) -> bool:
+    """Whether ``error`` says the prompt is stored as the other type."""
+    return isinstance(error, InvalidResponseError) and error.field == "type"
 
 
 def _other_type(prompt_type: PromptType) -> PromptType:
@@ -138,7 +143,10 @@ class _Surface:
         fallback: Any, error: FetchError,
     ) -> LangfusePrompt:
         """The prompt Langfuse builds from a fallback: ``is_fallback``, version ``version``
-        or 0, labels ``[label]`` or ``[]``, empty config and tags; not cached."""
+        or 0, labels ``[label]`` or ``[]``, empty config and tags; not cached. Without a
+        fallback (or an empty one, as Langfuse tests it), ``error`` is raised."""
+        if not fallback:
+            raise error
         value = fallback() if callable(fallback) else fallback
         model = prompt_from_value(name, value, prompt_type, label or None)
         logger.warning("prompt %r: serving the fallback: %s", name, error)
@@ -219,25 +227,29 @@ class Langfuse(_Surface):
         used when the fetch fails with nothing cached. Raises ``InvalidArgumentError`` (a
         ``ValueError``) for version and label together or an empty name, and the
         ``FetchError`` (``PromptNotFoundError`` for a 404) when there is no fallback."""
-        client = self._open()
-        get: Callable[..., Any] = client.get_prompt
-        call = dict(
-            version=version, label=label, cache_ttl_seconds=cache_ttl_seconds,
-            max_retries=_bounded_retries(max_retries),
-            fetch_timeout_seconds=fetch_timeout_seconds,
-        )
+        client = self._client or self._open()
+        get: Callable[..., Prompt] = client.get_prompt
+        if max_retries is not None:
+            max_retries = _bounded_retries(max_retries)
         try:
-            try:
-                return wrap(get(name, type=type, **call))
-            except InvalidResponseError as error:
-                if error.field != "type":
-                    raise
-                # Stored as the other type: served as it is, as Langfuse does.
-                return wrap(get(name, type=_other_type(type), **call))
+            model = get(
+                name, version=version, label=label, type=type,
+                cache_ttl_seconds=cache_ttl_seconds, max_retries=max_retries,
+                fetch_timeout_seconds=fetch_timeout_seconds,
+            )
         except FetchError as error:
-            if not fallback:
-                raise
-            return self._fallback(name, version, label, type, fallback, error)
+            if not _wrong_type(error):
+                return self._fallback(name, version, label, type, fallback, error)
+            # Stored as the other type: served as it is, as Langfuse does.
+            try:
+                model = get(
+                    name, version=version, label=label, type=_other_type(type),
+                    cache_ttl_seconds=cache_ttl_seconds, max_retries=max_retries,
+                    fetch_timeout_seconds=fetch_timeout_seconds,
+                )
+            except FetchError as again:
+                return self._fallback(name, version, label, type, fallback, again)
+        return wrap(model)
 
     @overload
     def create_prompt(
@@ -392,24 +404,28 @@ class AsyncLangfuse(_Surface):
         fetch_timeout_seconds: int | None = None,
     ) -> LangfusePrompt:
         """As ``Langfuse.get_prompt``, awaited; a fresh hit does not suspend the caller."""
-        client = await self._open()
-        get: Callable[..., Any] = client.get_prompt
-        call = dict(
-            version=version, label=label, cache_ttl_seconds=cache_ttl_seconds,
-            max_retries=_bounded_retries(max_retries),
-            fetch_timeout_seconds=fetch_timeout_seconds,
-        )
+        client = self._open_client or await self._open()
+        get: Callable[..., Awaitable[Prompt]] = client.get_prompt
+        if max_retries is not None:
+            max_retries = _bounded_retries(max_retries)
         try:
-            try:
-                return wrap(await get(name, type=type, **call))
-            except InvalidResponseError as error:
-                if error.field != "type":
-                    raise
-                return wrap(await get(name, type=_other_type(type), **call))
+            model = await get(
+                name, version=version, label=label, type=type,
+                cache_ttl_seconds=cache_ttl_seconds, max_retries=max_retries,
+                fetch_timeout_seconds=fetch_timeout_seconds,
+            )
         except FetchError as error:
-            if not fallback:
-                raise
-            return self._fallback(name, version, label, type, fallback, error)
+            if not _wrong_type(error):
+                return self._fallback(name, version, label, type, fallback, error)
+            try:
+                model = await get(
+                    name, version=version, label=label, type=_other_type(type),
+                    cache_ttl_seconds=cache_ttl_seconds, max_retries=max_retries,
+                    fetch_timeout_seconds=fetch_timeout_seconds,
+                )
+            except FetchError as again:
+                return self._fallback(name, version, label, type, fallback, again)
+        return wrap(model)
 
     async def create_prompt(
         self,

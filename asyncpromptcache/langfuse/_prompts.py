@@ -19,13 +19,16 @@ class _PromptClient:
     cache holds, and lists and dicts come out as new copies: a caller changing them changes
     its own copy, never the prompt every other caller is served."""
 
-    __slots__ = ("_model", "is_fallback")
+    __slots__ = ("_model",)
     _model: Prompt
     type: ClassVar[Literal["text", "chat"]]
 
     def __init__(self, model: Prompt) -> None:
         self._model = model
-        self.is_fallback: bool = model.is_fallback
+
+    @property
+    def is_fallback(self) -> bool:
+        return self._model.is_fallback
 
     @property
     def name(self) -> str:
@@ -158,11 +161,14 @@ def _messages_placeholder(name: str) -> Any:
 LangfusePrompt: TypeAlias = TextPromptClient | ChatPromptClient
 
 
+_VIEWS: dict[type, type[LangfusePrompt]] = {
+    TextPrompt: TextPromptClient, ChatPrompt: ChatPromptClient,
+}
+
+
 def wrap(model: Prompt) -> LangfusePrompt:
     """The Langfuse prompt object over ``model``."""
-    if isinstance(model, TextPrompt):
-        return TextPromptClient(model)
-    return ChatPromptClient(model)
+    return _VIEWS[model.__class__](model)
 
 
 def fallback_model(model: Prompt, version: int | None) -> Prompt:

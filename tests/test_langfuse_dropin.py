@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from asyncpromptcache.langfuse import AsyncLangfuse, ChatPromptClient, Langfuse,
 from asyncpromptcache.server import ServerThread
 
 from .langfuse_program import HISTORY, Observations, OutOfBand, describe, seed, shape
+from .redisserver import RedisServer
 
 langfuse = pytest.importorskip("langfuse")
 
@@ -248,3 +250,25 @@ async def test_async_langfuse_opens_on_first_use_and_raises_when_closed(
     await client.shutdown()
     with pytest.raises(PromptCacheError):
         await client.get_prompt("greeting")
+
+
+def test_two_langfuse_clients_share_one_cache_through_redis(server: ServerThread) -> None:
+    """``shared=``: what one process fetched or wrote, the other has without asking."""
+    with RedisServer() as redis:
+        options: dict[str, Any] = dict(
+            public_key=server.public_key, secret_key=SECRET, base_url=server.base_url,
+            shared=redis.url,
+        )
+        with Langfuse(**options) as one, Langfuse(**options) as two:
+            assert one.get_prompt("greeting").version == 1
+            fetched = server.counter.get("get_prompt")
+            assert two.get_prompt("greeting").version == 1
+            assert server.counter.get("get_prompt") == fetched  # from Redis
+            one.create_prompt(name="greeting", prompt="v3", labels=["production"])
+            one.flush()  # the change has reached Redis and the other clients' channel
+            deadline = time.monotonic() + 30  # a safety bound only
+            while two.get_prompt("greeting").version != 3:
+                assert time.monotonic() < deadline, "the change never reached the other client"
+                time.sleep(0.01)
+            assert two.get_prompt("greeting").prompt == "v3"
+            assert server.counter.get("get_prompt") == fetched

@@ -122,6 +122,11 @@ def test_our_auth_check_and_a_client_without_keys(server: ServerThread) -> None:
     with Langfuse(public_key=server.public_key, secret_key=SECRET,
                   base_url=server.base_url) as ours:
         assert ours.auth_check() is True
+        assert SECRET not in repr(ours)
+        # A callable fallback, beyond Langfuse's: its failure is one of our errors.
+        assert ours.get_prompt("missing", fallback=lambda: "Hi", max_retries=0).prompt == "Hi"
+        with pytest.raises(PromptCacheError, match="fallback raised"):
+            ours.get_prompt("missing", fallback=lambda: 1 / 0, max_retries=0)
     with Langfuse(public_key=server.public_key, secret_key="wrong",
                   base_url=server.base_url) as wrong, pytest.raises(AuthenticationError):
         wrong.auth_check()

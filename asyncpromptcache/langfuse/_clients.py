@@ -11,13 +11,14 @@ from typing import Any, Literal, overload
 
 import anyio
 
-from .._client import AsyncPromptClient
+from .._client import AsyncPromptClient, call_fallback
 from .._errors import (
     ClientStateError,
     ConfigurationError,
     FetchError,
     InvalidResponseError,
 )
+from .._keys import make_key
 from .._langfuse import LangfuseSource
 from .._models import Prompt, PromptType, prompt_from_value
 from .._redis import RedisTier
@@ -48,15 +49,14 @@ def _other_type(prompt_type: PromptType) -> PromptType:
 
 
 def _client_options(
-    public_key: str | None, secret_key: str | None, base_url: str | None, host: str | None,
+    public_key: str | None, secret: Secret | None, base_url: str | None, host: str | None,
     timeout: int | None, env: Mapping[str, str], ours: dict[str, Any],
-) -> dict[str, Any] | None:
-    """Our client's options from Langfuse's constructor arguments, with Langfuse's
-    precedence (``base_url``, ``LANGFUSE_BASE_URL``, ``host``, ``LANGFUSE_HOST``); ``None``
-    when a key is missing, where Langfuse's client is disabled."""
+) -> tuple[dict[str, Any], Secret] | None:
+    """Our client's options (all but the secret key) and the secret key, from Langfuse's
+    constructor arguments with Langfuse's precedence (``base_url``, ``LANGFUSE_BASE_URL``,
+    ``host``, ``LANGFUSE_HOST``); ``None`` when a key is missing, where Langfuse's client
+    is disabled."""
     public_key = public_key or env.get("LANGFUSE_PUBLIC_KEY") or None
-    secret = Secret(secret_key) if secret_key else None
-    del secret_key
     if secret is None and env.get("LANGFUSE_SECRET_KEY"):
         secret = Secret(env["LANGFUSE_SECRET_KEY"])
     if public_key is None or secret is None:
@@ -68,10 +68,11 @@ def _client_options(
         return None
     if not base_url and not env.get("LANGFUSE_BASE_URL"):
         base_url = host or None  # else our client reads LANGFUSE_HOST, then the default
-    return {
-        "public_key": public_key, "secret_key": secret.reveal(), "base_url": base_url or None,
+    options = {
+        "public_key": public_key, "base_url": base_url or None,
         "fetch_timeout_seconds": timeout or None, **ours,
     }
+    return options, secret
 
 
 _DISABLED = (
@@ -121,20 +122,21 @@ class _Surface:
         webhook_secret: str | Secret | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
+        # A Secret from the first statement on: error reporters record a frame's locals.
+        secret = Secret(secret_key) if secret_key else None
+        del secret_key
         ours: dict[str, Any] = dict(
             cache_ttl_seconds=cache_ttl_seconds, max_size=max_size,
             max_stale_seconds=max_stale_seconds, negative_cache_seconds=negative_cache_seconds,
             shared=shared, webhook_secret=webhook_secret, env=env,
         )
         del webhook_secret
-        options = _client_options(
-            public_key, secret_key, base_url, host, timeout,
-            os.environ if env is None else env, ours,
+        resolved = _client_options(
+            public_key, secret, base_url, host, timeout, os.environ if env is None else env, ours,
         )
-        del secret_key
-        self._build(options)
+        self._build(resolved)
 
-    def _build(self, options: dict[str, Any] | None) -> None:
+    def _build(self, resolved: tuple[dict[str, Any], Secret] | None) -> None:
         raise NotImplementedError
 
     @staticmethod
@@ -147,7 +149,8 @@ class _Surface:
         fallback (or an empty one, as Langfuse tests it), ``error`` is raised."""
         if not fallback:
             raise error
-        value = fallback() if callable(fallback) else fallback
+        key = make_key(name, version, label)
+        value = call_fallback(key, fallback, error)  # a callable's failure is ours, typed
         model = prompt_from_value(name, value, prompt_type, label or None)
         logger.warning("prompt %r: serving the fallback: %s", name, error)
         return wrap(fallback_model(model, version))
@@ -167,8 +170,10 @@ class Langfuse(_Surface):
     ``auth_check()`` is ``False`` and prompt calls raise ``ConfigurationError``.
     """
 
-    def _build(self, options: dict[str, Any] | None) -> None:
-        self._client: PromptClient | None = None if options is None else PromptClient(**options)
+    def _build(self, resolved: tuple[dict[str, Any], Secret] | None) -> None:
+        self._client: PromptClient | None = None if resolved is None else PromptClient(
+            secret_key=resolved[1].reveal(), **resolved[0]
+        )
 
     def _open(self) -> PromptClient:
         if self._client is None:
@@ -311,8 +316,9 @@ class Langfuse(_Surface):
     def flush(self) -> None:
         """Wait for the cache changes still on their way to the shared tier (none without
         one). Langfuse's flushes its traces; there are none here."""
-        if self._client is not None and not self._client._closed:
-            self._client._call(_drain)
+        client = self._client
+        if client is not None and client._loop is not None and not client._closed:
+            client._call(_drain)
 
     def shutdown(self) -> None:
         """Close the client: refreshes cancelled, HTTP session closed, loop thread ended."""
@@ -328,9 +334,9 @@ class AsyncLangfuse(_Surface):
     running event loop; ``await shutdown()`` closes it. Langfuse's SDK has no such client.
     """
 
-    def _build(self, options: dict[str, Any] | None) -> None:
-        self._client: AsyncPromptClient | None = (
-            None if options is None else AsyncPromptClient(**options)
+    def _build(self, resolved: tuple[dict[str, Any], Secret] | None) -> None:
+        self._client: AsyncPromptClient | None = None if resolved is None else AsyncPromptClient(
+            secret_key=resolved[1].reveal(), **resolved[0]
         )
         self._open_client: AsyncPromptClient | None = None
         self._opening: anyio.Event | None = None

@@ -125,8 +125,12 @@ def test_our_auth_check_and_a_client_without_keys(server: ServerThread) -> None:
         assert SECRET not in repr(ours)
         # A callable fallback, beyond Langfuse's: its failure is one of our errors.
         assert ours.get_prompt("missing", fallback=lambda: "Hi", max_retries=0).prompt == "Hi"
+
+        def broken() -> str:
+            raise RuntimeError("no fallback today")
+
         with pytest.raises(PromptCacheError, match="fallback raised"):
-            ours.get_prompt("missing", fallback=lambda: 1 / 0, max_retries=0)
+            ours.get_prompt("missing", fallback=broken, max_retries=0)
     with Langfuse(public_key=server.public_key, secret_key="wrong",
                   base_url=server.base_url) as wrong, pytest.raises(AuthenticationError):
         wrong.auth_check()

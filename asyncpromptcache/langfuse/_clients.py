@@ -11,7 +11,7 @@ from typing import Any, Literal, overload
 
 import anyio
 
-from .._client import AsyncPromptClient, call_fallback
+from .._client import AsyncPromptClient, ChatFallback, TextFallback, call_fallback
 from .._errors import (
     ClientStateError,
     ConfigurationError,
@@ -202,7 +202,7 @@ class Langfuse(_Surface):
     def get_prompt(
         self, name: str, *, version: int | None = None, label: str | None = None,
         type: Literal["chat"], cache_ttl_seconds: int | None = None,
-        fallback: list[dict[str, Any]] | None = None, max_retries: int | None = None,
+        fallback: ChatFallback | None = None, max_retries: int | None = None,
         fetch_timeout_seconds: int | None = None,
     ) -> ChatPromptClient: ...
 
@@ -210,7 +210,7 @@ class Langfuse(_Surface):
     def get_prompt(
         self, name: str, *, version: int | None = None, label: str | None = None,
         type: Literal["text"] = "text", cache_ttl_seconds: int | None = None,
-        fallback: str | None = None, max_retries: int | None = None,
+        fallback: TextFallback | None = None, max_retries: int | None = None,
         fetch_timeout_seconds: int | None = None,
     ) -> TextPromptClient: ...
 
@@ -222,7 +222,7 @@ class Langfuse(_Surface):
         label: str | None = None,
         type: Literal["chat", "text"] = "text",
         cache_ttl_seconds: int | None = None,
-        fallback: list[dict[str, Any]] | str | None = None,
+        fallback: TextFallback | ChatFallback | None = None,
         max_retries: int | None = None,
         fetch_timeout_seconds: int | None = None,
     ) -> LangfusePrompt:
@@ -385,7 +385,7 @@ class AsyncLangfuse(_Surface):
     async def get_prompt(
         self, name: str, *, version: int | None = None, label: str | None = None,
         type: Literal["chat"], cache_ttl_seconds: int | None = None,
-        fallback: list[dict[str, Any]] | None = None, max_retries: int | None = None,
+        fallback: ChatFallback | None = None, max_retries: int | None = None,
         fetch_timeout_seconds: int | None = None,
     ) -> ChatPromptClient: ...
 
@@ -393,7 +393,7 @@ class AsyncLangfuse(_Surface):
     async def get_prompt(
         self, name: str, *, version: int | None = None, label: str | None = None,
         type: Literal["text"] = "text", cache_ttl_seconds: int | None = None,
-        fallback: str | None = None, max_retries: int | None = None,
+        fallback: TextFallback | None = None, max_retries: int | None = None,
         fetch_timeout_seconds: int | None = None,
     ) -> TextPromptClient: ...
 
@@ -405,7 +405,7 @@ class AsyncLangfuse(_Surface):
         label: str | None = None,
         type: Literal["chat", "text"] = "text",
         cache_ttl_seconds: int | None = None,
-        fallback: list[dict[str, Any]] | str | None = None,
+        fallback: TextFallback | ChatFallback | None = None,
         max_retries: int | None = None,
         fetch_timeout_seconds: int | None = None,
     ) -> LangfusePrompt:

@@ -11,7 +11,8 @@ update the cache at once, and optionally one cache for the fleet (``shared=``).
 ``AsyncLangfuse`` is the same surface for asyncio code, every I/O method awaitable.
 
 Tracing, scores, datasets, evaluations and the rest of Langfuse's SDK are out of scope: its
-tracing options are accepted and ignored, and nothing is sent but prompt requests.
+tracing options are accepted and ignored, and nothing is sent but prompt requests (and
+``auth_check()``'s one).
 
 Where Langfuse raises, this module raises too, with our typed errors (all under
 ``PromptCacheError``)::

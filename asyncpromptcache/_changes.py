@@ -53,10 +53,13 @@ def version_change(
     given the cache's ``held`` entries.
 
     It serves its labels, its version and, when created (Langfuse moves ``latest`` to every
-    new version), ``latest``. Created or updated: those keys get the prompt, and keys held at
-    this version under a label it no longer has are dropped. Deleted: every key it served is
-    dropped. A prompt that still holds unresolved references (as Langfuse answers a create or
-    a label update) is not written through: its keys are dropped, for a fetch to resolve them.
+    new version), ``latest``. Created or updated: those keys get the prompt, keys held at this
+    version under a label it no longer has are dropped, and keys held at another version get
+    that version as Langfuse now has it (without the labels this one took, with its tags).
+    Deleted:
+    every key it served is dropped. A prompt that still holds unresolved references (as
+    Langfuse answers a create or a label update) is not written through: its keys are
+    dropped, for a fetch to resolve them.
     """
     name, version = prompt.name, prompt.version
     labels = dict.fromkeys(prompt.labels)
@@ -73,16 +76,40 @@ def version_change(
             changed_names=frozenset({name}),
         )
     gone = [key for key in at_this_version if key.label is not None and key.label not in labels]
+    relabelled = _relabelled(prompt, labels.keys(), serves, held)
     if has_references(_texts(prompt)):
         return CacheChange(
-            drops=tuple(dict.fromkeys([*serves, *gone])), changed_names=frozenset({name}),
-            moved=tuple(gone),
+            drops=tuple(dict.fromkeys([*serves, *gone])), puts=relabelled,
+            changed_names=frozenset({name}), moved=tuple(gone),
         )
     return CacheChange(
-        drops=tuple(gone), puts=tuple((key, prompt) for key in serves),
+        drops=tuple(gone), puts=(*((key, prompt) for key in serves), *relabelled),
         changed_names=frozenset({name}), composition_known=composition_known,
         moved=tuple(gone),
     )
+
+
+def _relabelled(
+    prompt: Prompt, labels: Collection[str], serves: Collection[PromptKey],
+    held: Iterable[tuple[PromptKey, Prompt]],
+) -> tuple[tuple[PromptKey, Prompt], ...]:
+    """Other versions of ``prompt``'s name held with what Langfuse now answers for them: a
+    label ``prompt`` has taken removed, and its tags (Langfuse keeps one set of tags per
+    name, for all its versions). No fetch, and no stale labels or tags."""
+    copies: dict[int, Prompt] = {}
+    puts: list[tuple[PromptKey, Prompt]] = []
+    for key, cached in held:
+        if key.name != prompt.name or cached.version == prompt.version or key in serves:
+            continue
+        if cached.tags == prompt.tags and all(label not in labels for label in cached.labels):
+            continue
+        if id(cached) not in copies:
+            copies[id(cached)] = attrs.evolve(
+                cached, tags=prompt.tags,
+                labels=[label for label in cached.labels if label not in labels],
+            )
+        puts.append((key, copies[id(cached)]))
+    return tuple(puts)
 
 
 def _texts(prompt: Prompt) -> list[str]:

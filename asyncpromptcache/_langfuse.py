@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -37,6 +37,8 @@ from ._source import FetchOptions, NewPrompt
 __all__ = ["LangfuseSource"]
 
 logger = logging.getLogger("asyncpromptcache")
+
+_T = TypeVar("_T")
 
 _USER_AGENT = "asyncpromptcache/0.1"
 _HEADERS = {"Accept": "application/json", "User-Agent": _USER_AGENT}
@@ -114,11 +116,11 @@ class LangfuseSource:
 
     async def _retrying(
         self,
-        attempt_once: Callable[[float], Awaitable[Prompt]],
+        attempt_once: Callable[[float], Awaitable[_T]],
         what: str,
         options: FetchOptions,
         may_repeat: Callable[[FetchError], bool] | None = None,
-    ) -> Prompt:
+    ) -> _T:
         """``attempt_once(timeout)`` until it succeeds or the policy (and ``may_repeat``) says
         stop, all within one deadline: the call's timeout times its attempts."""
         retry = self._retry.for_call(options.max_retries)
@@ -253,6 +255,34 @@ class LangfuseSource:
                 f"prompt {what}", status, body, retry_after, name=name, key=None
             )
         return self._parse(body, what, name, version, key=None)
+
+    async def check_auth(self, options: FetchOptions) -> bool:
+        """``GET /api/public/projects``, as Langfuse's SDKs check their keys: ``True`` when
+        they belong to a project; ``AuthenticationError`` when refused (401/403) or when they
+        name no project, and the other ``FetchError``s as a fetch has them. Retried as a
+        fetch is."""
+        url = yarl.URL(f"{self._base}/api/public/projects")
+        return await self._retrying(
+            functools.partial(self._check_auth, url), "auth check", options
+        )
+
+    async def _check_auth(self, url: yarl.URL, timeout: float) -> bool:  # noqa: ASYNC109
+        what = "auth check"
+        status, body, retry_after = await self._exchange(
+            "GET", url, None, timeout, what, name="", key=None
+        )
+        if status != 200:
+            raise self._status_error(what, status, body, retry_after, name="", key=None)
+        data = _json_body(body)
+        if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+            raise InvalidResponseError(
+                f"{what}: the answer is not a list of projects ({_excerpt(body)})", field="data"
+            )
+        if not data["data"]:
+            raise AuthenticationError(
+                f"{what}: no project found for the keys provided", status=status
+            )
+        return True
 
     def _parse(
         self, body: bytes, what: str, name: str, version: int | None, *, key: PromptKey | None

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 
 from asyncpromptcache import (
@@ -197,16 +198,20 @@ def test_version_change_writes_through_what_it_serves() -> None:
     new = _text("p", 2, labels=["production"])
     change = version_change("created", new, held)
     assert change.drops == ()
-    assert [key for key, _ in change.puts] == [
+    # Version 2's keys get it; version 1, held at other keys, loses the label it took.
+    assert change.puts[:3] == tuple((key, new) for key in (
         PromptKey("p", "production", None), PromptKey("p", "latest", None), PromptKey("p", None, 2)
-    ]
+    ))
+    relabelled = attrs.evolve(old, labels=["staging"])
+    assert change.puts[3:] == ((PromptKey("p", "staging", None), relabelled),
+                               (PromptKey("p", None, 1), relabelled))
     change = version_change("deleted", old, held)
     assert change.puts == ()
     assert set(change.drops) == {key for key, _ in held}
     # A prompt as stored, references unresolved, is never served: its keys are dropped.
     raw = TextPrompt(name="p", version=3, prompt=ref("c"), labels=["production"])
     change = version_change("created", raw, held)
-    assert change.puts == ()
+    assert all(prompt.version == 1 for _, prompt in change.puts)  # only version 1, relabelled
     assert PromptKey("p", "production", None) in change.drops
 
 

@@ -10,6 +10,7 @@ from typing import assert_type
 
 import anyio
 import anyio.lowlevel
+import attrs
 import pytest
 from aiohttp import web
 
@@ -98,9 +99,12 @@ async def test_update_prompt_moves_a_label_and_touches_nothing_else(
         updated = await client.update_prompt(name="p", version=1, new_labels=["production"])
         assert (updated.version, set(updated.labels)) == (1, {"production", "staging"})
         after = dict(client.cache.snapshot())
-        # Exactly the keys the move changed got the new state; the others are the same entries.
-        for key in (("p", None, 2), ("p", "latest", None), ("q", "production", None)):
-            assert after[key] is held[key]
+        # Exactly the keys the move changed got the new state; the others are the same entries,
+        # but for version 2's labels: production has left it, as Langfuse now answers it.
+        assert after[("q", "production", None)] is held[("q", "production", None)]
+        for key in (("p", None, 2), ("p", "latest", None)):
+            assert after[key].prompt.labels == ("latest",)
+            assert after[key].prompt == attrs.evolve(held[key].prompt, labels=["latest"])
         before = sent(client)
         assert (await client.get_prompt("p")).version == 1
         assert (await client.get_prompt("p", label="staging")).version == 1
@@ -108,6 +112,23 @@ async def test_update_prompt_moves_a_label_and_touches_nothing_else(
         assert sent(client) == before
         # And the server agrees.
         assert (await client.get_prompt("p", cache_ttl_seconds=0)).version == 1
+
+
+async def test_a_write_gives_other_cached_versions_their_new_labels_and_tags(
+    server: RunningServer,
+) -> None:
+    # Langfuse keeps one set of tags per name and moves labels: a version held from before a
+    # write must not keep the labels or tags the server no longer gives it.
+    async with open_client(server.base_url) as client:
+        await client.create_prompt(name="p", prompt="one", labels=["production"], tags=["a"])
+        first = await client.get_prompt("p", version=1)
+        assert (first.labels, first.tags) == (("production", "latest"), ("a",))
+        await client.create_prompt(name="p", prompt="two", labels=["production"], tags=["b"])
+        before = sent(client)
+        held = await client.get_prompt("p", version=1)
+        assert (held.labels, held.tags, held.prompt) == ((), ("b",), "one")
+        assert sent(client) == before  # no fetch
+        assert await client.get_prompt("p", version=1, cache_ttl_seconds=0) == held
 
 
 async def test_chat_prompts_are_typed(server: RunningServer) -> None:

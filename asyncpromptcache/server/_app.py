@@ -49,6 +49,7 @@ MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_PROJECT_ID = "asyncpromptcache-local"
 
 _HEALTH_PATH = "/api/public/health"
+_PROJECTS_PATH = "/api/public/projects"
 _PROMPTS_PATH = "/api/public/v2/prompts"
 _ITEM_PREFIX = _PROMPTS_PATH + "/"
 _MAX_INT = 2**31 - 1  # Langfuse's versions are 32-bit; also keeps SQLite from overflowing
@@ -174,6 +175,7 @@ def create_app(
         assert webhook_url is not None and webhook_secret is not None
         WebhookSender(webhook_url, webhook_secret, project_id=project_id).attach(app, store)
     app.router.add_get(_HEALTH_PATH, _health, name="health")
+    app.router.add_get(_PROJECTS_PATH, _projects)  # the SDKs' auth_check()
     app.router.add_get(_PROMPTS_PATH, _list_prompts)
     app.router.add_post(_PROMPTS_PATH, _create_prompt)
     # Everything below the collection, slashes included: split on the raw path in _item().
@@ -375,6 +377,16 @@ async def _read_json(request: web.Request) -> Any:
 
 async def _health(request: web.Request) -> web.Response:
     return web.json_response({"status": "OK", "version": _VERSION})
+
+
+async def _projects(request: web.Request) -> web.Response:
+    """The one project the keys belong to, in Langfuse's shape (its SDKs' ``auth_check()``
+    asks for it and wants at least one)."""
+    project_id = request.app[_STATE].project_id
+    return web.json_response({"data": [{
+        "id": project_id, "name": project_id, "metadata": {},
+        "organization": {"id": project_id, "name": project_id},
+    }]})
 
 
 async def _list_prompts(request: web.Request) -> web.Response:

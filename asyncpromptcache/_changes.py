@@ -10,7 +10,7 @@ in one place.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import attrs
 

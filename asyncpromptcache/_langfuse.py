@@ -276,7 +276,8 @@ class LangfuseSource:
         data = _json_body(body)
         if not isinstance(data, dict) or not isinstance(data.get("data"), list):
             raise InvalidResponseError(
-                f"{what}: the answer is not a list of projects ({_excerpt(body)})", field="data"
+                f"{what}: the answer is not a list of projects ({self._http.redact.excerpt(body)})",
+                field="data",
             )
         if not data["data"]:
             raise AuthenticationError(

@@ -26,9 +26,9 @@ import pytest
 from asyncpromptcache import AuthenticationError, PromptCacheError, PromptNotFoundError
 from asyncpromptcache.langfuse import AsyncLangfuse, ChatPromptClient, Langfuse, TextPromptClient
 from asyncpromptcache.server import ServerThread
+from devkit.redisserver import RedisServer
 
 from .langfuse_program import HISTORY, Observations, OutOfBand, describe, seed, shape
-from .redisserver import RedisServer
 
 langfuse = pytest.importorskip("langfuse")
 

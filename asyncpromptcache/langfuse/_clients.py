@@ -11,7 +11,7 @@ from typing import Any, Literal, overload
 
 import anyio
 
-from .._client import AsyncPromptClient, ChatFallback, TextFallback, call_fallback
+from .._client import AsyncPromptClient, ChatFallback, TextFallback
 from .._errors import (
     ClientStateError,
     ConfigurationError,
@@ -21,6 +21,7 @@ from .._errors import (
 from .._keys import make_key
 from .._langfuse import LangfuseSource
 from .._models import Prompt, PromptType, prompt_from_value
+from .._reads import call_fallback
 from .._redis import RedisTier
 from .._secret import Secret
 from .._source import FetchOptions

@@ -40,12 +40,13 @@ from ._models import (
     check_prompt_type,
     prompt_from_value,
 )
+from ._observe import prompt_telemetry
 from ._redis import RedisTier, _Link, resolve_shared
 from ._retry import RetryPolicy
 from ._runtime import current_backend, current_loop, spawn_detached
 from ._secret import Secret
 from ._settings import Environment, Settings, check_timeout, check_ttl, resolve_settings
-from ._shared import Change
+from ._shared import Change, SharedStats
 from ._source import FetchOptions, NewPrompt, PromptSource, PromptWriter
 from ._webhooks import verify_signature
 
@@ -93,6 +94,8 @@ class AsyncPromptClient:
       a fleet (default: ``ASYNCPROMPTCACHE_REDIS_URL`` when set). See ``RedisTier``.
     * ``webhook_secret``: the signing secret of Langfuse's webhooks, for ``handle_webhook``
       (default: ``LANGFUSE_WEBHOOK_SECRET``). Never shown in a repr or a message.
+    * ``meter_provider``, ``tracer_provider``: OpenTelemetry providers for the client's
+      metrics and spans (default: the global ones; needs ``asyncpromptcache[otel]``).
     """
 
     def __init__(
@@ -118,6 +121,8 @@ class AsyncPromptClient:
         negative_cache_seconds: float = DEFAULT_NEGATIVE_CACHE_SECONDS,
         shared: str | RedisTier | None = None,
         webhook_secret: str | Secret | None = None,
+        meter_provider: Any = None,
+        tracer_provider: Any = None,
     ) -> None:
         # Error reporters record the locals of a frame that raises: from here on the secret
         # is a Secret and the environment only the few variables read.
@@ -182,6 +187,9 @@ class AsyncPromptClient:
         # The fresh-hit check is inlined in get_prompt: see AsyncPromptCache.hit_path.
         self._hot, self._by_name, self._touched, self._clock = self._cache.hit_path()
         self._stale_hit = self._cache.stale_hit
+        self._telemetry = prompt_telemetry(meter_provider, tracer_provider, self._observed)
+        if self._telemetry is not None:
+            self._cache.run_fetch = self._telemetry.fetch
         # A float: adding to it takes a float from the interpreter's free list, where an int
         # past 256 is allocated and freed on every hit. Exact up to 2**53 hits.
         self._hits = 0.0
@@ -783,6 +791,12 @@ class AsyncPromptClient:
         if self._link is not None:
             stats = attrs.evolve(stats, shared=self._link.stats())
         return stats
+
+
+    def _observed(self) -> tuple[dict[str, int], int, SharedStats | None]:
+        """What telemetry reads at each collection: lookups by result, entries, the tier."""
+        return (self._cache.lookup_counts(extra_hits=int(self._hits)), len(self._cache),
+                None if self._link is None else self._link.stats())
 
 
 def _first_leaf(exc: BaseException) -> BaseException:

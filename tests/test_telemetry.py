@@ -4,11 +4,18 @@ rate-limited warning of rejected Redis content."""
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import logging
+import re
+import socket
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -290,3 +297,66 @@ def test_a_flood_of_rejections_is_logged_once_per_interval_with_the_count(
         clock.advance(61)
         log.warning("ignored a change message: %s", "later")
         assert caplog.records[2].getMessage() == "ignored a change message: later"
+
+
+def test_the_example_app_serves_its_metrics_at_slash_metrics() -> None:
+    """The FastAPI example under uvicorn, against the local server, read as curl would."""
+    import uvicorn
+
+    from asyncpromptcache.server import ServerThread
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    spec = importlib.util.spec_from_file_location("examples_fastapi_metrics",
+                                                  examples / "fastapi_app.py")
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with ServerThread(seed_dir=examples / "prompts") as upstream:
+        app = example.create_app(prompt_base_url=upstream.base_url,
+                                 llm_base_url=upstream.base_url + "/v1", env={})
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, ws="none",
+                                               log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            for _ in range(500):  # a safety bound only
+                if server.started:
+                    break
+                time.sleep(0.01)
+            assert server.started
+            base = f"http://127.0.0.1:{port}"
+            caches = []
+            for _ in range(3):
+                with urllib.request.urlopen(base + "/ask/stream?q=hi", timeout=10) as answer:
+                    caches.append(answer.headers["X-Cache"])
+                    answer.read()
+            with urllib.request.urlopen(base + "/metrics", timeout=10) as page:
+                content_type = page.headers["Content-Type"]
+                text = page.read().decode()
+        finally:
+            server.should_exit = True
+            thread.join(10)
+    assert caches == ["miss", "hit", "hit"]
+    assert content_type.startswith("text/plain")
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            # The exporter labels every sample with the instrument scope too.
+            name = re.sub(r',?otel_scope_\w+="[^"]*"', "", name).replace("{,", "{")
+            samples[name.removesuffix("{}")] = float(value)
+    assert 'otel_scope_name="asyncpromptcache"' in text
+    assert samples['asyncpromptcache_prompt_lookups_total{asyncpromptcache_result="hit"}'] == 2
+    assert samples['asyncpromptcache_prompt_lookups_total{asyncpromptcache_result="miss"}'] == 1
+    assert samples['asyncpromptcache_response_lookups_total{asyncpromptcache_result="miss"}'] == 1
+    assert samples['asyncpromptcache_response_lookups_total{asyncpromptcache_result="hit"}'] == 2
+    assert samples["asyncpromptcache_prompt_entries"] == 1
+    assert samples["asyncpromptcache_response_stored_bytes"] > 0
+    assert samples["asyncpromptcache_prompt_fetch_duration_seconds_count{"
+                   'asyncpromptcache_kind="fetch",asyncpromptcache_outcome="ok"}'] == 1
+    first = {name: value for name, value in samples.items()
+             if name.startswith("asyncpromptcache_response_first_chunk_duration_seconds_count")}
+    assert sum(first.values()) == 3

@@ -24,7 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import (
+    HistogramDataPoint,
+    InMemoryMetricReader,
+    NumberDataPoint,
+)
 
 from asyncpromptcache import AsyncPromptClient, ResponseCache
 from asyncpromptcache.response import OpenAIChatProducer
@@ -44,10 +48,10 @@ def read(reader: InMemoryMetricReader) -> dict[tuple[str, str], tuple[float, flo
         for scope in resource.scope_metrics:
             for metric in scope.metrics:
                 for point in metric.data.data_points:
-                    result = str(point.attributes.get("asyncpromptcache.result", ""))
-                    if hasattr(point, "count"):
+                    result = str((point.attributes or {}).get("asyncpromptcache.result", ""))
+                    if isinstance(point, HistogramDataPoint):
                         points[metric.name, result] = (point.sum, point.count)
-                    else:
+                    elif isinstance(point, NumberDataPoint):
                         points[metric.name, result] = (point.value, 0)
     return points
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 import logging
 import re
 import socket
@@ -357,6 +358,15 @@ def test_the_example_app_serves_its_metrics_at_slash_metrics() -> None:
     assert samples["asyncpromptcache_response_stored_bytes"] > 0
     assert samples["asyncpromptcache_prompt_fetch_duration_seconds_count{"
                    'asyncpromptcache_kind="fetch",asyncpromptcache_outcome="ok"}'] == 1
+    # Every series the Grafana dashboard queries is one the app exports (the shared tier's
+    # appear with a shared tier only).
+    dashboard = json.loads((examples / "grafana_dashboard.json").read_text())
+    queried = {name for panel in dashboard["panels"] for target in panel["targets"]
+               for name in re.findall(r"asyncpromptcache_\w+", target["expr"])} - {
+                   f"asyncpromptcache_{label}" for label in ("result", "outcome", "kind", "tier")}
+    exported = {name.split("{")[0] for name in samples}
+    assert queried - exported == {"asyncpromptcache_shared_up",
+                                  "asyncpromptcache_shared_errors_total"}
     first = {name: value for name, value in samples.items()
              if name.startswith("asyncpromptcache_response_first_chunk_duration_seconds_count")}
     assert sum(first.values()) == 3

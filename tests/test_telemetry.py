@@ -5,7 +5,6 @@ rate-limited warning of rejected Redis content."""
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import json
 import logging
 import re
@@ -15,7 +14,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,10 @@ from asyncpromptcache import (
 from asyncpromptcache._logging import RateLimitedLog
 from asyncpromptcache.response import Chunk
 from asyncpromptcache.testing import FakeClock, StaticSource
+
+from .test_redis_tier import fleet, redis_server, redis_url, wait_until
+
+__all__ = ["redis_server", "redis_url"]  # fixtures, used by name
 
 
 class Telemetry:
@@ -78,14 +81,6 @@ class Telemetry:
 
 def prompt(name: str, version: int = 1) -> TextPrompt:
     return TextPrompt(name=name, version=version, prompt="hi {{x}}", labels=["production"])
-
-
-async def wait_until(check: Callable[[], bool]) -> None:
-    with anyio.fail_after(10):  # a safety bound only
-        for _ in itertools.count():
-            if check():
-                return
-            await anyio.lowlevel.checkpoint()
 
 
 @pytest.mark.anyio
@@ -370,3 +365,46 @@ def test_the_example_app_serves_its_metrics_at_slash_metrics() -> None:
     first = {name: value for name, value in samples.items()
              if name.startswith("asyncpromptcache_response_first_chunk_duration_seconds_count")}
     assert sum(first.values()) == 3
+
+
+# -- with a shared tier on a real redis-server ----------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_flood_of_forged_change_messages_is_one_warning_line(
+        redis_url: str, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from redis.asyncio import Redis
+
+    from asyncpromptcache import _redis as redis_module
+    from asyncpromptcache._shared import Names, namespace_id
+
+    # A fresh limiter: another test's rejection in the last minute must not hide this one.
+    monkeypatch.setattr(redis_module, "_rejected", RateLimitedLog(redis_module.logger))
+    otel = Telemetry()
+    forged = json.dumps({"v": 1, "kind": "clear", "origin": "x", "keys": [], "names": []})
+    channel = Names(namespace_id("test", "https://cloud.langfuse.com", None)).channel
+    async with fleet(redis_url, prompt("a")) as f:
+        client = await f.client(signing_key="k", **otel.providers)
+        await client.get_prompt("a")
+        with caplog.at_level(logging.WARNING, logger="asyncpromptcache"):
+            raw = Redis.from_url(redis_url)
+            try:
+                async with raw.pipeline(transaction=False) as pipe:
+                    for _ in range(20_000):
+                        pipe.publish(channel, forged)
+                    await pipe.execute()
+            finally:
+                await raw.aclose()
+            await wait_until(lambda: shared(client).rejected_values == 20_000, limit=60)
+        lines = [r for r in caplog.records if "ignored a change message" in r.getMessage()]
+        assert len(lines) == 1
+        assert otel.by("asyncpromptcache.shared.up", "asyncpromptcache.tier") == {"prompt": 1}
+        errors = otel.by("asyncpromptcache.shared.errors", "asyncpromptcache.tier")
+        assert errors == {"prompt": shared(client).redis_errors} == {"prompt": 0}
+
+
+def shared(client: AsyncPromptClient) -> Any:
+    stats = client.stats().shared
+    assert stats is not None
+    return stats

@@ -128,15 +128,22 @@ class _Instruments:
 
 
 _by_provider: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDictionary()
+_global: _Instruments | None = None
 _registry_lock = threading.Lock()
 
 
 def _instruments(meter_provider: Any) -> _Instruments:
-    provider = metrics.get_meter_provider() if meter_provider is None else meter_provider
+    """The instruments of ``meter_provider``; of the global provider when ``None``, made once
+    whether the application sets its SDK before or after (the API's proxy forwards them)."""
+    global _global
     with _registry_lock:
-        found = _by_provider.get(provider)
+        if meter_provider is None or meter_provider is metrics.get_meter_provider():
+            if _global is None:
+                _global = _Instruments(None)
+            return _global
+        found = _by_provider.get(meter_provider)
         if found is None:
-            found = _by_provider[provider] = _Instruments(provider)
+            found = _by_provider[meter_provider] = _Instruments(meter_provider)
         return found
 
 

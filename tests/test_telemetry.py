@@ -408,3 +408,47 @@ def shared(client: AsyncPromptClient) -> Any:
     stats = client.stats().shared
     assert stats is not None
     return stats
+
+
+def test_the_global_providers_count_clients_made_before_and_after_the_sdk_is_set() -> None:
+    # In a child process: the global providers can be set once per process.
+    code = """
+import asyncio
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from asyncpromptcache import AsyncPromptClient, TextPrompt
+from asyncpromptcache.testing import StaticSource
+
+source = StaticSource([TextPrompt(name="a", version=1, prompt="x", labels=["production"])])
+
+async def main():
+    before = AsyncPromptClient(source=source, cache_ttl_seconds=60, env={})
+    reader, spans = InMemoryMetricReader(), InMemorySpanExporter()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    tracing = TracerProvider()
+    tracing.add_span_processor(SimpleSpanProcessor(spans))
+    trace.set_tracer_provider(tracing)
+    after = AsyncPromptClient(source=source, cache_ttl_seconds=60, env={})
+    async with before, after:
+        for client in (before, after, after):
+            await client.get_prompt("a")
+            await client.get_prompt("a")
+        hits = before.stats().hits + after.stats().hits
+    (metric,) = [m for r in reader.get_metrics_data().resource_metrics
+                 for s in r.scope_metrics for m in s.metrics
+                 if m.name == "asyncpromptcache.prompt.lookups"]
+    counted = {p.attributes["asyncpromptcache.result"]: p.value
+               for p in metric.data.data_points}
+    print(counted["hit"], hits, counted["miss"], len(spans.get_finished_spans()))
+
+asyncio.run(main())
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "created already" not in done.stderr  # one set of instruments
+    assert done.stdout.split() == ["4", "4", "2", "2"]

@@ -249,6 +249,10 @@ class AsyncPromptCache:
         self._fallbacks = 0
         self._negative_hits = 0
         self._wait_timeouts = 0
+        #: ``(key, fetch, is_refresh) -> awaitable``: runs each fetch and refresh (telemetry
+        #: wraps them in a span); ``None``: ``fetch()`` directly.
+        self.run_fetch: Callable[[Hashable, FetchFunc, bool], Awaitable[Prompt | Fetched]] | \
+            None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -373,7 +377,8 @@ class AsyncPromptCache:
         stale_on_arrival = False
         try:
             try:
-                result = await fetch()
+                run = self.run_fetch
+                result = await (fetch() if run is None else run(key, fetch, flight.is_refresh))
                 if isinstance(result, Fetched):
                     prompt, age = _checked(key, result.prompt), max(0.0, result.age)
                 else:
@@ -607,6 +612,14 @@ class AsyncPromptCache:
 
     def __len__(self) -> int:
         return len(self._hot)
+
+    def lookup_counts(self, *, extra_hits: int = 0) -> dict[str, int]:
+        """The counters of ``stats()`` by what answered a call (``hit``, ``stale``, ``miss``,
+        ``negative``, ``fallback``), without copying the index: cheap, and safe to read from
+        another thread (a metrics collector's)."""
+        return {"hit": self._hits + extra_hits, "stale": self._stale_hits,
+                "miss": self._misses, "negative": self._negative_hits,
+                "fallback": self._fallbacks}
 
     @property
     def in_flight(self) -> int:

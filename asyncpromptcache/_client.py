@@ -35,12 +35,14 @@ from ._models import (
     TextPrompt,
     check_prompt_type,
 )
+from ._observe import prompt_telemetry
 from ._options import DEFAULT_NEGATIVE_CACHE_SECONDS, ClientOptions, environment_of
 from ._reads import ChatFallback, PromptReads, TextFallback
 from ._redis import RedisTier, _Link
 from ._retry import RetryPolicy
 from ._runtime import current_backend, current_loop, spawn_detached
 from ._secret import Secret
+from ._shared import SharedStats
 from ._source import PromptSource
 from ._webhook_intake import WebhookIntake
 from ._writes import PromptWrites
@@ -81,6 +83,8 @@ class AsyncPromptClient:
       a fleet (default: ``ASYNCPROMPTCACHE_REDIS_URL`` when set). See ``RedisTier``.
     * ``webhook_secret``: the signing secret of Langfuse's webhooks, for ``handle_webhook``
       (default: ``LANGFUSE_WEBHOOK_SECRET``). Never shown in a repr or a message.
+    * ``meter_provider``, ``tracer_provider``: OpenTelemetry providers for the client's
+      metrics and spans (default: the global ones; needs ``asyncpromptcache[otel]``).
     """
 
     def __init__(
@@ -106,6 +110,8 @@ class AsyncPromptClient:
         negative_cache_seconds: float = DEFAULT_NEGATIVE_CACHE_SECONDS,
         shared: str | RedisTier | None = None,
         webhook_secret: str | Secret | None = None,
+        meter_provider: Any = None,
+        tracer_provider: Any = None,
     ) -> None:
         # Error reporters record the locals of a frame that raises: from here on the secrets
         # are Secrets and the environment only the few variables read.
@@ -121,7 +127,8 @@ class AsyncPromptClient:
             refresh_backoff_seconds=refresh_backoff_seconds,
             refresh_backoff_max_seconds=refresh_backoff_max_seconds, clock=clock,
             env=environment, negative_cache_seconds=negative_cache_seconds, shared=shared,
-            webhook_secret=webhook,
+            webhook_secret=webhook, meter_provider=meter_provider,
+            tracer_provider=tracer_provider,
         ))
 
     @classmethod
@@ -160,6 +167,10 @@ class AsyncPromptClient:
         self._writes = PromptWrites(self._source, changes, opened=self._opened)
         self._webhooks = WebhookIntake(
             options.webhook_key(), changes, opened=self._opened, link=lambda: self._link)
+        self._telemetry = prompt_telemetry(
+            options.meter_provider, options.tracer_provider, self._observed)
+        if self._telemetry is not None:
+            self._cache.run_fetch = self._telemetry.fetch
         # A float: adding to it takes a float from the interpreter's free list, where an int
         # past 256 is allocated and freed on every hit. Exact up to 2**53 hits.
         self._hits = 0.0
@@ -507,6 +518,12 @@ class AsyncPromptClient:
         if self._link is not None:
             stats = attrs.evolve(stats, shared=self._link.stats())
         return stats
+
+
+    def _observed(self) -> tuple[dict[str, int], int, SharedStats | None]:
+        """What telemetry reads at each collection: lookups by result, entries, the tier."""
+        return (self._cache.lookup_counts(extra_hits=int(self._hits)), len(self._cache),
+                None if self._link is None else self._link.stats())
 
 
 def _first_leaf(exc: BaseException) -> BaseException:

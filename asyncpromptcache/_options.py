@@ -111,6 +111,10 @@ class ClientOptions:
     webhook_secret: Secret | None = option(
         None, check=_webhook_secret, env=("LANGFUSE_WEBHOOK_SECRET",),
         given=str | Secret | None, secret=True)
+    # OpenTelemetry providers (None: the global ones); typed Any so that the package never
+    # needs opentelemetry to be importable.
+    meter_provider: Any = option(None)
+    tracer_provider: Any = option(None)
 
     # -- what the client is built from ----------------------------------------------------
 

@@ -38,6 +38,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from ._cache import Fetched
 from ._errors import ConfigurationError
 from ._keys import PromptKey
+from ._logging import RateLimitedLog
 from ._models import Prompt
 from ._shared import (
     Change,
@@ -59,6 +60,8 @@ from ._shared import (
 __all__ = ["RedisTier", "resolve_shared"]
 
 logger = logging.getLogger("asyncpromptcache")
+# Rejected Redis content may come in floods: counted, and logged once a minute at most.
+_rejected = RateLimitedLog(logger)
 
 ENV_VAR = "ASYNCPROMPTCACHE_REDIS_URL"
 _SCHEMES = ("redis", "rediss", "unix")
@@ -442,7 +445,7 @@ class _Link(_Connection):
             change = decode_change(raw, self._sign)
         except Exception as exc:  # unsigned or wrongly signed: anyone may PUBLISH
             self._n["rejected_values"] += 1
-            logger.warning("ignored a change message on the shared tier's channel: %s", exc)
+            _rejected.warning("ignored a change message on the shared tier's channel: %s", exc)
             return
         if change is None or change.origin == self.id:
             return
@@ -480,8 +483,8 @@ class _Link(_Connection):
             prompt, fetched_at, suspect = decode_stored(raw, key, self._sign)
         except Exception as exc:  # Redis content is never a caller's error
             self._n["rejected_values"] += 1
-            logger.warning("ignored the shared tier's value of prompt %s: %s",
-                           key.describe(), exc)
+            _rejected.warning("ignored the shared tier's value of prompt %s: %s",
+                              key.describe(), exc)
             return None
         if suspect and self._suspect is not None:
             self._suspect(key, prompt)

@@ -131,6 +131,8 @@ class PromptClient:
         negative_cache_seconds: float = DEFAULT_NEGATIVE_CACHE_SECONDS,
         shared: str | RedisTier | None = None,
         webhook_secret: str | Secret | None = None,
+        meter_provider: Any = None,
+        tracer_provider: Any = None,
     ) -> None:
         # Error reporters record the locals of a frame that raises: from here on the secrets
         # are Secrets and the environment only the few variables read.
@@ -147,6 +149,7 @@ class PromptClient:
             refresh_backoff_max_seconds=refresh_backoff_max_seconds, clock=clock,
             env=environment, negative_cache_seconds=negative_cache_seconds, shared=shared,
             webhook_secret=webhook,
+            meter_provider=meter_provider, tracer_provider=tracer_provider,
         )
         # Bad options fail here, in the caller's thread.
         self._client = AsyncPromptClient._from_options(options)
@@ -168,6 +171,8 @@ class PromptClient:
         self._hot, self._by_name, self._touched, self._clock = client.cache.hit_path()
         self._hit_cells: dict[int, list[int]] = {}
         self._hits = _HitCell(self._hit_cells)
+        if client._telemetry is not None:  # its counters count this facade's hits too
+            client._telemetry.extra_hits = functools.partial(_cell_hits, self._hit_cells)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "new" if self._loop is None else "running"
@@ -438,8 +443,7 @@ class PromptClient:
     def stats(self) -> CacheStats:
         """Counters (hits, stale hits, misses, fetches, errors...) and per-key state."""
         stats = self._on_owner(AsyncPromptClient.stats)
-        hits = sum(cell[0] for cell in list(self._hit_cells.values()))
-        return attrs.evolve(stats, hits=stats.hits + hits)
+        return attrs.evolve(stats, hits=stats.hits + _cell_hits(self._hit_cells))
 
     # -- writes and webhooks ---------------------------------------------------------------
 
@@ -626,3 +630,8 @@ if _before_joining_threads is not None:
     _before_joining_threads(_close_at_exit)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _cell_hits(cells: dict[int, list[int]]) -> int:
+    """The hits the facade's threads counted in their cells."""
+    return sum(cell[0] for cell in list(cells.values()))

@@ -17,7 +17,9 @@ client.get_prompt(name)``, as an application writes it):
   ``(name, label, None)`` tuple (the floor of ``hit_path.py``), for comparison;
 * ``AsyncPromptClient.get_prompt``, fresh hit: by name (the default label), with an explicit
   label, by version; and by name on a client with the shared Redis tier on (``shared=``, a
-  private redis-server the parent starts when one is at hand, as the tests do);
+  private redis-server the parent starts when one is at hand, as the tests do); and by name
+  on a client given ``meter_provider=`` and ``tracer_provider=`` (the OpenTelemetry SDK's,
+  with an in-memory reader), when the SDK is installed;
 * async_lru's hit (``@alru_cache(ttl=)``), when it is installed.
 
 Without valgrind the benchmark says so and reports nothing.
@@ -50,6 +52,7 @@ OURS = "get_prompt(name)"
 LABEL = "get_prompt(name, label=)"
 VERSION = "get_prompt(name, version=)"
 TIERED = "get_prompt(name), shared tier on"
+OBSERVED = "get_prompt(name), telemetry on"
 ASYNC_LRU = "async_lru hit"
 #: What issue 10 asks of the default-label hit.
 TARGET = 2.9
@@ -95,6 +98,19 @@ async def _async_lru_loop(name: str, prompt: Any) -> tuple[Loop, Callable[[], An
 
     await lru(name)
     return lru_loop, lru.cache_close
+
+
+def _telemetry_providers() -> dict[str, Any] | None:
+    """An OpenTelemetry SDK meter provider (an in-memory reader) and tracer provider, or
+    ``None`` without the SDK."""
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+    except ImportError:
+        return None
+    return {"meter_provider": MeterProvider(metric_readers=[InMemoryMetricReader()]),
+            "tracer_provider": TracerProvider()}
 
 
 async def _child(n: int, redis_url: str | None) -> list[str]:
@@ -163,6 +179,23 @@ async def _child(n: int, redis_url: str | None) -> list[str]:
 
             await _count_all({TIERED: tiered_loop}, n)
             loops[TIERED] = tiered_loop
+        # With telemetry on, counted apart after the others: importing the SDK moves the
+        # heap, and with it the floor's figure, by a few hundred instructions.
+        # Below 1,000 calls its figure is swamped by a one-off cost of some 400k instructions
+        # in its first counted run, not yet explained: the row is left out of such runs.
+        providers = _telemetry_providers() if n >= 1000 else None
+        if providers is not None:
+            observed = await stack.enter_async_context(AsyncPromptClient(
+                source=StaticSource([prompt]), cache_ttl_seconds=3600, env={}, **providers))
+            await observed.get_prompt(name)
+
+            async def observed_loop(n: int) -> None:
+                for _ in repeat(None, n):
+                    await observed.get_prompt(name)
+
+            await _count_all({OBSERVED: observed_loop}, n)
+            loops[OBSERVED] = observed_loop
+            assert observed.stats().misses == 1  # every call counted was a hit
         if redis_url is not None:
             stats = tiered.stats()
             assert stats.misses == 1 and stats.shared is not None, stats
@@ -282,13 +315,15 @@ def target(data: dict[str, Any]) -> dict[str, Any]:
         return {"target": name, "measured": data["skipped"], "met": None, "note": ""}
     ratio = data["x_floor"][OURS]
     tiered = data["x_floor"].get(TIERED)
-    met = ratio <= TARGET and (tiered is None or tiered <= TARGET)
+    observed = data["x_floor"].get(OBSERVED)
+    met = ratio <= TARGET and all(x is None or x <= TARGET for x in (tiered, observed))
     return {
         "target": name,
         "measured": f"{ratio:.2f}x ({data['instructions'][OURS]:,.0f} vs "
                     f"{data['instructions'][FLOOR]:,.0f} instructions per call); "
                     + ("shared tier not measured (no redis-server)" if tiered is None else
-                       f"{tiered:.2f}x with the shared tier on"),
+                       f"{tiered:.2f}x with the shared tier on")
+                    + ("" if observed is None else f"; {observed:.2f}x with telemetry on"),
         "met": met,
         "note": "" if met else "Something was added to the hit path: see "
                                "python -m benchmarks.hit_instructions.",
@@ -306,6 +341,9 @@ def report(data: dict[str, Any]) -> None:
     print(f"\nget_prompt(name) / floor: {ours:.2f}x (target <= {TARGET}x)")
     if TIERED in data["x_floor"]:
         print(f"with the shared tier on: {data['x_floor'][TIERED]:.2f}x")
+    if OBSERVED in data["x_floor"]:
+        print(f"with telemetry on (meter_provider=, tracer_provider=): "
+              f"{data['x_floor'][OBSERVED]:.2f}x")
     if ASYNC_LRU in data["x_floor"]:
         print(f"async_lru / get_prompt(name): "
               f"{data['instructions'][ASYNC_LRU] / data['instructions'][OURS]:.2f}x")

@@ -14,6 +14,9 @@ one upstream stream; asking it again replays the stored answer, chunk by chunk.
 * ``GET /ask/stream?q=...``: server-sent events, OpenAI's chunk objects then ``[DONE]``;
   the ``X-Cache`` header says ``hit``, ``miss``, ``join`` or ``bypass``.
 * ``GET /ask?q=...``: the whole answer as JSON (a cached non-streaming call).
+* ``GET /metrics``: the caches' OpenTelemetry metrics in Prometheus's text format. The app,
+  not the library, configures the OpenTelemetry SDK: a ``MeterProvider`` whose reader is
+  the Prometheus exporter, given to both caches as ``meter_provider=``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from asyncpromptcache import AsyncPromptClient, PromptCacheError, ResponseCache
 from asyncpromptcache.response import OpenAIChatProducer, chunk_text
@@ -43,12 +49,17 @@ def create_app(*, prompt_base_url: str | None = None, llm_base_url: str | None =
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         environ = os.environ if env is None else env
         base = llm_base_url or environ.get("LLM_BASE_URL", "http://127.0.0.1:3000/v1")
-        async with AsyncPromptClient(base_url=prompt_base_url, env=environ) as prompts, \
-                ResponseCache(ttl_seconds=600) as cache, \
+        # The app's own registry: two apps in one process (tests) do not mix their metrics.
+        app.state.registry = registry = CollectorRegistry()
+        meters = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
+        async with AsyncPromptClient(base_url=prompt_base_url, env=environ,
+                                     meter_provider=meters) as prompts, \
+                ResponseCache(ttl_seconds=600, meter_provider=meters) as cache, \
                 OpenAIChatProducer(base_url=base,
                                    api_key=llm_api_key or environ.get("LLM_API_KEY")) as llm:
             app.state.prompts, app.state.cache, app.state.llm = prompts, cache, llm
             yield
+        meters.shutdown()
 
     app = FastAPI(lifespan=lifespan)
 
@@ -96,6 +107,11 @@ def create_app(*, prompt_base_url: str | None = None, llm_base_url: str | None =
         except PromptCacheError as exc:
             return JSONResponse({"error": str(exc)}, status_code=502)
         return JSONResponse({"answer": chunk_text(completion)})
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(request.app.state.registry),
+                        media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:

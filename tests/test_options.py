@@ -12,6 +12,8 @@ from typing import Any
 import aiohttp
 import attrs
 import pytest
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.trace import NoOpTracerProvider
 
 from asyncpromptcache import AsyncPromptClient, ConfigurationError, PromptClient, RetryPolicy
 from asyncpromptcache._options import ClientOptions, environment_of
@@ -75,6 +77,7 @@ def examples(session: aiohttp.ClientSession) -> dict[str, Any]:
         "env": {"LANGFUSE_TIMEOUT": "3", "UNRELATED_VARIABLE": "x"},
         "negative_cache_seconds": 1.5, "shared": "redis://127.0.0.1:1/0",
         "webhook_secret": "whsec-example",
+        "meter_provider": NoOpMeterProvider(), "tracer_provider": NoOpTracerProvider(),
     }
 
 

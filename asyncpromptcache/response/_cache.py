@@ -36,6 +36,7 @@ from .._errors import (
     ResponseFailedError,
     SharedStreamLostError,
 )
+from .._observe import response_telemetry
 from .._shared import SharedStats
 from ._fanout import AbandonPolicy, Consumer, Flight, LocalFlights, Produce
 from ._keymemo import KeyMemo
@@ -131,6 +132,8 @@ class ResponseCache:
       joined by identical requests in the others. Redis trouble falls back to this
       process's cache. ``ASYNCPROMPTCACHE_REDIS_URL`` is not read here.
     * ``clock``, ``sleep``: monotonic seconds and the pacing sleep, for tests.
+    * ``meter_provider``, ``tracer_provider``: OpenTelemetry providers for the cache's metrics
+      and spans (default: the global ones; needs ``asyncpromptcache[otel]``).
     """
 
     def __init__(
@@ -150,6 +153,8 @@ class ResponseCache:
         shared: Any = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        meter_provider: Any = None,
+        tracer_provider: Any = None,
     ) -> None:
         _check_ttl(ttl_seconds, "ttl_seconds")
         for name, value in (("max_bytes", max_bytes), ("max_answer_bytes", max_answer_bytes)):
@@ -194,6 +199,7 @@ class ResponseCache:
         self._hits = self._misses = self._joins = self._bypasses = 0
         self._upstream_errors = self._stored = self._too_large = self._abandoned = 0
         self._slow = self._cache_only_misses = 0
+        self._telemetry = response_telemetry(meter_provider, tracer_provider, self.stats)
 
     def __repr__(self) -> str:
         return f"<ResponseCache {self._state} store={self._store!r}>"
@@ -357,6 +363,8 @@ class ResponseCache:
             raise InvalidArgumentError(
                 f"a request is a mapping (model, messages, parameters), got "
                 f"{type(request).__name__}")
+        if self._telemetry is not None:  # each upstream stream it starts in a span
+            produce = self._telemetry.upstream(request, produce)
         if mode == "bypass" or not self.is_cacheable(
                 request, cache_nondeterministic=cache_nondeterministic):
             if mode == "cache_only":
@@ -558,6 +566,7 @@ class ResponseStream:
         self._since = 0.0
         self._position = 0
         self._started = False
+        self._started_at: float | None = None  # with telemetry: when start() began
         self._closed = False
         self._finalizer: weakref.finalize[Any, Any] | None = None
 
@@ -579,11 +588,16 @@ class ResponseStream:
             if self._closed:
                 raise ClientStateError("this response stream is closed")
             self._started = True
+            if self._cache._telemetry is not None:
+                self._started_at = self._cache._telemetry.now()
             await self._cache._resolve(self)
             if self._replay is not None and self._pace is None:
                 self._fast = self._replay.chunks
                 self._mark = min(_FAIR_CHUNKS, len(self._fast))
                 self._since = _now()
+                if self._started_at is not None and self._fast:
+                    self._first_chunk()  # a hit's first chunk is there now
+                    self._started_at = None  # recorded once
         assert self._source is not None
         return self._source
 
@@ -599,7 +613,11 @@ class ResponseStream:
             chunks = self._cache._hit_now(self)
             if chunks is not None:
                 # A hit found without waiting: an async generator over its chunks, which
-                # costs per chunk what any async generator does.
+                # costs per chunk what any async generator does. Its first chunk is there
+                # now, which is what telemetry's first-chunk time then records.
+                telemetry = self._cache._telemetry
+                if telemetry is not None and chunks:
+                    telemetry.first_chunk(telemetry.now(), "hit")
                 return _replayed(self, chunks)
         return self
 
@@ -626,7 +644,14 @@ class ResponseStream:
             self._leave()
             raise
         self._position += 1
+        if self._position == 1 and self._started_at is not None:
+            self._first_chunk()
         return chunk
+
+    def _first_chunk(self) -> None:
+        telemetry = self._cache._telemetry
+        assert telemetry is not None and self._started_at is not None
+        telemetry.first_chunk(self._started_at, self._source or "miss")
 
     async def _next(self) -> Chunk:
         if self._consumer is not None:

@@ -35,6 +35,7 @@ from .._errors import (
     SharedStreamError,
     SharedStreamLostError,
 )
+from .._logging import RateLimitedLog
 from .._redis import _RELEASE, RedisTier, _Connection, _Down
 from .._shared import member_text
 from ._keys import Chunk
@@ -52,6 +53,8 @@ from ._wire import (
 __all__ = ["RedisResponses", "TieredStore", "shared_responses"]
 
 logger = logging.getLogger("asyncpromptcache")
+# Rejected Redis content may come in floods: counted, and logged once a minute at most.
+_rejected = RateLimitedLog(logger)
 
 # Keep the lock (and the stream) alive: only while the token is still ours.
 _EXTEND = (
@@ -169,7 +172,7 @@ class RedisResponses(_Connection):
             answer, expires_at = decode_answer(raw, key, self._sign)
         except Exception as exc:  # Redis content is never a caller's error
             self._n["rejected_values"] += 1
-            logger.warning("ignored the shared tier's answer %s: %s", key[:12], exc)
+            _rejected.warning("ignored the shared tier's answer %s: %s", key[:12], exc)
             return None
         left = expires_at - self._wall()
         if left <= 0:

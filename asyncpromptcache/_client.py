@@ -40,7 +40,7 @@ from ._models import (
     check_prompt_type,
     prompt_from_value,
 )
-from ._redis import RedisTier, _Link, resolve_shared
+from ._redis import RedisTier, SharedPrompts, resolve_shared
 from ._retry import RetryPolicy
 from ._runtime import current_backend, current_loop, spawn_detached
 from ._secret import Secret
@@ -154,7 +154,7 @@ class AsyncPromptClient:
         self._settings = settings
         self._tier = resolve_shared(shared, environment.values)
         self._max_stale = max_stale_seconds
-        self._link: _Link | None = None
+        self._link: SharedPrompts | None = None
         self._ttl = settings.cache_ttl_seconds
         self._timeout = settings.timeout_seconds
         self._retry = retry or RetryPolicy(max_retries=max_retries)
@@ -251,7 +251,7 @@ class AsyncPromptClient:
             async with anyio.create_task_group() as tg:
                 self._cache.attach(tg)
                 if self._tier is not None:
-                    link = self._tier._open(
+                    link = SharedPrompts.open(self._tier,
                         host=self._settings.base_url, public_key=self._settings.public_key,
                         max_stale=self._max_stale, apply=self._apply_shared, put_ttl=self._ttl,
                         suspect=self._note_suspect,

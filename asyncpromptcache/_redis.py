@@ -104,6 +104,7 @@ _NEXT_GENERATION = Connection.script(
 )
 #: How long a webhook event id stays claimed: past the signature's 5-minute window.
 _EVENT_CLAIM_SECONDS = 600.0
+_GENERATION_CHECK_SECONDS = 1.0
 _MAX_UNSENT = 1000  # past this many changes kept while Redis is down, send one clear()
 
 
@@ -175,6 +176,7 @@ class SharedPrompts:
         until Redis answers). Never raises."""
         self._tg = tg
         await tg.start(self._bus.run, self._received, self._reconnected)
+        tg.start_soon(self._watch_generation)
 
     async def drain(self) -> None:
         """Wait (shielded, bounded by a few times the tier's timeout per change) for the
@@ -239,6 +241,16 @@ class SharedPrompts:
         for waiters in self._waiters.values():
             for event in waiters:
                 event.set()
+
+    async def _watch_generation(self) -> None:
+        """Re-read the namespace's generation now and then: a generation key lost in Redis
+        is written back by the processes that know it, and a process started meanwhile
+        (reading none) joins them within this interval instead of splitting the fleet."""
+        while True:
+            await anyio.sleep(_GENERATION_CHECK_SECONDS)
+            if self._conn.state == "up":
+                with contextlib.suppress(Down):
+                    await self._sync_generation()
 
     async def _sync_generation(self) -> None:
         """Adopt the namespace's generation from Redis, never going back: a generation key

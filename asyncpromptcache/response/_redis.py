@@ -135,15 +135,16 @@ class RedisResponses:
 
     # -- completed answers (a ResponseStore, but see TieredStore) --------------------------
 
-    async def fetch(self, key: str) -> tuple[StoredAnswer, float] | None:
+    async def fetch(self, key: str, *, count: bool = True) -> tuple[StoredAnswer, float] | None:
         """The answer stored for ``key`` and the seconds it has left, else ``None`` (also
-        when Redis is down or the value is not one to serve)."""
+        when Redis is down or the value is not one to serve). ``count=False``: a re-check of
+        a miss already counted, not counted again."""
         try:
             raw = await self._cmd(lambda r: r.get(self._names.answer(key)))
         except Down:
             return None
         if raw is None:
-            self._n["l2_misses"] += 1
+            self._n["l2_misses"] += count
             return None
         try:
             answer, expires_at = decode_answer(raw, key, self._sign)
@@ -153,13 +154,13 @@ class RedisResponses:
             return None
         left = expires_at - self._wall()
         if left <= 0:
-            self._n["l2_misses"] += 1
+            self._n["l2_misses"] += count
             return None
         self._n["l2_hits"] += 1
         return answer, left
 
-    async def get(self, key: str) -> StoredAnswer | None:
-        found = await self.fetch(key)
+    async def get(self, key: str, *, count: bool = True) -> StoredAnswer | None:
+        found = await self.fetch(key, count=count)
         return None if found is None else found[0]
 
     async def put(self, key: str, answer: StoredAnswer, ttl_seconds: float) -> bool:
@@ -210,6 +211,12 @@ class RedisResponses:
         if self._tg is not None:
             self._tg.start_soon(self._keep_alive, publisher)
         return publisher
+
+    async def unclaim(self, claim: _Publisher | _Solo | None) -> None:
+        """Give up a claim not used (``None``: nothing was claimed)."""
+        if claim is not None:
+            with anyio.CancelScope(shield=True):
+                await claim.withdraw()
 
     async def _keep_alive(self, publisher: _Publisher) -> None:
         lock, stream = self._names.lock(publisher.key), self._names.stream(publisher.key)

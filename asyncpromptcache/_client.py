@@ -719,7 +719,7 @@ class AsyncPromptClient:
         outdated = at is not None and (
             self._version_states.is_outdated(prompt.name, prompt.version, at)
             or (link is not None and not await link.newest_state(
-                prompt.name, prompt.version, at.timestamp())))
+                prompt.name, prompt.version, at.timestamp(), claimed=event.id)))
         if outdated:
             logger.info(
                 "webhook %s: prompt %r version %d has changed since; not applied",

@@ -532,10 +532,20 @@ class SharedPrompts:
         except Down:
             return True
 
-    async def newest_state(self, name: str, version: int, updated_at: float) -> bool:
+    async def release_event(self, event_id: str) -> None:
+        """Give up this process's claim of webhook event ``event_id`` (its handler did not
+        finish): a retry of the event is then applied, here or elsewhere."""
+        if self._conn.up:
+            with contextlib.suppress(Down):
+                await release(self._conn, self._names.event(event_id), self.id)
+
+    async def newest_state(self, name: str, version: int, updated_at: float, *,
+                           claimed: str | None = None) -> bool:
         """Record that the state of ``name`` version ``version`` last updated at
         ``updated_at`` (epoch seconds) is applied, unless a newer state of it was, fleet-wide
-        (then false: Langfuse retried an older delivery). True when Redis is unreachable."""
+        (then false: Langfuse retried an older delivery). True when Redis is unreachable.
+        ``claimed``: the webhook event this process claimed, released if this is cancelled
+        (the handler then never applies it: Langfuse's retry must, wherever it lands)."""
         if not self._conn.up:
             return True
         retain = max(1, int(self._tier.stale_retention_seconds * 1000))
@@ -545,6 +555,11 @@ class SharedPrompts:
                 [str(int(updated_at * 1000)), str(retain)]))
         except Down:
             return True
+        except BaseException:
+            if claimed is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.release_event(claimed)
+            raise
 
     async def _release(self, key: PromptKey, lock: str, token: str) -> None:
         try:

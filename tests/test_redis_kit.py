@@ -213,3 +213,20 @@ async def test_foreign_members_in_the_suspects_set_are_skipped() -> None:
             assert a.stats().shared.redis_errors == 0  # type: ignore[union-attr]
     finally:
         server.kill()
+
+
+async def test_a_webhook_handler_cancelled_after_its_claim_releases_it() -> None:
+    server = RedisServer().start()
+    try:
+        async with fleet(server.url, text("a")) as f:
+            client = await f.client()  # a generous Redis timeout: the release outlasts a pause
+            link = client._link
+            assert link is not None and await link.claim_event("e1")
+            server.command("CLIENT", "PAUSE", "400", "ALL")
+            with anyio.move_on_after(0.1):  # the handler is cancelled mid-way
+                await link.newest_state("a", 1, 1.0, claimed="e1")
+            event = Names(namespace_id("test", HOST, None)).event("e1")
+            assert server.command("EXISTS", event) == ":0"  # released: a retry applies it
+            assert await link.claim_event("e1")
+    finally:
+        server.kill()

@@ -186,8 +186,9 @@ class Connection:
 
     def _failed(self, exc: BaseException, *, certain: bool = False) -> None:
         self.counts["redis_errors"] += 1
-        starting = self._breaker.state == "starting"
-        if self._breaker.failure(anyio.current_time(), certain=certain or starting):
+        # Only a refused connection is certain: a slow first reply (a loaded machine) is not
+        # an outage, at start any more than later.
+        if self._breaker.failure(anyio.current_time(), certain=certain):
             self.counts["outages"] += 1
             logger.warning(
                 "the shared tier (Redis) is unavailable, serving from this process's cache "

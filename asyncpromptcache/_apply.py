@@ -18,7 +18,7 @@ from ._cache import AsyncPromptCache
 from ._changes import CacheChange, ChangeLog
 from ._keys import PromptKey, make_key
 from ._models import Prompt
-from ._redis import _Link
+from ._redis import SharedPrompts
 from ._shared import Change
 
 __all__ = ["ChangeApplier"]
@@ -29,7 +29,7 @@ class ChangeApplier:
     ``change_log``; ``link`` gives the shared tier's link while the client has one open."""
 
     def __init__(
-        self, cache: AsyncPromptCache, *, ttl: float, link: Callable[[], _Link | None]
+        self, cache: AsyncPromptCache, *, ttl: float, link: Callable[[], SharedPrompts | None]
     ) -> None:
         self._cache = cache
         self._ttl = ttl

@@ -38,7 +38,7 @@ from ._models import (
 from ._observe import prompt_telemetry
 from ._options import DEFAULT_NEGATIVE_CACHE_SECONDS, ClientOptions, environment_of
 from ._reads import ChatFallback, PromptReads, TextFallback
-from ._redis import RedisTier, _Link
+from ._redis import RedisTier, SharedPrompts
 from ._retry import RetryPolicy
 from ._runtime import current_backend, current_loop, spawn_detached
 from ._secret import Secret
@@ -143,7 +143,7 @@ class AsyncPromptClient:
         self._settings = settings = options.settings()
         self._tier = options.tier()
         self._max_stale = options.max_stale_seconds
-        self._link: _Link | None = None
+        self._link: SharedPrompts | None = None
         self._ttl = settings.cache_ttl_seconds
         retry = options.retry_policy()
         self._source, self._owns_source = options.source_for(settings, retry)
@@ -220,7 +220,7 @@ class AsyncPromptClient:
             async with anyio.create_task_group() as tg:
                 self._cache.attach(tg)
                 if self._tier is not None:
-                    link = self._tier._open(
+                    link = SharedPrompts.open(self._tier,
                         host=self._settings.base_url, public_key=self._settings.public_key,
                         max_stale=self._max_stale, apply=self._apply_shared, put_ttl=self._ttl,
                         suspect=self._note_suspect,

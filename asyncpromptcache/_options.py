@@ -26,11 +26,12 @@ from ._cache import AsyncPromptCache, Clock
 from ._checks import check_count, check_seconds
 from ._errors import ConfigurationError
 from ._langfuse import LangfuseSource
-from ._redis import ENV_VAR as REDIS_URL_VAR, RedisTier, resolve_shared
+from ._redis import RedisTier, resolve_shared
 from ._retry import RetryPolicy
 from ._secret import Secret
 from ._settings import TTL_VARS, Environment, Settings, resolve_settings
 from ._source import PromptSource
+from ._tiers.redis import ENV_VAR as REDIS_URL_VAR
 
 __all__ = ["DEFAULT_NEGATIVE_CACHE_SECONDS", "ENV_VARS", "ClientOptions", "environment_of"]
 

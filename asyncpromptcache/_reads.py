@@ -25,7 +25,7 @@ from ._composition import part_names
 from ._errors import FetchError, FetchTimeoutError, InvalidArgumentError, InvalidResponseError
 from ._keys import PromptKey
 from ._models import ChatPrompt, Prompt, PromptType, TextPrompt, prompt_from_value, wrong_type
-from ._redis import _Link
+from ._redis import SharedPrompts
 from ._retry import RetryPolicy
 from ._settings import check_timeout, check_ttl
 from ._source import FetchOptions, PromptSource
@@ -53,7 +53,7 @@ class PromptReads:
     def __init__(
         self, cache: AsyncPromptCache, source: PromptSource, *, ttl: float, timeout: float,
         retry: RetryPolicy, change_log: ChangeLog, opened: Callable[[], None],
-        check_loop: Callable[[], None], link: Callable[[], _Link | None],
+        check_loop: Callable[[], None], link: Callable[[], SharedPrompts | None],
     ) -> None:
         self._cache = cache
         self._source = source

@@ -15,7 +15,7 @@ from ._apply import ChangeApplier
 from ._changes import version_change
 from ._errors import WebhookError, WebhookReplayError
 from ._events import PromptVersionEvent, SeenIds, VersionStates, parse_event
-from ._redis import _Link
+from ._redis import SharedPrompts
 from ._secret import Secret
 from ._webhooks import verify_signature
 
@@ -30,7 +30,7 @@ class WebhookIntake:
 
     def __init__(
         self, webhook_secret: Secret | None, changes: ChangeApplier, *,
-        opened: Callable[[], None], link: Callable[[], _Link | None],
+        opened: Callable[[], None], link: Callable[[], SharedPrompts | None],
     ) -> None:
         self.__webhook_secret = webhook_secret
         self._opened = opened
@@ -62,7 +62,7 @@ class WebhookIntake:
         outdated = at is not None and (
             self._version_states.is_outdated(prompt.name, prompt.version, at)
             or (link is not None and not await link.newest_state(
-                prompt.name, prompt.version, at.timestamp())))
+                prompt.name, prompt.version, at.timestamp(), claimed=event.id)))
         if outdated:
             logger.info(
                 "webhook %s: prompt %r version %d has changed since; not applied",

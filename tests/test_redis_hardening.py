@@ -242,10 +242,10 @@ async def test_a_link_that_cannot_start_runs_the_client_without_redis(
 async def test_a_client_whose_task_group_fails_says_why(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def broken(self: RedisTier, **kwargs: Any) -> Any:
+    def broken(cls: type, tier: RedisTier, /, **kwargs: Any) -> Any:
         raise RuntimeError("the link could not be opened")
 
-    monkeypatch.setattr(RedisTier, "_open", broken)
+    monkeypatch.setattr(redis_module.SharedPrompts, "open", classmethod(broken))
     tier = RedisTier(f"redis://127.0.0.1:{free_port()}/0")
     with pytest.raises(ClientStateError, match="the link could not be opened"):
         async with AsyncPromptClient(source=StaticSource([text("a")]), shared=tier):

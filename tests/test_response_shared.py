@@ -81,16 +81,24 @@ async def test_a_stream_in_one_cache_is_joined_by_another_and_replayed_by_a_thir
     expected = await upstream.direct(REQUEST)
     await upstream.control(hold_after_chunks=3)
     fleet = Fleet(redis, upstream, signing_key="k")  # stream entries signed, values too
+    sources: list[str | None] = []
+
+    async def read_source(cache: ResponseCache, into: list[Chunk]) -> None:
+        sources.append((await read(cache, fleet, into))[1])
+
     async with fleet.cache() as first, fleet.cache() as second, \
             anyio.create_task_group() as tg:
         got_first: list[Chunk] = []
         got_second: list[Chunk] = []
-        tg.start_soon(read, first, fleet, got_first)
+        tg.start_soon(read_source, first, got_first)
         await until(lambda: len(got_first) == 3)  # the first cache holds the key's claim
-        tg.start_soon(read, second, fleet, got_second)
+        tg.start_soon(read_source, second, got_second)
         await until(lambda: len(got_second) == 3)  # followed from the first chunk on
         await upstream.release()
     assert got_first == expected and got_second == expected
+    assert sorted(map(str, sources)) == ["join", "miss"]  # the follower of another process
+    assert second.stats().joins == 1 and second.stats().misses == 0
+    assert first.stats().shared.l2_misses == 1  # type: ignore[union-attr]  # once, not twice
     assert (await upstream.counts())["streams"] == 2  # the direct one and one for both
     assert first.stats().shared.upstream_fetches == 1  # type: ignore[union-attr]
     assert second.stats().shared.waits == 1  # type: ignore[union-attr]
@@ -217,6 +225,22 @@ async def test_an_owner_whose_consumers_all_left_hands_the_answer_over(
     assert (await upstream.counts())["streams"] == 3
 
 
+async def test_the_environment_variable_sets_the_tier_and_false_turns_it_off(
+    redis: RedisServer, upstream: Upstream, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ASYNCPROMPTCACHE_REDIS_URL", redis.url)
+    fleet = Fleet(redis, upstream)
+    async with ResponseCache() as first:
+        await read(first, fleet)
+        assert first.stats().shared is not None
+    async with ResponseCache() as second:
+        _, source = await read(second, fleet)
+        assert source == "hit"  # from Redis: another process's answer
+    async with ResponseCache(shared=False) as alone:
+        _, source = await read(alone, fleet)
+        assert source == "miss" and alone.stats().shared is None
+
+
 async def test_an_answer_stored_between_the_read_and_the_claim_is_not_fetched_again(
     redis: RedisServer, upstream: Upstream,
 ) -> None:
@@ -227,9 +251,9 @@ async def test_an_answer_stored_between_the_read_and_the_claim_is_not_fetched_ag
     shared = late._store.shared  # type: ignore[attr-defined]
     real, reads = shared.fetch, []
 
-    async def fetch_after_the_write(key: str) -> Any:
+    async def fetch_after_the_write(key: str, count: bool = True) -> Any:
         reads.append(key)  # the first read ran just before another process stored it
-        return None if len(reads) == 1 else await real(key)
+        return None if len(reads) == 1 else await real(key, count=count)
 
     shared.fetch = fetch_after_the_write
     async with late:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
@@ -38,6 +39,7 @@ from .._errors import (
 )
 from .._observe import response_telemetry
 from .._shared import SharedStats
+from .._tiers.redis.tier import ENV_VAR
 from ._fanout import AbandonPolicy, Consumer, Flight, LocalFlights, Produce
 from ._keymemo import KeyMemo
 from ._keys import (
@@ -130,7 +132,8 @@ class ResponseCache:
       its namespace, signing key and timeout apply). Completed answers are then stored in
       Redis too and replayed by every process, and an answer streaming in one process is
       joined by identical requests in the others. Redis trouble falls back to this
-      process's cache. ``ASYNCPROMPTCACHE_REDIS_URL`` is not read here.
+      process's cache. When ``shared`` is absent, ``ASYNCPROMPTCACHE_REDIS_URL`` sets it
+      (as for the prompt client); ``shared=False`` turns the shared tier off.
     * ``clock``, ``sleep``: monotonic seconds and the pacing sleep, for tests.
     * ``meter_provider``, ``tracer_provider``: OpenTelemetry providers for the cache's metrics
       and spans (default: the global ones; needs ``asyncpromptcache[otel]``).
@@ -185,7 +188,9 @@ class ResponseCache:
             store if store is not None else MemoryStore(max_bytes=max_bytes, clock=clock))
         self._store = self._front
         self._shared: RedisResponses | None = None
-        if shared is not None:
+        if shared is None:  # as the prompt client: the environment's tier, unless False
+            shared = (os.environ.get(ENV_VAR) or "").strip() or None
+        if shared is not None and shared is not False:
             from ._redis import TieredStore, shared_responses
 
             self._shared = shared_responses(shared)
@@ -417,22 +422,32 @@ class ResponseCache:
                                      "(mode='cache_only')")
         if self._tg is None:
             raise ClientStateError("the response cache is closed")
+        claimed: list[Any] = []
+        if self._shared is not None:  # claimed before the flight: a follower says "join"
+            claimed.append(await self._shared.claim(key))
+            if self._join(stream, key):  # a flight of this process started meanwhile
+                await self._shared.unclaim(claimed[0])
+                return
         flight = Flight(key, buffer_chunks=self._buffer, max_store_bytes=self._max_answer,
                         on_abandon=self._on_abandon, clock=self._clock)
         self._flights.add(flight)
         self._running.add(flight)
-        self._misses += 1
-        stream._source = "miss"
+        following = bool(claimed) and claimed[0] is None  # another process streams it
+        if following:
+            self._joins += 1
+        else:
+            self._misses += 1
+        stream._source = "join" if following else "miss"
         stream._attach(flight)
         produce = stream._produce
         if self._shared is not None:
             produce = self._across_processes(flight, produce, stream._ttl,
-                                             refresh=mode == "refresh")
+                                             refresh=mode == "refresh", claimed=claimed)
         self._tg.start_soon(self._fly, flight, produce, stream._ttl,
                             name=f"asyncpromptcache.response:{key[:12]}")
 
     def _across_processes(self, flight: Flight, produce: Produce, ttl: float, *,
-                          refresh: bool) -> Produce:
+                          refresh: bool, claimed: list[Any]) -> Produce:
         """``produce`` for a flight with the shared tier: this process claims the key and
         streams upstream, teeing every chunk to the other processes, and stores the whole
         answer in Redis before it marks the stream complete (so a request arriving meanwhile
@@ -456,7 +471,7 @@ class ResponseCache:
                 return False
 
             for attempt in range(_CLAIMS):
-                publisher = await shared.claim(key)
+                publisher = claimed.pop() if claimed else await shared.claim(key)
                 if publisher is None:
                     try:
                         index = 0
@@ -470,7 +485,7 @@ class ResponseCache:
                         if attempt == _CLAIMS - 1:
                             raise
                         continue
-                stored = None if refresh else await shared.get(key)
+                stored = None if refresh else await shared.get(key, count=False)
                 if stored is not None:  # stored between the store's read and this claim
                     await publisher.withdraw()
                     for index, chunk in enumerate(stored.chunks):

@@ -13,17 +13,15 @@ before it writes the end entry and releases the lock, so a request arriving mean
 joins the stream or finds the answer; the ended stream lingers for slow followers, then
 expires.
 
-Any Redis trouble marks the tier down (reads are misses, writes are skipped, claims stream
-locally) and it is tried again after a backoff; nothing here raises a Redis error to a
-caller. The connection handling is the prompt tier's (``_Connection`` in ``.._redis``).
+Redis trouble makes a read a miss, a write skipped, a claim stream locally; sustained
+trouble opens the connection's breaker (the Redis kit's one health policy, shared with the
+prompt tier), and nothing here raises a Redis error to a caller.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import secrets
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
@@ -36,8 +34,10 @@ from .._errors import (
     SharedStreamLostError,
 )
 from .._logging import RateLimitedLog
-from .._redis import _RELEASE, RedisTier, _Connection, _Down
-from .._shared import member_text
+from .._shared import SharedStats, member_text
+from .._tiers.redis import Connection, Down, RedisTier
+from .._tiers.redis.lock import extend, new_token, take
+from .._tiers.redis.scan import scan
 from ._keys import Chunk
 from ._store import ResponseStore, StoredAnswer, StoreStats
 from ._wire import (
@@ -56,13 +56,14 @@ logger = logging.getLogger("asyncpromptcache")
 # Rejected Redis content may come in floods: counted, and logged once a minute at most.
 _rejected = RateLimitedLog(logger)
 
-# Keep the lock (and the stream) alive: only while the token is still ours.
-_EXTEND = (
-    "if redis.call('get', KEYS[1]) == ARGV[1] then "
-    "redis.call('pexpire', KEYS[1], ARGV[2]) redis.call('pexpire', KEYS[2], ARGV[2]) "
-    "return 1 else return 0 end"
-)
 _FIELD = b"e"
+# The end of an answer's stream: its last entry (ARGV[1]), the stream kept ARGV[2] ms for
+# slow followers, and the lock (KEYS[2]) released if the token (ARGV[3]) still holds it.
+_END = Connection.script(
+    "redis.call('xadd', KEYS[1], '*', 'e', ARGV[1]) "
+    "redis.call('pexpire', KEYS[1], ARGV[2]) "
+    "if redis.call('get', KEYS[2]) == ARGV[3] then redis.call('del', KEYS[2]) end return 1"
+)
 
 
 def shared_responses(shared: Any, **options: Any) -> RedisResponses:
@@ -78,7 +79,7 @@ def shared_responses(shared: Any, **options: Any) -> RedisResponses:
     return RedisResponses(shared, **options)
 
 
-class RedisResponses(_Connection):
+class RedisResponses:
     """Completed answers and answers in flight in the tier's Redis, for one cache in one
     event loop.
 
@@ -86,87 +87,67 @@ class RedisResponses(_Connection):
       a follower of a process that died gives up after about this long with no news.
     * ``linger_seconds``: how long an ended stream stays readable (for its slow followers).
     * ``block_seconds``: how long one ``XREAD BLOCK`` waits before the follower checks that
-      the owner still holds its lock.
+      the owner still holds its lock (default: twice the tier's timeout, so that a follower
+      notices a dead Redis within about three times that timeout).
     """
 
     def __init__(self, tier: RedisTier, *, lock_seconds: float = 10.0,
-                 linger_seconds: float = 30.0, block_seconds: float = 1.0) -> None:
-        super().__init__(tier)
+                 linger_seconds: float = 30.0, block_seconds: float | None = None) -> None:
+        if block_seconds is None:
+            block_seconds = 2 * tier.timeout_seconds
+        block = min(block_seconds, lock_seconds)
+        self._tier = tier
+        self._timeout = tier.timeout_seconds
+        self._conn = Connection(tier, blocking_seconds=block + tier.timeout_seconds)
+        self._n = self._conn.counts
         self._names = ResponseNames.of(tier.namespace)
         self._sign = tier._signing_key
         self._wall = tier._wall
         self._lock_ms = max(1, int(lock_seconds * 1000))
         self._linger_ms = max(1, int(linger_seconds * 1000))
-        self._block_ms = max(1, int(min(block_seconds, lock_seconds) * 1000))
-        self._blocking: Any = None
-        self._owns_blocking = False
+        self._block_ms = max(1, int(block * 1000))
         self._tg: TaskGroup | None = None
-        self._backoff = 0.05
-        self._next_try = 0.0
-        self._pid = os.getpid()
 
     def __repr__(self) -> str:
-        return f"<RedisResponses {self._tier!r} {self._state}>"
+        return f"<RedisResponses {self._tier!r} {self._conn.state}>"
+
+    def stats(self) -> SharedStats:
+        return SharedStats(state=self._conn.state, **self._n)
 
     def bind(self, tg: TaskGroup) -> None:
         """Run the claims' keep-alives in ``tg`` (the cache's task group)."""
         self._tg = tg
 
     async def aclose(self) -> None:
-        blocking, self._blocking = self._blocking, None
-        if self._owns_blocking and blocking is not None:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2 * self._timeout):
-                try:
-                    await blocking.aclose()
-                except Exception:
-                    logger.debug("closing the shared tier's connection failed", exc_info=True)
-        await super().aclose()
+        await self._conn.aclose()
 
     # -- commands --------------------------------------------------------------------------
 
     async def _cmd(self, command: Callable[[Any], Awaitable[Any]] | str, *args: Any,
                    blocking: bool = False, **kwargs: Any) -> Any:
-        """Run ``command(client)`` (or ``client.<command>(*args, **kwargs)``). ``_Down`` at
-        once while the tier is down and its backoff has not passed, or in a forked child
-        (the client is its parent's)."""
-        if os.getpid() != self._pid:
-            raise _Down
-        if self._state == "down" and anyio.current_time() < self._next_try:
-            raise _Down
-        if self._redis is None:
-            self._redis, self._owns = self._tier._connect()
-        client, timeout = self._redis, None
-        if blocking:
-            if self._blocking is None:
-                self._blocking, self._owns_blocking = self._tier._connect(
-                    read_timeout=self._block_ms / 1000 + self._timeout)
-            client, timeout = self._blocking, self._block_ms / 1000 + self._timeout
-        if isinstance(command, str):
-            awaitable = getattr(client, command)(*args, **kwargs)
-        else:
-            awaitable = command(client)
-        try:
-            result = await self._call(awaitable, timeout)
-        except _Down:
-            self._next_try = anyio.current_time() + self._backoff
-            self._backoff = min(2 * self._backoff, self._tier.reconnect_max_seconds)
-            raise
-        if not self._up:
-            self._recovered()
-            self._backoff = 0.05
-        return result
+        """Run ``command(client)`` (or ``client.<command>(*args, **kwargs)``) under the
+        connection's health policy; ``Down`` when it is not run or fails."""
+        def run(client: Any) -> Awaitable[Any]:
+            if isinstance(command, str):
+                result: Awaitable[Any] = getattr(client, command)(*args, **kwargs)
+                return result
+            return command(client)
+
+        bound = self._block_ms / 1000 + self._timeout if blocking else None
+        return await self._conn.call(run, bound=bound, blocking=blocking)
 
     # -- completed answers (a ResponseStore, but see TieredStore) --------------------------
 
-    async def fetch(self, key: str) -> tuple[StoredAnswer, float] | None:
+    async def fetch(self, key: str, *, count: bool = True) -> tuple[StoredAnswer, float] | None:
         """The answer stored for ``key`` and the seconds it has left, else ``None`` (also
-        when Redis is down or the value is not one to serve)."""
+        when Redis is down or the value is not one to serve). ``count=False``: a re-check of
+        a miss already counted, not counted again."""
         try:
             raw = await self._cmd(lambda r: r.get(self._names.answer(key)))
-        except _Down:
+        except Down:
             return None
         if raw is None:
-            self._n["l2_misses"] += 1
+            self._n["l2_misses"] += count
             return None
         try:
             answer, expires_at = decode_answer(raw, key, self._sign)
@@ -176,13 +157,13 @@ class RedisResponses(_Connection):
             return None
         left = expires_at - self._wall()
         if left <= 0:
-            self._n["l2_misses"] += 1
+            self._n["l2_misses"] += count
             return None
         self._n["l2_hits"] += 1
         return answer, left
 
-    async def get(self, key: str) -> StoredAnswer | None:
-        found = await self.fetch(key)
+    async def get(self, key: str, *, count: bool = True) -> StoredAnswer | None:
+        found = await self.fetch(key, count=count)
         return None if found is None else found[0]
 
     async def put(self, key: str, answer: StoredAnswer, ttl_seconds: float) -> bool:
@@ -192,53 +173,53 @@ class RedisResponses(_Connection):
         try:
             await self._cmd(lambda r: r.set(self._names.answer(key), value,
                                             px=max(1, int(ttl_seconds * 1000))))
-        except _Down:
+        except Down:
             return False
         return True
 
     async def delete(self, key: str) -> bool:
         try:
             return bool(await self._cmd(lambda r: r.delete(self._names.answer(key))))
-        except _Down:
+        except Down:
             return False
 
     async def clear(self) -> int:
         """Drop every answer of the namespace (``SCAN``, then ``UNLINK`` key by key)."""
         count = 0
         try:
-            cursor: Any = 0
-            while True:
-                cursor, keys = await self._cmd(
-                    "scan", cursor, match=self._names.pattern, count=500)
-                for name in keys:
-                    if (member_text(name) or "").endswith(":a"):
-                        count += int(await self._cmd("unlink", name))
-                if not cursor:
-                    return count
-        except _Down:
-            return count
+            async for name in scan(self._conn, self._names.pattern):
+                if (member_text(name) or "").endswith(":a"):
+                    count += int(await self._cmd("unlink", name))
+        except Down:
+            pass
+        return count
 
     # -- answers in flight (SharedFlights) -------------------------------------------------
 
     async def claim(self, key: str) -> _Publisher | _Solo | None:
         """A publisher when this process now streams ``key``, ``None`` when another does;
         while Redis is down, a publisher that publishes nothing (stream locally)."""
-        token = secrets.token_hex(16)
+        token = new_token()
         lock, stream = self._names.lock(key), self._names.stream(key)
         try:
-            taken = await self._cmd(lambda r: r.set(lock, token, nx=True, px=self._lock_ms))
-            if not taken:
+            if not await take(self._conn, lock, token, self._lock_ms):
                 self._n["waits"] += 1
                 return None
             # The stream of an earlier answer that failed is not this one's.
             await self._cmd(lambda r: r.delete(stream))
-        except _Down:
+        except Down:
             return _Solo()
         self._n["upstream_fetches"] += 1
         publisher = _Publisher(self, key, token)
         if self._tg is not None:
             self._tg.start_soon(self._keep_alive, publisher)
         return publisher
+
+    async def unclaim(self, claim: _Publisher | _Solo | None) -> None:
+        """Give up a claim not used (``None``: nothing was claimed)."""
+        if claim is not None:
+            with anyio.CancelScope(shield=True):
+                await claim.withdraw()
 
     async def _keep_alive(self, publisher: _Publisher) -> None:
         lock, stream = self._names.lock(publisher.key), self._names.stream(publisher.key)
@@ -247,9 +228,8 @@ class RedisResponses(_Connection):
                 await publisher.ended.wait()
             if publisher.ended.is_set() or not publisher.sharing:
                 return
-            with contextlib.suppress(_Down):
-                await self._cmd(lambda r: r.eval(_EXTEND, 2, lock, stream, publisher.token,
-                                                 self._lock_ms))
+            with contextlib.suppress(Down):
+                await extend(self._conn, lock, publisher.token, self._lock_ms, also=[stream])
 
     async def follow(self, key: str) -> AsyncGenerator[Chunk, None]:
         """The chunks of the answer another process streams for ``key``, from the first.
@@ -274,7 +254,7 @@ class RedisResponses(_Connection):
                             "the process streaming this answer vanished (its claim expired "
                             f"after {index} chunks)")
                     continue
-            except _Down:
+            except Down:
                 raise SharedStreamLostError(
                     f"the shared tier stopped answering after {index} chunks of an answer "
                     "streamed by another process") from None
@@ -361,14 +341,13 @@ class _Publisher:
             return
         owner = self._owner
         entry = encode_end_entry(self.key, self.index, end, owner._sign)
-        lock = owner._names.lock(self.key)
-
-        def finish(pipe: Any) -> None:
-            pipe.xadd(owner._names.stream(self.key), {_FIELD: entry})
-            pipe.eval(_RELEASE, 1, lock, self.token)
-
+        keys = [owner._names.stream(self.key), owner._names.lock(self.key)]
         with anyio.CancelScope(shield=True):
-            await self._send(finish, owner._linger_ms)
+            try:  # the end entry and the lock's release in one step: a follower that reads
+                # the end and claims again finds the key free
+                await owner._conn.run(_END, keys, [entry, owner._linger_ms, self.token])
+            except Down:
+                self.sharing = False
 
     async def _send(self, add: Callable[[Any], Any], expire_ms: int) -> None:
         owner = self._owner
@@ -383,7 +362,7 @@ class _Publisher:
 
         try:
             await owner._cmd(execute)
-        except _Down:
+        except Down:
             self.sharing = False  # followers will see the stream go quiet and take over
 
 

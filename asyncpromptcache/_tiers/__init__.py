@@ -1,0 +1,1 @@
+"""The shared tiers behind the caches (private)."""

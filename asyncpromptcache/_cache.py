@@ -1,7 +1,7 @@
 """``AsyncPromptCache``: the cache engine. Storage, freshness, single-flight and background
 refresh; it calls a fetch function and knows nothing of HTTP.
 
-States of a key and what ``get`` does (SPEC section 3):
+States of a key and what ``get`` does:
 
 * fresh: returns the prompt without I/O, lock, task or suspension;
 * stale (past its TTL, within ``max_stale_seconds``): returns the stale prompt at once and

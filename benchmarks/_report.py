@@ -89,7 +89,7 @@ def _target(target: str, measured: str, met: bool | None, note: str = "") -> dic
 
 
 def evaluate_targets(results: dict[str, Result], load_note: str) -> list[dict[str, Any]]:
-    """Issue 5's "Done when" list (and SPEC section 6), each with its figure and met/missed."""
+    """The targets the project set itself, each with its figure and met/missed."""
     targets: list[dict[str, Any]] = []
     noisy = f" {load_note}" if load_note else ""
     hit = results.get("hit_async")
@@ -119,7 +119,7 @@ def evaluate_targets(results: dict[str, Result], load_note: str) -> list[dict[st
                 f"{min(paired):.2f}-{max(paired):.2f}x, median {statistics.median(paired):.2f}x)",
                 lru / ours >= 2.0,
                 "" if lru / ours >= 2.0 else
-                f"Why: async_lru's hit costs {lru / floor:.1f}x the floor here, not the 9x SPEC "
+                f"Why: async_lru's hit costs {lru / floor:.1f}x the floor here, not the 9x assumed "
                 f"section 6 assumed, so 2x needs our hit at {lru / floor / 2:.1f}x the floor; it "
                 f"is {ours / floor:.1f}x. Above the floor's await and dict.get, our hit fills "
                 "seven keyword-only defaults (CPython looks each up in a dict on every call), "
@@ -139,7 +139,7 @@ def evaluate_targets(results: dict[str, Result], load_note: str) -> list[dict[st
             paired = [a / o for a, o in zip(rounds["Langfuse SDK get_prompt"], rounds[ours_label],
                                             strict=True)]
             targets.append(_target(
-                "sync fresh hit at least 3x faster than the Langfuse SDK's (SPEC section 6: 2x)",
+                "sync fresh hit at least 3x faster than the Langfuse SDK's (the target: 2x)",
                 f"{ratio:.2f}x ({summary[ours_label]['median']:.0f} ns vs {lf['median']:.0f} ns; "
                 f"per round {min(paired):.2f}-{max(paired):.2f}x, median "
                 f"{statistics.median(paired):.2f}x)",
@@ -222,7 +222,7 @@ def evaluate_targets(results: dict[str, Result], load_note: str) -> list[dict[st
                 "the fix are those of the refresh-window target above."
             )
         targets.append(_target(
-            "(SPEC) p99 of cached keys while refreshes fail or hang: within 2x of before",
+            "p99 of cached keys while refreshes fail or hang: within 2x of before",
             f"{ratio:.2f}x (p99 {before:.2f} µs before, {run['503']['p99_us']:.2f} µs during "
             f"the 503s, {run['hang']['p99_us']:.2f} µs during the hang)",
             None if math.isnan(ratio) else ratio <= 2.0, note,
@@ -232,7 +232,7 @@ def evaluate_targets(results: dict[str, Result], load_note: str) -> list[dict[st
         bounded = memory.data["ours_bounded"]
         met = bounded["held"] == bounded["max_size"]
         targets.append(_target(
-            "(SPEC) memory bounded by max_size",
+            "memory bounded by max_size",
             f"max_size={bounded['max_size']:,}, {bounded['keys_fetched']:,} keys fetched: "
             f"{bounded['held']:,} held, {bounded['evictions']:,} evicted",
             met,
@@ -247,7 +247,7 @@ def evaluate_targets(results: dict[str, Result], load_note: str) -> list[dict[st
             met = all(growth <= 1 << 20 for _, growth in flat)
             calls = memory.data["rss_sample_every_calls"] * (len(rss[flat[0][0]]) - 1)
             targets.append(_target(
-                f"(SPEC) resident memory flat over {calls:,} calls on a fixed key set "
+                f"resident memory flat over {calls:,} calls on a fixed key set "
                 "(growth at most 1 MiB)",
                 "; ".join(f"{label}: {growth / 1024:+,.0f} KiB" for label, growth in flat),
                 met,
@@ -283,7 +283,7 @@ def _met(met: bool | None) -> str:
 
 
 def render_targets_text(targets: Sequence[dict[str, Any]]) -> str:
-    lines = ["== Targets (issue 5, SPEC section 6)"]
+    lines = ["== Targets"]
     for t in targets:
         lines.append(f"[{_met(t['met'])}] {t['target']}\n        {t['measured']}")
         if t["met"] is False and t["note"]:

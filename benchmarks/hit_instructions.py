@@ -54,7 +54,7 @@ VERSION = "get_prompt(name, version=)"
 TIERED = "get_prompt(name), shared tier on"
 OBSERVED = "get_prompt(name), telemetry on"
 ASYNC_LRU = "async_lru hit"
-#: What issue 10 asks of the default-label hit.
+#: The target for the default-label hit.
 TARGET = 2.9
 
 Loop = Callable[[int], Awaitable[None]]

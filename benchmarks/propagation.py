@@ -1,4 +1,4 @@
-"""Scenario 9 (issue 11): a label moved in Langfuse reaches every worker of a fleet.
+"""Scenario 9: a label moved in Langfuse reaches every worker of a fleet.
 
 8 worker processes (``devkit.fleet``), each with a client on the shared tier (a private
 redis-server), and the local server started with ``--webhook-url`` pointing at worker 0's

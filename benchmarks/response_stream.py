@@ -1,4 +1,4 @@
-"""The response cache's scenario (issue 12): 100 identical concurrent streaming requests to an
+"""The response cache's scenario: 100 identical concurrent streaming requests to an
 OpenAI-compatible endpoint (the local server's, in the upstream child process), then replays
 of the answer, then the memory each cached answer takes.
 
@@ -9,7 +9,7 @@ LangChain's LLM cache (``InMemoryCache`` with ``ChatOpenAI.astream``) and LiteLL
 installed. ``--smoke`` runs ours and the recipe only, with tiny sizes: importing the peers
 alone takes seconds.
 
-Across processes (issue 12 item 6): ``processes`` worker processes (``devkit.fleet``)
+Across processes: ``processes`` worker processes (``devkit.fleet``)
 ask the same question at the same moment, each through its own ``ResponseCache``, without and
 with the shared tier (a private redis-server): the upstream streams they made.
 """

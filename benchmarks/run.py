@@ -5,8 +5,8 @@
     python -m benchmarks --only stampede,refresh
 
 Writes ``latest.md``, ``latest.json`` (every per-round figure, latency histograms and the
-machine) and PNG charts to ``benchmarks/results/`` (or ``--out``). Scenarios (issue 5):
-1. fresh-hit cost, async and sync (1c, issue 10: in CPU instructions, under callgrind);
+machine) and PNG charts to ``benchmarks/results/`` (or ``--out``). Scenarios:
+1. fresh-hit cost, async and sync (1c: in CPU instructions, under callgrind);
 2. cold stampede; 3. the refresh window; 4. outage; 5. a cold-started web app; 6. memory;
 7. sync throughput from 1, 4 and 16 threads.
 """
@@ -54,8 +54,8 @@ ORDER = ("hit_async", "hit_instructions", "hit_sync", "stampede", "refresh", "ou
          "memory", "sync_threads", "shared", "response_stream", "propagation")
 CHOICES = ("hit_async", "hit_instructions", "sync", "stampede", "refresh", "outage", "web_app",
            "memory", "shared", "response_stream", "propagation")
-ASYNC_SCENARIOS = {**ASYNC_SCENARIOS, "response_stream": response_stream,  # issue 12
-                   "propagation": propagation}  # issue 11
+ASYNC_SCENARIOS = {**ASYNC_SCENARIOS, "response_stream": response_stream,
+                   "propagation": propagation}
 
 
 def _load() -> tuple[float, float, float]:

@@ -1,4 +1,4 @@
-"""The seven scenarios of issue 5. Each returns a ``Result``: JSON data (every per-round
+"""The seven core scenarios. Each returns a ``Result``: JSON data (every per-round
 figure), tables for the terminal and ``latest.md``, notes, and raw samples for the charts.
 
 All timings come from contenders measured in the same run, interleaved round by round (each

@@ -1,4 +1,4 @@
-"""Scenario 8 (issue 10): the shared Redis tier with real worker processes.
+"""Scenario 8: the shared Redis tier with real worker processes.
 
 Each worker process (``devkit.fleet``) runs its own client against the local server
 and a private redis-server; they are stepped through the same phases:

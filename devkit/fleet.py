@@ -277,7 +277,7 @@ class _Worker:
             best = min(best, (time.perf_counter_ns() - start) / calls)
         return {"ns": best}
 
-    # -- the response cache (issue 12 item 6) -------------------------------------------------
+    # -- the response cache ------------------------------------------------------------------
 
     async def response_open(self, command: dict[str, Any]) -> dict[str, Any]:
         """A ``ResponseCache`` over the endpoint at ``base_url``, ``shared=`` the Redis at

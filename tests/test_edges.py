@@ -1,4 +1,4 @@
-"""Validation at the door (issue 9, items 4, 6 and 7): every number, name list and base URL a
+"""Validation at the door: every number, name list and base URL a
 user hands the SDK is checked where it enters, with an error of our tree naming it."""
 
 from __future__ import annotations

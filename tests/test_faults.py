@@ -1,4 +1,4 @@
-"""Fault scenarios end to end over loopback HTTP (SPEC section 7).
+"""Fault scenarios end to end over loopback HTTP.
 
 One scenario per fault, the same four acts each time:
 

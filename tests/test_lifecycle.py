@@ -1,4 +1,4 @@
-"""The client's lifecycle in real code (issue 9, items 12 and 13): closed from another task,
+"""The client's lifecycle in real code: closed from another task,
 inside an AsyncExitStack under a cancel scope, as a pytest-asyncio fixture, used from another
 event loop, and entered on trio. Each closes cleanly (warnings are errors: an unclosed
 session fails the test) and raises nothing outside the error tree."""

@@ -1,4 +1,4 @@
-"""Proxies from the environment (issue 9, item 17): HTTP_PROXY/HTTPS_PROXY/ALL_PROXY and
+"""Proxies from the environment: HTTP_PROXY/HTTPS_PROXY/ALL_PROXY and
 NO_PROXY are honoured by default, as httpx (and so the Langfuse SDK) does; ``trust_env=False``
 turns that off; the sync facade goes through the proxy too. The proxy is a real forwarding
 proxy on 127.0.0.1 that records what it sees."""

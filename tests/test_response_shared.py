@@ -1,4 +1,4 @@
-"""The response cache's shared tier (issue 12 item 6) against a real redis-server and the
+"""The response cache's shared tier against a real redis-server and the
 local server's OpenAI-compatible endpoint: answers streamed in one cache are joined by
 identical requests of other caches (each with its own Redis connections, as other processes
 have) and replayed by them; failures, corrupt values and Redis outages never reach a caller

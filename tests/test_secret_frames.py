@@ -1,4 +1,4 @@
-"""The secret key where error reporters and debuggers look (issue 9, item 16).
+"""The secret key where error reporters and debuggers look.
 
 Sentry and its peers record the local variables of every frame of a traceback (chained
 causes included), each by its ``repr``, walking into dicts, lists and tuples. So the secret

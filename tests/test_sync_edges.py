@@ -1,4 +1,4 @@
-"""The sync facade's threads (issue 9, items 14 and 15): a slow sync fallback in one thread
+"""The sync facade's threads: a slow sync fallback in one thread
 does not stall other threads' misses, and interpreter exit with a non-daemon thread waiting on
 a hung fetch ends at once (within the close timeout), not after the whole retry budget.
 

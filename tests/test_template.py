@@ -1,7 +1,7 @@
-"""Templates: every case of issue 2 against Langfuse's own ``TemplateParser``, plus properties.
+"""Templates: every template case against Langfuse's own ``TemplateParser``, plus properties.
 
 Two oracles: Langfuse's Python SDK itself (``langfuse.model``, a dev dependency) and a small
-independent model of SPEC section 5 written below without ``str.find`` or regexes.
+independent model of those rules written below without ``str.find`` or regexes.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _strip(text: str) -> str:
 def model_tokens(template: str) -> list[tuple[str, str | None]]:
     """The template as ``(raw_text, name)`` pieces; ``name`` is None for literal text.
 
-    SPEC section 5 restated: scanning left to right, ``{{`` opens a variable and the first
+    The template rules restated: scanning left to right, ``{{`` opens a variable and the first
     ``}}`` after it closes it; with no ``}}`` after it the rest is literal.
     """
     pieces: list[tuple[str, str | None]] = []
@@ -99,7 +99,7 @@ def model_variables(template: str) -> list[str]:
     return [name for _, name in model_tokens(template) if name is not None]
 
 
-# -- the cases of issue 2 ----------------------------------------------------------------------
+# -- the template cases -------------------------------------------------------------------------
 
 CASES: list[tuple[str, str, dict[str, Any], str]] = [
     ("plain", "Hi {{a}}!", {"a": "Ann"}, "Hi Ann!"),

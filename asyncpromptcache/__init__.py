@@ -1,16 +1,6 @@
 """asyncpromptcache: an asyncio-native cache for prompts from Langfuse's prompt API."""
 
-from ._cache import (
-    AsyncPromptCache as AsyncPromptCache,
-    CacheStats as CacheStats,
-    KeyStats as KeyStats,
-)
-from ._client import (
-    AsyncPromptClient as AsyncPromptClient,
-    ChatFallback as ChatFallback,
-    TextFallback as TextFallback,
-)
-from ._errors import (
+from ._core.errors import (
     AuthenticationError as AuthenticationError,
     ClientStateError as ClientStateError,
     ConfigurationError as ConfigurationError,
@@ -42,11 +32,22 @@ from ._errors import (
     WebhookSignatureError as WebhookSignatureError,
     WritesNotSupportedError as WritesNotSupportedError,
 )
-from ._events import PromptVersionEvent as PromptVersionEvent
-from ._keys import PromptKey as PromptKey
-from ._langfuse import LangfuseSource as LangfuseSource
-from ._logging import install_default_handler as _install_default_handler
-from ._models import (
+from ._core.logs import install_default_handler as _install_default_handler
+from ._http.retry import RetryPolicy as RetryPolicy
+from ._prompts.client import (
+    AsyncPromptClient as AsyncPromptClient,
+    ChatFallback as ChatFallback,
+    TextFallback as TextFallback,
+)
+from ._prompts.engine import (
+    AsyncPromptCache as AsyncPromptCache,
+    CacheStats as CacheStats,
+    KeyStats as KeyStats,
+)
+from ._prompts.events import PromptVersionEvent as PromptVersionEvent
+from ._prompts.keys import PromptKey as PromptKey
+from ._prompts.langfuse_source import LangfuseSource as LangfuseSource
+from ._prompts.models import (
     ChatMessage as ChatMessage,
     ChatPrompt as ChatPrompt,
     Placeholder as Placeholder,
@@ -55,21 +56,20 @@ from ._models import (
     TextPrompt as TextPrompt,
     parse_prompt as parse_prompt,
 )
-from ._redis import RedisTier as RedisTier
-from ._retry import RetryPolicy as RetryPolicy
-from ._shared import SharedStats as SharedStats
-from ._source import (
+from ._prompts.shared import RedisTier as RedisTier
+from ._prompts.shared_format import SharedStats as SharedStats
+from ._prompts.source import (
     FetchOptions as FetchOptions,
     NewPrompt as NewPrompt,
     PromptSource as PromptSource,
     PromptWriter as PromptWriter,
 )
-from ._sources import (
+from ._prompts.sources import (
     DirectorySource as DirectorySource,
     FunctionSource as FunctionSource,
     StoreSource as StoreSource,
 )
-from ._sync import PromptClient as PromptClient
+from ._prompts.sync import PromptClient as PromptClient
 from .response import (
     ResponseCache as ResponseCache,
     ResponseCacheStats as ResponseCacheStats,

@@ -19,9 +19,9 @@ from typing import Any
 import aiohttp
 import anyio
 
-from ._client import AsyncPromptClient
-from ._errors import PromptCacheError
-from ._models import ChatPrompt
+from ._core.errors import PromptCacheError
+from ._prompts.client import AsyncPromptClient
+from ._prompts.models import ChatPrompt
 from .server import RunningServer, run_server
 
 TTL = 1.0
@@ -234,7 +234,7 @@ def find_redis_server() -> str | None:
 
 def _fleet_worker(base_url: str, redis_url: str, names: list[str]) -> int:
     """One worker process: 100 cold callers of each prompt; returns its caller errors."""
-    from ._redis import RedisTier
+    from ._prompts.shared import RedisTier
 
     async def main() -> int:
         tier = RedisTier(redis_url, namespace="demo", timeout_seconds=1.0)

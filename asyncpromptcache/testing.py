@@ -19,10 +19,10 @@ from collections.abc import Iterable
 import anyio
 import attrs
 
-from ._errors import FetchError, PromptNotFoundError
-from ._keys import PromptKey
-from ._models import Prompt, parse_prompt
-from ._source import FetchOptions, NewPrompt
+from ._core.errors import FetchError, PromptNotFoundError
+from ._prompts.keys import PromptKey
+from ._prompts.models import Prompt, parse_prompt
+from ._prompts.source import FetchOptions, NewPrompt
 
 __all__ = ["FakeClock", "StaticSource"]
 

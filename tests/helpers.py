@@ -24,7 +24,7 @@ import pytest
 from aiohttp import web
 
 from asyncpromptcache import AsyncPromptClient, RedisTier, RetryPolicy
-from asyncpromptcache._webhooks import sign
+from asyncpromptcache._prompts.signatures import sign
 from asyncpromptcache.response import OpenAIChatProducer
 from asyncpromptcache.server import run_server
 from asyncpromptcache.testing import FakeClock, StaticSource

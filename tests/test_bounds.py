@@ -26,10 +26,10 @@ from asyncpromptcache import (
     RetryPolicy,
     ServerError,
     TextPrompt,
-    _cache as cache_module,
 )
-from asyncpromptcache._cache import AsyncPromptCache
-from asyncpromptcache._source import FetchOptions
+from asyncpromptcache._prompts import engine as cache_module
+from asyncpromptcache._prompts.engine import AsyncPromptCache
+from asyncpromptcache._prompts.source import FetchOptions
 from asyncpromptcache.testing import FakeClock
 
 from .faultserver import FaultServer, fault_server

@@ -20,16 +20,16 @@ from asyncpromptcache import (
     PromptKey,
     TextPrompt,
 )
-from asyncpromptcache._changes import ChangeLog, version_change
-from asyncpromptcache._composition import (
+from asyncpromptcache._prompts.changes import ChangeLog, version_change
+from asyncpromptcache._prompts.composition import (
     CompositionIndex,
     Part,
     has_references,
     parse_resolution_graph,
     part_names,
 )
+from asyncpromptcache._prompts.signatures import sign
 from asyncpromptcache._store._compose import find_references
-from asyncpromptcache._webhooks import sign
 from asyncpromptcache.testing import FakeClock, StaticSource
 from tests.composeserver import ComposeServer, compose_server
 
@@ -341,8 +341,8 @@ async def test_a_graph_is_read_as_the_prompt_enters_whatever_else_happens_meanwh
 async def test_a_change_reads_no_held_graph(monkeypatch: pytest.MonkeyPatch) -> None:
     """A change finds what includes it through the index: invalidating a prompt reads none
     of the graphs held (it used to read every one, on the event loop, per call)."""
-    import asyncpromptcache._changes as changes
-    import asyncpromptcache._composition as composition
+    import asyncpromptcache._prompts.changes as changes
+    import asyncpromptcache._prompts.composition as composition
 
     prompts = [_text(f"p{i}", 1, [(f"base{i % 7}", 1)] if i % 3 == 0 else (),
                      labels=["production"]) for i in range(300)]

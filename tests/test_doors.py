@@ -23,7 +23,7 @@ from asyncpromptcache import (
     WebhookError,
     WebhookSignatureError,
 )
-from asyncpromptcache._webhooks import sign
+from asyncpromptcache._prompts.signatures import sign
 from asyncpromptcache.response import OpenAIChatProducer
 from asyncpromptcache.server import run_server
 from asyncpromptcache.testing import StaticSource

@@ -22,7 +22,7 @@ from asyncpromptcache import (
     ResponseError,
     RetryPolicy,
 )
-from asyncpromptcache._secret import Redactor, Secret, redact_url
+from asyncpromptcache._core.secret import Redactor, Secret, redact_url
 from asyncpromptcache.response import OpenAIChatProducer
 
 pytestmark = pytest.mark.anyio

@@ -31,7 +31,7 @@ from asyncpromptcache import (
     TextPrompt,
     parse_prompt,
 )
-from asyncpromptcache._models import prompt_from_value
+from asyncpromptcache._prompts.models import prompt_from_value
 
 # -- wire payloads shaped like Langfuse's server answers ---------------------------------------
 

@@ -16,9 +16,9 @@ from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.trace import NoOpTracerProvider
 
 from asyncpromptcache import AsyncPromptClient, ConfigurationError, PromptClient, RetryPolicy
-from asyncpromptcache._options import ClientOptions, environment_of
-from asyncpromptcache._secret import Secret
-from asyncpromptcache._settings import Environment, resolve_settings
+from asyncpromptcache._core.secret import Secret
+from asyncpromptcache._prompts.options import ClientOptions, environment_of
+from asyncpromptcache._prompts.settings import Environment, resolve_settings
 from asyncpromptcache.testing import StaticSource
 
 FIELDS = {field.name: field for field in attrs.fields(ClientOptions)}

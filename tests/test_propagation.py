@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from asyncpromptcache._webhooks import SIGNATURE_HEADER, sign
+from asyncpromptcache._prompts.signatures import SIGNATURE_HEADER, sign
 from devkit.fleet import Fleet, applied
 from devkit.redisserver import RedisServer
 from devkit.upstream import Upstream, bench_name, create, move_label

@@ -20,9 +20,9 @@ from asyncpromptcache import (
     RedisTier,
     SharedStreamLostError,
     TextPrompt,
-    _redis as redis_module,
 )
-from asyncpromptcache._shared import Names, namespace_id
+from asyncpromptcache._prompts import shared as redis_module
+from asyncpromptcache._prompts.shared_format import Names, namespace_id
 from asyncpromptcache.response._redis import RedisResponses
 from asyncpromptcache.response._wire import ResponseNames, encode_chunk_entry
 from asyncpromptcache.testing import StaticSource

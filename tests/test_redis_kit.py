@@ -10,8 +10,8 @@ import anyio
 import pytest
 
 from asyncpromptcache import ConfigurationError, RedisTier
-from asyncpromptcache._keys import PromptKey
-from asyncpromptcache._shared import Names, encode_value, namespace_id
+from asyncpromptcache._prompts.keys import PromptKey
+from asyncpromptcache._prompts.shared_format import Names, encode_value, namespace_id
 from asyncpromptcache._tiers.redis import Breaker
 from devkit.redisserver import RedisServer
 

@@ -27,7 +27,7 @@ from asyncpromptcache import (
     ServerError,
     TextPrompt,
 )
-from asyncpromptcache._shared import Names, encode_value, namespace_id
+from asyncpromptcache._prompts.shared_format import Names, encode_value, namespace_id
 from asyncpromptcache.testing import FakeClock, StaticSource
 from devkit.redisserver import RedisServer, free_port
 

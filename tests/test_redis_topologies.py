@@ -23,7 +23,7 @@ from asyncpromptcache import (
     RedisTier,
     TextPrompt,
 )
-from asyncpromptcache._shared import Names, namespace_id
+from asyncpromptcache._prompts.shared_format import Names, namespace_id
 from asyncpromptcache.testing import FakeClock, StaticSource
 
 from .helpers import until as wait_until

@@ -23,7 +23,7 @@ from asyncpromptcache import (
     UpstreamEventError,
     UpstreamProtocolError,
 )
-from asyncpromptcache._retry import parse_retry_after
+from asyncpromptcache._http.retry import parse_retry_after
 from asyncpromptcache.response import (
     Chunk,
     MemoryStore,

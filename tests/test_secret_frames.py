@@ -26,7 +26,7 @@ from asyncpromptcache import (
     PromptClient,
     UpstreamError,
 )
-from asyncpromptcache._secret import Secret
+from asyncpromptcache._core.secret import Secret
 from asyncpromptcache.response import OpenAIChatProducer
 from asyncpromptcache.server import run_server
 

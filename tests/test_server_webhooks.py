@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 
 from asyncpromptcache import ConfigurationError
+from asyncpromptcache._prompts.signatures import SIGNATURE_HEADER, verify_signature
 from asyncpromptcache._store._schema import PromptDraft
-from asyncpromptcache._webhooks import SIGNATURE_HEADER, verify_signature
 from asyncpromptcache.server import PromptStore, RunningServer, ServerThread, run_server
 from asyncpromptcache.server._outbox import WebhookSender
 

@@ -36,7 +36,7 @@ from asyncpromptcache import (
     ResponseFailedError,
     TextPrompt,
 )
-from asyncpromptcache._logging import RateLimitedLog
+from asyncpromptcache._core.logs import RateLimitedLog
 from asyncpromptcache.response import Chunk
 from asyncpromptcache.testing import FakeClock, StaticSource
 
@@ -377,8 +377,8 @@ async def test_a_flood_of_forged_change_messages_is_one_warning_line(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from redis.asyncio import Redis
 
-    from asyncpromptcache import _redis as redis_module
-    from asyncpromptcache._shared import Names, namespace_id
+    from asyncpromptcache._prompts import shared as redis_module
+    from asyncpromptcache._prompts.shared_format import Names, namespace_id
 
     # A fresh limiter: another test's rejection in the last minute must not hide this one.
     monkeypatch.setattr(redis_module, "_rejected", RateLimitedLog(redis_module.logger))

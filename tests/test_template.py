@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from langfuse.model import BasePromptClient, TemplateParser
 
 from asyncpromptcache import TextPrompt
-from asyncpromptcache._template import (
+from asyncpromptcache._prompts.template import (
     compile_template,
     find_variable_names,
     to_langchain_template,

@@ -26,8 +26,8 @@ from asyncpromptcache import (
     WebhookReplayError,
     WebhookSignatureError,
 )
-from asyncpromptcache._langfuse import LangfuseSource
-from asyncpromptcache._secret import Secret
+from asyncpromptcache._core.secret import Secret
+from asyncpromptcache._prompts.langfuse_source import LangfuseSource
 from asyncpromptcache.testing import FakeClock
 from examples.webhook_aiohttp import CLIENT, add_webhook_route
 from tests.faultserver import FaultServer, fault_server

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from asyncpromptcache import AsyncPromptClient
-from asyncpromptcache._langfuse import LangfuseSource
+from asyncpromptcache._prompts.langfuse_source import LangfuseSource
 from asyncpromptcache.server import PromptDraft, PromptStore, RunningServer, run_server
 from asyncpromptcache.testing import FakeClock
 from examples.webhook_aiohttp import CLIENT, langfuse_webhook

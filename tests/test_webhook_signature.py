@@ -8,7 +8,7 @@ import hmac
 import pytest
 
 from asyncpromptcache import PromptCacheError, WebhookSignatureError
-from asyncpromptcache._webhooks import sign, verify_signature
+from asyncpromptcache._prompts.signatures import sign, verify_signature
 
 BODY = b'{"id":"e1","type":"prompt-version"}'
 

@@ -29,7 +29,7 @@ from asyncpromptcache import (
     UnexpectedStatusError,
     WritesNotSupportedError,
 )
-from asyncpromptcache._langfuse import LangfuseSource
+from asyncpromptcache._prompts.langfuse_source import LangfuseSource
 from asyncpromptcache.server import RunningServer, run_server
 from asyncpromptcache.testing import FakeClock, StaticSource
 from tests.composeserver import compose_server

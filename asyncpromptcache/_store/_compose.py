@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from .._composition import REFERENCE_PREFIX, js_json as _js_json, reference_tags
+from .._prompts.composition import REFERENCE_PREFIX, js_json as _js_json, reference_tags
 
 __all__ = [
     "MAX_NESTING_DEPTH",

@@ -17,8 +17,8 @@ from typing import Any
 
 import attrs
 
-from .._errors import InvalidResponseError
-from .._models import ChatPrompt, Placeholder, Prompt, PromptType, parse_prompt
+from .._core.errors import InvalidResponseError
+from .._prompts.models import ChatPrompt, Placeholder, Prompt, PromptType, parse_prompt
 
 __all__ = [
     "LATEST_LABEL",

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import anyio.to_thread
 import attrs
 
-from .._models import Prompt, PromptType, parse_prompt
+from .._prompts.models import Prompt, PromptType, parse_prompt
 from ._compose import (
     PromptNode,
     Reference,

@@ -11,21 +11,21 @@ from typing import Any, Literal, overload
 
 import anyio
 
-from .._client import AsyncPromptClient, ChatFallback, TextFallback
-from .._errors import (
+from .._core.errors import (
     ClientStateError,
     ConfigurationError,
     FetchError,
     InvalidResponseError,
 )
-from .._keys import make_key
-from .._langfuse import LangfuseSource
-from .._models import Prompt, PromptType, prompt_from_value
-from .._reads import call_fallback
-from .._redis import RedisTier
-from .._secret import Secret
-from .._source import FetchOptions
-from .._sync import PromptClient
+from .._core.secret import Secret
+from .._prompts.client import AsyncPromptClient, ChatFallback, TextFallback
+from .._prompts.keys import make_key
+from .._prompts.langfuse_source import LangfuseSource
+from .._prompts.models import Prompt, PromptType, prompt_from_value
+from .._prompts.reads import call_fallback
+from .._prompts.shared import RedisTier
+from .._prompts.source import FetchOptions
+from .._prompts.sync import PromptClient
 from ._prompts import ChatPromptClient, LangfusePrompt, TextPromptClient, fallback_model, wrap
 
 __all__ = ["AsyncLangfuse", "Langfuse"]

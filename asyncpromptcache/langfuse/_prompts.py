@@ -9,8 +9,8 @@ from typing import Any, ClassVar, Literal, TypeAlias
 
 import attrs
 
-from .._models import ChatMessage, ChatPrompt, Prompt, TextPrompt
-from .._template import compile_template, to_langchain_template
+from .._prompts.models import ChatMessage, ChatPrompt, Prompt, TextPrompt
+from .._prompts.template import compile_template, to_langchain_template
 
 __all__ = ["ChatPromptClient", "LangfusePrompt", "TextPromptClient", "wrap"]
 

@@ -29,7 +29,7 @@ import anyio.lowlevel
 import attrs
 from anyio.abc import TaskGroup
 
-from .._errors import (
+from .._core.errors import (
     ClientStateError,
     ConfigurationError,
     InvalidArgumentError,
@@ -38,7 +38,7 @@ from .._errors import (
     SharedStreamLostError,
 )
 from .._observe import response_telemetry
-from .._shared import SharedStats
+from .._prompts.shared_format import SharedStats
 from .._tiers.redis.tier import ENV_VAR
 from ._fanout import AbandonPolicy, Consumer, Flight, LocalFlights, Produce
 from ._keymemo import KeyMemo

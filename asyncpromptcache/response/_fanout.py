@@ -31,7 +31,7 @@ from typing import Literal, TypeAlias
 import anyio
 import anyio.lowlevel
 
-from .._errors import (
+from .._core.errors import (
     ClientStateError,
     InvalidArgumentError,
     ResponseFailedError,

@@ -25,8 +25,8 @@ import hashlib
 from collections.abc import Collection, Mapping
 from typing import Any, Literal, TypeAlias
 
-from .._errors import InvalidArgumentError
-from .._json import dumps, json_value
+from .._core.errors import InvalidArgumentError
+from .._core.json_values import dumps, json_value
 
 __all__ = [
     "DEFAULT_IGNORED_FIELDS",

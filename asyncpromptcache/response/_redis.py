@@ -28,13 +28,13 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from .._errors import (
+from .._core.errors import (
     ConfigurationError,
     SharedStreamError,
     SharedStreamLostError,
 )
-from .._logging import RateLimitedLog
-from .._shared import SharedStats, member_text
+from .._core.logs import RateLimitedLog
+from .._prompts.shared_format import SharedStats, member_text
 from .._tiers.redis import Connection, Down, RedisTier
 from .._tiers.redis.lock import extend, new_token, take
 from .._tiers.redis.scan import scan

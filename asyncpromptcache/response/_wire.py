@@ -24,8 +24,8 @@ from typing import Any
 
 import attrs
 
-from .._errors import InvalidResponseError
-from .._shared import _digest, seal, unseal
+from .._core.errors import InvalidResponseError
+from .._prompts.shared_format import _digest, seal, unseal
 from ._keys import Chunk, chunk_size
 from ._store import StoredAnswer
 

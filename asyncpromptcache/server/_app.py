@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from multidict import MultiMapping
 
-from .._errors import ConfigurationError
+from .._core.errors import ConfigurationError
 from .._store._compose import ResolutionError
 from .._store._schema import (
     PRODUCTION_LABEL,

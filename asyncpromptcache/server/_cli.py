@@ -12,7 +12,7 @@ from contextlib import ExitStack
 
 import anyio
 
-from .._errors import ConfigurationError
+from .._core.errors import ConfigurationError
 from .._store._schema import PromptValidationError
 from .._store._sqlite import PromptStore
 from ._guard import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ConnectionGuard

@@ -22,7 +22,7 @@ import anyio
 import attrs
 from aiohttp import web
 
-from .._json import NotJSON, read_json
+from .._core.json_values import NotJSON, read_json
 
 __all__ = [
     "MAX_TOKENS",

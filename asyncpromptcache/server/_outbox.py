@@ -32,9 +32,9 @@ from datetime import UTC, datetime
 import aiohttp
 from aiohttp import web
 
-from .._errors import ConfigurationError
+from .._core.errors import ConfigurationError
+from .._prompts.signatures import SIGNATURE_HEADER, sign
 from .._store._sqlite import PromptChange, PromptStore
-from .._webhooks import SIGNATURE_HEADER, sign
 
 __all__ = ["WEBHOOK_ATTEMPTS", "WebhookSender", "check_webhook", "webhook_body"]
 

@@ -16,7 +16,7 @@ import anyio.from_thread
 import attrs
 from aiohttp import web
 
-from .._errors import ConfigurationError
+from .._core.errors import ConfigurationError
 from .._store._sqlite import PromptStore
 from ._app import DEFAULT_PROJECT_ID, check_keys, create_app
 from ._controls import RequestCounter, ServerControls

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ..._errors import ConfigurationError
+from ..._core.errors import ConfigurationError
 
 __all__ = ["ENV_VAR", "RedisTier", "redacted", "resolve_shared"]
 

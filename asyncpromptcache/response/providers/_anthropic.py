@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ..._secret import NO_SECRETS, Redactor
+from ..._core.secret import NO_SECRETS, Redactor
 from ._base import SSEProducer
 from ._sse import SSEEvent, event_error, event_json
 

@@ -19,16 +19,16 @@ from typing import Any, ClassVar, Self
 import aiohttp
 import yarl
 
-from ..._errors import (
+from ..._core.errors import (
     ConfigurationError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeoutError,
     UpstreamTransportError,
 )
-from ..._http import OwnedSession
-from ..._secret import Redactor, Secret
-from ..._settings import _http_url
+from ..._core.secret import Redactor, Secret
+from ..._http.session import OwnedSession
+from ..._prompts.settings import _http_url
 from ._sse import SSEDecoder, SSEEvent, status_error
 
 __all__ = ["SSEProducer"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..._secret import Redactor
+from ..._core.secret import Redactor
 from ._base import SSEProducer
 from ._sse import SSEEvent, openai_chunk
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..._secret import NO_SECRETS, Redactor
+from ..._core.secret import NO_SECRETS, Redactor
 from ._base import SSEProducer
 from ._sse import SSEEvent, event_error, event_json
 

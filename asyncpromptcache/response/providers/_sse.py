@@ -15,10 +15,10 @@ from typing import Any
 
 import attrs
 
-from ..._errors import UpstreamEventError, UpstreamProtocolError, UpstreamStatusError
-from ..._json import NotJSON, read_json
-from ..._retry import parse_retry_after
-from ..._secret import NO_SECRETS, Redactor
+from ..._core.errors import UpstreamEventError, UpstreamProtocolError, UpstreamStatusError
+from ..._core.json_values import NotJSON, read_json
+from ..._core.secret import NO_SECRETS, Redactor
+from ..._http.retry import parse_retry_after
 
 __all__ = ["SSEDecoder", "SSEEvent", "chunk_text", "event_error", "event_json", "openai_chunk",
            "status_error"]

@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from ..._errors import ResponseFailedError
+from ..._core.errors import ResponseFailedError
 from ._engine import Answer, Headers
 
 __all__ = ["Library", "bases", "library_of"]

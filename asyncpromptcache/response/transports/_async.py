@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..._errors import ConfigurationError
-from ..._runtime import spawn_detached
+from ..._core.errors import ConfigurationError
+from ..._core.runtime import spawn_detached
 from .._cache import ResponseCache
 from ._adapt import Library, bases, library_of
 from ._engine import Answer, Engine, Headers, Reject, Untouched, Upstream, local_answer

@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from ..._errors import NotCachedError, ResponseFailedError
+from ..._core.errors import NotCachedError, ResponseFailedError
 from .._cache import ResponseCache, ResponseStream
 from .._keys import Chunk
 from ._engine import (

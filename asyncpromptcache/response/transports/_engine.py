@@ -18,7 +18,12 @@ from typing import Any, Protocol, TypeAlias
 
 import attrs
 
-from ..._errors import NotCachedError, PromptCacheError, ResponseFailedError, UpstreamStatusError
+from ..._core.errors import (
+    NotCachedError,
+    PromptCacheError,
+    ResponseFailedError,
+    UpstreamStatusError,
+)
 from .._cache import ResponseCache, ResponseStream
 from .._keys import Chunk
 from ._frames import EventSplitter, StreamCheck

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
-from ..._errors import ClientStateError
-from ..._sync import _LoopThread
+from ..._core.errors import ClientStateError
+from ..._prompts.sync import _LoopThread
 from .._cache import ResponseCache
 from ._adapt import Library, bases, library_of
 from ._async import check_cache, origin_and_target, rejected

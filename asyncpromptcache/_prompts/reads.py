@@ -18,17 +18,17 @@ from typing import Any, TypeAlias
 
 import anyio
 
-from ._cache import AsyncPromptCache
-from ._changes import ChangeLog
-from ._checks import check_count
-from ._composition import part_names
-from ._errors import FetchError, FetchTimeoutError, InvalidArgumentError, InvalidResponseError
-from ._keys import PromptKey
-from ._models import ChatPrompt, Prompt, PromptType, TextPrompt, prompt_from_value, wrong_type
-from ._redis import SharedPrompts
-from ._retry import RetryPolicy
-from ._settings import check_timeout, check_ttl
-from ._source import FetchOptions, PromptSource
+from .._core.checks import check_count
+from .._core.errors import FetchError, FetchTimeoutError, InvalidArgumentError, InvalidResponseError
+from .._http.retry import RetryPolicy
+from .changes import ChangeLog
+from .composition import part_names
+from .engine import AsyncPromptCache
+from .keys import PromptKey
+from .models import ChatPrompt, Prompt, PromptType, TextPrompt, prompt_from_value, wrong_type
+from .settings import check_timeout, check_ttl
+from .shared import SharedPrompts
+from .source import FetchOptions, PromptSource
 
 __all__ = ["ChatFallback", "PromptReads", "TextFallback", "await_fallback", "call_fallback"]
 

@@ -22,8 +22,8 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from ._errors import PromptNotFoundError
-from ._shared import SharedStats
+from .._core.errors import PromptNotFoundError
+from .._prompts.shared_format import SharedStats
 
 __all__ = ["PromptTelemetry", "ResponseTelemetry"]
 

@@ -22,16 +22,16 @@ from typing import Any
 import aiohttp
 import attrs
 
-from ._cache import AsyncPromptCache, Clock
-from ._checks import check_count, check_seconds
-from ._errors import ConfigurationError
-from ._langfuse import LangfuseSource
-from ._redis import RedisTier, resolve_shared
-from ._retry import RetryPolicy
-from ._secret import Secret
-from ._settings import TTL_VARS, Environment, Settings, resolve_settings
-from ._source import PromptSource
-from ._tiers.redis import ENV_VAR as REDIS_URL_VAR
+from .._core.checks import check_count, check_seconds
+from .._core.errors import ConfigurationError
+from .._core.secret import Secret
+from .._http.retry import RetryPolicy
+from .._tiers.redis import ENV_VAR as REDIS_URL_VAR
+from .engine import AsyncPromptCache, Clock
+from .langfuse_source import LangfuseSource
+from .settings import TTL_VARS, Environment, Settings, resolve_settings
+from .shared import RedisTier, resolve_shared
+from .source import PromptSource
 
 __all__ = ["DEFAULT_NEGATIVE_CACHE_SECONDS", "ENV_VARS", "ClientOptions", "environment_of"]
 

@@ -13,8 +13,8 @@ import aiohttp
 import anyio
 import yarl
 
-from ._checks import check_count, check_seconds
-from ._errors import (
+from .._core.checks import check_count, check_seconds
+from .._core.errors import (
     AuthenticationError,
     FetchError,
     FetchTimeoutError,
@@ -25,14 +25,14 @@ from ._errors import (
     TransportError,
     UnexpectedStatusError,
 )
-from ._http import OwnedSession, basic_auth
-from ._json import NotJSON, dumps, read_json
-from ._keys import PromptKey, _shown
-from ._models import Prompt, parse_prompt
-from ._retry import RetryPolicy, parse_retry_after
-from ._secret import Redactor, Secret
-from ._settings import check_base_url
-from ._source import FetchOptions, NewPrompt
+from .._core.json_values import NotJSON, dumps, read_json
+from .._core.secret import Redactor, Secret
+from .._http.retry import RetryPolicy, parse_retry_after
+from .._http.session import OwnedSession, basic_auth
+from .keys import PromptKey, _shown
+from .models import Prompt, parse_prompt
+from .settings import check_base_url
+from .source import FetchOptions, NewPrompt
 
 __all__ = ["LangfuseSource"]
 

@@ -1,6 +1,6 @@
 """The prompt tier's use of the Redis kit (``_tiers/redis``): ``SharedPrompts``, one
 client's side of the shared tier, living in that client's event loop. The naming, value format
-and messages are in ``_shared.py``; the connection, health policy, lock, bus and scripts are
+and messages are in ``shared_format``; the connection, health policy, lock, bus and scripts are
 the kit's; the L1 engine knows nothing of either.
 
 How a client uses it (the shared tier's promises, see the README's "Many processes"):
@@ -36,11 +36,14 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
-from ._cache import Fetched
-from ._keys import PromptKey
-from ._logging import RateLimitedLog
-from ._models import Prompt
-from ._shared import (
+from .._core.logs import RateLimitedLog
+from .._tiers.redis import Connection, Down, RedisTier, resolve_shared
+from .._tiers.redis.bus import Bus
+from .._tiers.redis.lock import new_token, release
+from .engine import Fetched
+from .keys import PromptKey
+from .models import Prompt
+from .shared_format import (
     Change,
     Names,
     SharedStats,
@@ -56,9 +59,6 @@ from ._shared import (
     parts_of,
     suspect_member,
 )
-from ._tiers.redis import Connection, Down, RedisTier, resolve_shared
-from ._tiers.redis.bus import Bus
-from ._tiers.redis.lock import new_token, release
 
 __all__ = ["RedisTier", "SharedPrompts", "resolve_shared"]
 

@@ -14,12 +14,12 @@ from typing import cast
 
 import attrs
 
-from ._cache import AsyncPromptCache
-from ._changes import CacheChange, ChangeLog
-from ._keys import PromptKey, make_key
-from ._models import Prompt
-from ._redis import SharedPrompts
-from ._shared import Change
+from .changes import CacheChange, ChangeLog
+from .engine import AsyncPromptCache
+from .keys import PromptKey, make_key
+from .models import Prompt
+from .shared import SharedPrompts
+from .shared_format import Change
 
 __all__ = ["ChangeApplier"]
 

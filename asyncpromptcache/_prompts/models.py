@@ -8,10 +8,10 @@ from typing import Any, ClassVar, Literal, TypeAlias
 
 import attrs
 
-from ._composition import parse_resolution_graph
-from ._errors import InvalidArgumentError, InvalidResponseError, TemplateError
-from ._keys import PromptKey
-from ._template import compile_template, find_variable_names, to_langchain_template
+from .._core.errors import InvalidArgumentError, InvalidResponseError, TemplateError
+from .composition import parse_resolution_graph
+from .keys import PromptKey
+from .template import compile_template, find_variable_names, to_langchain_template
 
 __all__ = [
     "ChatMessage",
@@ -80,7 +80,7 @@ class _PromptBase:
     tags: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
     commit_message: str | None = None
     is_fallback: bool = False
-    # Langfuse's ``resolutionGraph``: the prompts this one was composed of (see _composition).
+    # Langfuse's ``resolutionGraph``: the prompts this one was composed of (see composition).
     resolution_graph: Any = attrs.field(default=None, eq=False, hash=False, repr=False)
 
     def _meta_dict(self) -> dict[str, Any]:
@@ -334,7 +334,7 @@ def parse_prompt(data: Any) -> Prompt:
     Strict: a missing or wrongly-typed field raises ``InvalidResponseError`` whose ``field``
     names it. Fields this SDK does not use (``id``, ``createdAt``...) are ignored;
     ``resolutionGraph`` is kept as ``resolution_graph`` (checked by
-    ``_composition.parse_resolution_graph``).
+    ``composition.parse_resolution_graph``).
     """
     if not isinstance(data, dict):
         raise InvalidResponseError(

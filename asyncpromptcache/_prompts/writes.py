@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ._apply import ChangeApplier
-from ._changes import version_change
-from ._errors import InvalidArgumentError, WritesNotSupportedError
-from ._json import dumps, json_value
-from ._keys import PromptKey, make_key
-from ._models import Prompt, PromptType, prompt_from_value, wrong_type
-from ._source import FetchOptions, NewPrompt, PromptSource, PromptWriter
+from .._core.errors import InvalidArgumentError, WritesNotSupportedError
+from .._core.json_values import dumps, json_value
+from .apply import ChangeApplier
+from .changes import version_change
+from .keys import PromptKey, make_key
+from .models import Prompt, PromptType, prompt_from_value, wrong_type
+from .source import FetchOptions, NewPrompt, PromptSource, PromptWriter
 
 __all__ = ["PromptWrites"]
 

@@ -23,9 +23,9 @@ import aiohttp
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ._errors import ConfigurationError, PromptCacheError
-from ._secret import NO_SECRETS, Redactor, Secret
-from ._settings import _http_url, proxy_for
+from .._core.errors import ConfigurationError, PromptCacheError
+from .._core.secret import NO_SECRETS, Redactor, Secret
+from .._prompts.settings import _http_url, proxy_for
 
 __all__ = ["OwnedSession", "basic_auth", "forget_credentials"]
 

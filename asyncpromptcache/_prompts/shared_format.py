@@ -1,6 +1,6 @@
 """The shared tier's pure logic: Redis key and channel names, the L2 value format (with
 wall-clock times and an optional HMAC signature) and the change messages every process
-applies. No I/O and no Redis import: ``_redis.py`` does the talking.
+applies. No I/O and no Redis import: ``shared`` does the talking.
 
 Key layout (one hash tag per prompt name, so every command touches one slot of a Cluster)::
 
@@ -31,10 +31,10 @@ from typing import Any, Literal
 
 import attrs
 
-from ._composition import parse_resolution_graph
-from ._errors import InvalidResponseError
-from ._keys import PromptKey
-from ._models import Prompt, parse_prompt
+from .._core.errors import InvalidResponseError
+from .composition import parse_resolution_graph
+from .keys import PromptKey
+from .models import Prompt, parse_prompt
 
 __all__ = [
     "Change",

@@ -21,9 +21,9 @@ from typing import Any, Generic, Literal, TypeAlias, TypeVar
 
 import attrs
 
-from ._errors import InvalidResponseError, WebhookError
-from ._json import NotJSON, read_json
-from ._models import Prompt, parse_prompt
+from .._core.errors import InvalidResponseError, WebhookError
+from .._core.json_values import NotJSON, read_json
+from .models import Prompt, parse_prompt
 
 __all__ = ["EventAction", "PromptVersionEvent", "SeenIds", "VersionStates", "parse_event"]
 

@@ -8,9 +8,9 @@ from urllib.parse import SplitResult, urlsplit
 
 import attrs
 
-from ._checks import check_seconds, parse_seconds
-from ._errors import ConfigurationError, InvalidArgumentError
-from ._secret import Secret, redact_url
+from .._core.checks import check_seconds, parse_seconds
+from .._core.errors import ConfigurationError, InvalidArgumentError
+from .._core.secret import Secret, redact_url
 
 __all__ = ["Environment", "Settings", "resolve_settings"]
 

@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import re
 
-from ._errors import WebhookError, WebhookSignatureError
+from .._core.errors import WebhookError, WebhookSignatureError
 
 __all__ = ["SIGNATURE_HEADER", "TOLERANCE_SECONDS", "sign", "verify_signature"]
 

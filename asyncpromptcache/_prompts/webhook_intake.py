@@ -11,13 +11,13 @@ import logging
 import time
 from collections.abc import Callable
 
-from ._apply import ChangeApplier
-from ._changes import version_change
-from ._errors import WebhookError, WebhookReplayError
-from ._events import PromptVersionEvent, SeenIds, VersionStates, parse_event
-from ._redis import SharedPrompts
-from ._secret import Secret
-from ._webhooks import verify_signature
+from .._core.errors import WebhookError, WebhookReplayError
+from .._core.secret import Secret
+from .apply import ChangeApplier
+from .changes import version_change
+from .events import PromptVersionEvent, SeenIds, VersionStates, parse_event
+from .shared import SharedPrompts
+from .signatures import verify_signature
 
 __all__ = ["WebhookIntake"]
 

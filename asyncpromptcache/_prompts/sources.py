@@ -7,11 +7,11 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from ._errors import PromptNotFoundError
-from ._keys import PromptKey
-from ._models import Prompt
-from ._source import FetchOptions
-from ._store._sqlite import PromptStore
+from .._core.errors import PromptNotFoundError
+from .._store._sqlite import PromptStore
+from .keys import PromptKey
+from .models import Prompt
+from .source import FetchOptions
 
 __all__ = ["DirectorySource", "FunctionSource", "StoreSource"]
 

@@ -14,10 +14,10 @@ from collections.abc import Collection, Iterable
 
 import attrs
 
-from ._composition import has_references
-from ._events import EventAction
-from ._keys import PromptKey
-from ._models import ChatMessage, Prompt, TextPrompt
+from .composition import has_references
+from .events import EventAction
+from .keys import PromptKey
+from .models import ChatMessage, Prompt, TextPrompt
 
 __all__ = ["LATEST_LABEL", "CacheChange", "ChangeLog", "version_change"]
 

@@ -30,13 +30,15 @@ import anyio
 import attrs
 from anyio.from_thread import BlockingPortal
 
-from ._cache import CacheStats, Clock
-from ._checks import check_seconds
-from ._client import AsyncPromptClient
-from ._errors import ClientStateError, FetchError, InvalidArgumentError, PromptCacheError
-from ._events import PromptVersionEvent
-from ._keys import PromptKey, make_key, prefetch_keys
-from ._models import (
+from .._core.checks import check_seconds
+from .._core.errors import ClientStateError, FetchError, InvalidArgumentError, PromptCacheError
+from .._core.secret import Secret
+from .._http.retry import RetryPolicy
+from .client import AsyncPromptClient
+from .engine import CacheStats, Clock
+from .events import PromptVersionEvent
+from .keys import PromptKey, make_key, prefetch_keys
+from .models import (
     ChatPrompt,
     Prompt,
     PromptType,
@@ -44,12 +46,10 @@ from ._models import (
     check_prompt_type,
     prompt_from_value,
 )
-from ._options import DEFAULT_NEGATIVE_CACHE_SECONDS, ClientOptions, environment_of
-from ._reads import ChatFallback, TextFallback, await_fallback, call_fallback
-from ._redis import RedisTier
-from ._retry import RetryPolicy
-from ._secret import Secret
-from ._source import PromptSource
+from .options import DEFAULT_NEGATIVE_CACHE_SECONDS, ClientOptions, environment_of
+from .reads import ChatFallback, TextFallback, await_fallback, call_fallback
+from .shared import RedisTier
+from .source import PromptSource
 
 __all__ = ["PromptClient"]
 

@@ -1,5 +1,5 @@
 """Where the clients and caches get their telemetry: ``None`` when OpenTelemetry's API is not
-installed (the package never needs it), else one object from ``_telemetry``.
+installed (the package never needs it), else one object from ``otel``.
 
 A provider given (``meter_provider=``, ``tracer_provider=``) without the API installed is a
 configuration error; none given means the global providers, which do nothing until the
@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ConfigurationError
+from .._core.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from ._shared import SharedStats
-    from ._telemetry import PromptTelemetry, ResponseTelemetry
+    from .._prompts.shared_format import SharedStats
+    from .otel import PromptTelemetry, ResponseTelemetry
 
 __all__ = ["prompt_telemetry", "response_telemetry"]
 
@@ -30,7 +30,7 @@ def prompt_telemetry(
     """A prompt client's telemetry; ``read()`` gives its lookup counts by result, its entry
     count and its shared tier's stats, at collection time (from any thread)."""
     try:
-        from ._telemetry import PromptTelemetry
+        from .otel import PromptTelemetry
     except ImportError:
         if meter_provider is not None or tracer_provider is not None:
             raise ConfigurationError(_MISSING) from None
@@ -42,7 +42,7 @@ def response_telemetry(meter_provider: Any, tracer_provider: Any,
                        read: Callable[[], Any]) -> ResponseTelemetry | None:
     """A response cache's telemetry; ``read()`` gives its ``ResponseCacheStats``."""
     try:
-        from ._telemetry import ResponseTelemetry
+        from .otel import ResponseTelemetry
     except ImportError:
         if meter_provider is not None or tracer_provider is not None:
             raise ConfigurationError(_MISSING) from None

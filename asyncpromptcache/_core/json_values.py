@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ._errors import InvalidArgumentError
+from .errors import InvalidArgumentError
 
 __all__ = ["NotJSON", "dumps", "json_value", "read_json"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._errors import ConfigurationError, PromptCacheError
+from .errors import ConfigurationError, PromptCacheError
 
 __all__ = ["check_count", "check_seconds", "parse_seconds"]
 

@@ -6,8 +6,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-from ._keys import PromptKey
-from ._models import Prompt, PromptType
+from .keys import PromptKey
+from .models import Prompt, PromptType
 
 __all__ = ["FetchOptions", "NewPrompt", "PromptSource", "PromptWriter"]
 

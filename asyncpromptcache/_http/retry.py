@@ -11,8 +11,14 @@ from typing import Any
 
 import attrs
 
-from ._checks import check_count, check_seconds
-from ._errors import ConfigurationError, FetchError, RateLimitError, ServerError, TransportError
+from .._core.checks import check_count, check_seconds
+from .._core.errors import (
+    ConfigurationError,
+    FetchError,
+    RateLimitError,
+    ServerError,
+    TransportError,
+)
 
 __all__ = ["RetryPolicy", "parse_retry_after"]
 

@@ -34,9 +34,8 @@ import attrs
 import cachetools
 from anyio.abc import TaskGroup
 
-from ._checks import check_count, check_seconds
-from ._composition import CompositionIndex
-from ._errors import (
+from .._core.checks import check_count, check_seconds
+from .._core.errors import (
     ClientStateError,
     FetchError,
     FetchTimeoutError,
@@ -44,10 +43,11 @@ from ._errors import (
     PromptCacheError,
     PromptNotFoundError,
 )
-from ._failures import Failures
-from ._keys import DEFAULT_LABEL, PromptKey, make_key
-from ._models import ChatPrompt, Prompt, TextPrompt
-from ._shared import SharedStats
+from .composition import CompositionIndex
+from .failures import Failures
+from .keys import DEFAULT_LABEL, PromptKey, make_key
+from .models import ChatPrompt, Prompt, TextPrompt
+from .shared_format import SharedStats
 
 __all__ = ["AsyncPromptCache", "CacheStats", "Fetched", "KeyStats"]
 

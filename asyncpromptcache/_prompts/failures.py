@@ -14,8 +14,8 @@ from collections.abc import Callable, Hashable
 import attrs
 import cachetools
 
-from ._checks import check_seconds
-from ._errors import PromptCacheError
+from .._core.checks import check_seconds
+from .._core.errors import PromptCacheError
 
 __all__ = ["Failures", "KeyInfo"]
 

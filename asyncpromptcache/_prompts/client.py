@@ -2,9 +2,9 @@
 ``prefetch``, ``invalidate`` and ``stats``.
 
 The rest lives beside it, each job in a collaborator of its own that the client holds and
-delegates to: ``PromptReads`` (``_reads.py``: a call past the hit path), ``ChangeApplier``
-(``_apply.py``: every change to the cache), ``PromptWrites`` (``_writes.py``) and
-``WebhookIntake`` (``_webhook_intake.py``). Its options are ``ClientOptions`` (``_options.py``).
+delegates to: ``PromptReads`` (``reads``: a call past the hit path), ``ChangeApplier``
+(``apply``: every change to the cache), ``PromptWrites`` (``writes``) and
+``WebhookIntake`` (``webhook_intake``). Its options are ``ClientOptions`` (``options``).
 """
 
 from __future__ import annotations
@@ -19,33 +19,33 @@ import aiohttp
 import anyio
 import attrs
 
-from ._apply import ChangeApplier
-from ._cache import AsyncPromptCache, CacheStats, Clock
-from ._errors import (
+from .._core.errors import (
     ClientStateError,
     ConfigurationError,
     FetchError,
 )
-from ._events import PromptVersionEvent
-from ._keys import PromptKey, make_key, prefetch_keys
-from ._models import (
+from .._core.runtime import current_backend, current_loop, spawn_detached
+from .._core.secret import Secret
+from .._http.retry import RetryPolicy
+from .._observe import prompt_telemetry
+from .apply import ChangeApplier
+from .engine import AsyncPromptCache, CacheStats, Clock
+from .events import PromptVersionEvent
+from .keys import PromptKey, make_key, prefetch_keys
+from .models import (
     ChatPrompt,
     Prompt,
     PromptType,
     TextPrompt,
     check_prompt_type,
 )
-from ._observe import prompt_telemetry
-from ._options import DEFAULT_NEGATIVE_CACHE_SECONDS, ClientOptions, environment_of
-from ._reads import ChatFallback, PromptReads, TextFallback
-from ._redis import RedisTier, SharedPrompts
-from ._retry import RetryPolicy
-from ._runtime import current_backend, current_loop, spawn_detached
-from ._secret import Secret
-from ._shared import SharedStats
-from ._source import PromptSource
-from ._webhook_intake import WebhookIntake
-from ._writes import PromptWrites
+from .options import DEFAULT_NEGATIVE_CACHE_SECONDS, ClientOptions, environment_of
+from .reads import ChatFallback, PromptReads, TextFallback
+from .shared import RedisTier, SharedPrompts
+from .shared_format import SharedStats
+from .source import PromptSource
+from .webhook_intake import WebhookIntake
+from .writes import PromptWrites
 
 __all__ = ["AsyncPromptClient", "ChatFallback", "TextFallback"]
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from ._errors import InvalidResponseError
+from .._core.errors import InvalidResponseError
 
 __all__ = [
     "REFERENCE_PREFIX",

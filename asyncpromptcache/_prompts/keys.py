@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from ._errors import InvalidArgumentError
+from .._core.errors import InvalidArgumentError
 
 DEFAULT_LABEL = "production"
 

@@ -57,7 +57,6 @@ from ._prompts.models import (
     parse_prompt as parse_prompt,
 )
 from ._prompts.shared import RedisTier as RedisTier
-from ._prompts.shared_format import SharedStats as SharedStats
 from ._prompts.source import (
     FetchOptions as FetchOptions,
     NewPrompt as NewPrompt,
@@ -70,6 +69,7 @@ from ._prompts.sources import (
     StoreSource as StoreSource,
 )
 from ._prompts.sync import PromptClient as PromptClient
+from ._tiers.redis.stats import SharedStats as SharedStats
 from .response import (
     ResponseCache as ResponseCache,
     ResponseCacheStats as ResponseCacheStats,

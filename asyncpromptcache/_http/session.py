@@ -25,7 +25,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from .._core.errors import ConfigurationError, PromptCacheError
 from .._core.secret import NO_SECRETS, Redactor, Secret
-from .._prompts.settings import _http_url, proxy_for
+from .urls import check_http_url, proxy_for
 
 __all__ = ["OwnedSession", "basic_auth", "forget_credentials"]
 
@@ -42,7 +42,7 @@ class OwnedSession:
         secrets: Iterable[Secret | None] = (),
     ) -> None:
         if proxy is not None:
-            _http_url(proxy, "proxy", "")
+            check_http_url(proxy, "proxy", "")
         elif trust_env:
             proxy = proxy_for(target, os.environ)
         #: The proxy's URL without its credentials, ``None`` to connect directly.

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .._core.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from .._prompts.shared_format import SharedStats
+    from .._tiers.redis.stats import SharedStats
     from .otel import PromptTelemetry, ResponseTelemetry
 
 __all__ = ["prompt_telemetry", "response_telemetry"]

@@ -23,7 +23,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .._core.errors import PromptNotFoundError
-from .._prompts.shared_format import SharedStats
+from .._tiers.redis.stats import SharedStats
 
 __all__ = ["PromptTelemetry", "ResponseTelemetry"]
 

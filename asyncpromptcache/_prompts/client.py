@@ -28,6 +28,7 @@ from .._core.runtime import current_backend, current_loop, spawn_detached
 from .._core.secret import Secret
 from .._http.retry import RetryPolicy
 from .._observe import prompt_telemetry
+from .._tiers.redis.stats import SharedStats
 from .apply import ChangeApplier
 from .engine import AsyncPromptCache, CacheStats, Clock
 from .events import PromptVersionEvent
@@ -42,7 +43,6 @@ from .models import (
 from .options import DEFAULT_NEGATIVE_CACHE_SECONDS, ClientOptions, environment_of
 from .reads import ChatFallback, PromptReads, TextFallback
 from .shared import RedisTier, SharedPrompts
-from .shared_format import SharedStats
 from .source import PromptSource
 from .webhook_intake import WebhookIntake
 from .writes import PromptWrites

@@ -43,11 +43,11 @@ from .._core.errors import (
     PromptCacheError,
     PromptNotFoundError,
 )
+from .._tiers.redis.stats import SharedStats
 from .composition import CompositionIndex
 from .failures import Failures
 from .keys import DEFAULT_LABEL, PromptKey, make_key
 from .models import ChatPrompt, Prompt, TextPrompt
-from .shared_format import SharedStats
 
 __all__ = ["AsyncPromptCache", "CacheStats", "Fetched", "KeyStats"]
 

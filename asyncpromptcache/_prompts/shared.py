@@ -40,19 +40,19 @@ from .._core.logs import RateLimitedLog
 from .._tiers.redis import Connection, Down, RedisTier, resolve_shared
 from .._tiers.redis.bus import Bus
 from .._tiers.redis.lock import new_token, release
+from .._tiers.redis.stats import SharedStats
+from .._tiers.redis.text import member_text
 from .engine import Fetched
 from .keys import PromptKey
 from .models import Prompt
 from .shared_format import (
     Change,
     Names,
-    SharedStats,
     decode_change,
     decode_stored,
     dependent_member,
     encode_change,
     encode_value,
-    member_text,
     namespace_id,
     parse_dependent_member,
     parse_suspect_member,

@@ -22,8 +22,6 @@ reach another's entries by prefix.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import math
 from collections.abc import Hashable, Iterable
@@ -32,6 +30,7 @@ from typing import Any, Literal
 import attrs
 
 from .._core.errors import InvalidResponseError
+from .._core.sealing import digest as _digest, seal, unseal
 from .composition import parse_resolution_graph
 from .keys import PromptKey
 from .models import Prompt, parse_prompt
@@ -39,13 +38,11 @@ from .models import Prompt, parse_prompt
 __all__ = [
     "Change",
     "Names",
-    "SharedStats",
     "decode_change",
     "decode_stored",
     "dependent_member",
     "encode_change",
     "encode_value",
-    "member_text",
     "parse_dependent_member",
     "parse_suspect_member",
     "parts_of",
@@ -56,11 +53,6 @@ _VALUE_TAG = b"apc1"
 _MESSAGE_TAG = b"apm1"  # a change message sealed with the tier's signing key
 _MESSAGE_VERSION = 1
 ChangeKind = Literal["invalidate", "clear", "expire", "filled", "released"]
-
-
-def _digest(*parts: Any, size: int = 16) -> str:
-    raw = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:size]
 
 
 def namespace_id(namespace: str, host: str, public_key: str | None) -> str:
@@ -180,43 +172,7 @@ def parse_dependent_member(raw: bytes | str) -> tuple[str, str] | None:
     return None
 
 
-def member_text(raw: bytes | str) -> str | None:
-    """A member of a set (or a key name) read back from Redis as text; ``None`` when it is
-    not UTF-8, so not one this SDK wrote (a Redis others write to: never trust its contents)."""
-    if isinstance(raw, str):
-        return raw
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
 # -- the L2 value ----------------------------------------------------------------------------
-
-
-def _sign(signing_key: bytes, body: bytes) -> bytes:
-    return hmac.new(signing_key, body, hashlib.sha256).hexdigest().encode("ascii")
-
-
-def seal(tag: bytes, body: bytes, signing_key: bytes | None) -> bytes:
-    """``<tag>.<hmac-sha256 hex of body, or ->.<body>``."""
-    signature = _sign(signing_key, body) if signing_key is not None else b"-"
-    return b".".join((tag, signature, body))
-
-
-def unseal(raw: bytes, tag: bytes, signing_key: bytes | None, what: str) -> bytes:
-    """The body of a ``seal``-ed value, or ``InvalidResponseError`` if it is not one with
-    ``tag``, or (with a signing key) unsigned or wrongly signed."""
-    found, _, rest = raw.partition(b".")
-    signature, _, body = rest.partition(b".")
-    if found != tag or not body:
-        raise InvalidResponseError(f"{what}: not in this SDK's format", field=None)
-    if signing_key is not None:
-        if signature == b"-":
-            raise InvalidResponseError(f"{what}: unsigned", field=None)
-        if not hmac.compare_digest(signature, _sign(signing_key, body)):
-            raise InvalidResponseError(f"{what}: wrong signature", field=None)
-    return body
 
 
 def encode_value(
@@ -390,27 +346,3 @@ def _decode_change(raw: bytes | str) -> Change | None:
     origin = data.get("origin")
     return Change(kind, tuple(keys), tuple(names), generation,
                   origin if isinstance(origin, str) else "", tuple(changed))
-
-
-# -- stats -----------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class SharedStats:
-    """The shared tier's state and counters, in ``CacheStats.shared``.
-
-    ``state`` is ``"up"``, ``"down"`` (L1-only until Redis answers again) or ``"starting"``.
-    """
-
-    state: str
-    l2_hits: int = 0
-    l2_stale_served: int = 0
-    l2_misses: int = 0
-    upstream_fetches: int = 0
-    waits: int = 0
-    takeovers: int = 0
-    rejected_values: int = 0
-    redis_errors: int = 0
-    outages: int = 0
-    changes_sent: int = 0
-    changes_received: int = 0

@@ -38,7 +38,7 @@ from .._core.errors import (
     SharedStreamLostError,
 )
 from .._observe import response_telemetry
-from .._prompts.shared_format import SharedStats
+from .._tiers.redis.stats import SharedStats
 from .._tiers.redis.tier import ENV_VAR
 from ._fanout import AbandonPolicy, Consumer, Flight, LocalFlights, Produce
 from ._keymemo import KeyMemo

@@ -34,10 +34,11 @@ from .._core.errors import (
     SharedStreamLostError,
 )
 from .._core.logs import RateLimitedLog
-from .._prompts.shared_format import SharedStats, member_text
 from .._tiers.redis import Connection, Down, RedisTier
 from .._tiers.redis.lock import extend, new_token, take
 from .._tiers.redis.scan import scan
+from .._tiers.redis.stats import SharedStats
+from .._tiers.redis.text import member_text
 from ._keys import Chunk
 from ._store import ResponseStore, StoredAnswer, StoreStats
 from ._wire import (

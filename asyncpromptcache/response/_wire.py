@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 
 from .._core.errors import InvalidResponseError
-from .._prompts.shared_format import _digest, seal, unseal
+from .._core.sealing import digest as _digest, seal, unseal
 from ._keys import Chunk, chunk_size
 from ._store import StoredAnswer
 

@@ -8,6 +8,8 @@ response cache alike.
 * ``lock``: the token lock (take, extend, compare-and-delete release).
 * ``bus``: the namespace's pub/sub channel, with reconnect and an ``on_reconnect`` hook.
 * ``scan``: a Cluster-safe scan of a namespace's keys.
+* ``stats``: ``SharedStats``, the state and counters of either tier; ``text``: members read
+  back as text (pure).
 
 The tiers keep only their own logic: what to read, lock, write and announce.
 """

@@ -28,7 +28,7 @@ from ..._core.errors import (
 )
 from ..._core.secret import Redactor, Secret
 from ..._http.session import OwnedSession
-from ..._prompts.settings import _http_url
+from ..._http.urls import check_http_url
 from ._sse import SSEDecoder, SSEEvent, status_error
 
 __all__ = ["SSEProducer"]
@@ -83,7 +83,7 @@ class SSEProducer:
             base_url = self.default_base_url
         if not isinstance(base_url, str):
             raise ConfigurationError(f"base_url must be a string, got {type(base_url).__name__}")
-        _http_url(base_url, "base_url", "")
+        check_http_url(base_url, "base_url", "")
         self._url = str(yarl.URL(base_url)).rstrip("/") + self.path
         self._headers = {"User-Agent": _USER_AGENT, **self.protocol_headers, **(headers or {})}
         self._http = OwnedSession(

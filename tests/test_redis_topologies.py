@@ -208,7 +208,7 @@ async def test_the_tier_behind_a_sentinel(sentinel: RedisSentinelServers) -> Non
     watchers: list[Sentinel] = []
 
     def sentinel_client() -> Any:
-        watchers.append(Sentinel([("127.0.0.1", sentinel.sentinel_port)]))  # type: ignore[no-untyped-call]
+        watchers.append(Sentinel([("127.0.0.1", sentinel.sentinel_port)]))  # type: ignore[no-untyped-call,unused-ignore]
         return watchers[-1].master_for("mymaster")
 
     async with AsyncExitStack() as closing, fleet(sentinel_client, text("a"), text("b")) as f:

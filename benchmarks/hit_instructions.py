@@ -55,7 +55,7 @@ TIERED = "get_prompt(name), shared tier on"
 OBSERVED = "get_prompt(name), telemetry on"
 ASYNC_LRU = "async_lru hit"
 #: The target for the default-label hit.
-TARGET = 2.9
+TARGET = 2.8
 
 Loop = Callable[[int], Awaitable[None]]
 

@@ -2,9 +2,10 @@
 client's side of the shared tier, living in that client's event loop. It holds the policy:
 when to read L2, take a key's lock, write, publish, wake waiters and queue what Redis did not
 take. The Redis I/O of the values (writes, and what a change drops: dependents and suspects
-sets, the locks of fetches in flight) is ``shared_values``'s; the naming, value format and
-messages are ``shared_format``'s; the connection, health policy, lock, bus and scripts are the
-kit's; the L1 engine knows nothing of any of them.
+sets, the locks of fetches in flight) is ``shared_values``'s; the webhook claims are
+``shared_webhooks``'s; the naming, value format and messages are ``shared_format``'s; the
+connection, health policy, lock, bus and scripts are the kit's; the L1 engine knows nothing of
+any of them.
 
 How a client uses it (the shared tier's promises, see the README's "Many processes"):
 
@@ -57,6 +58,7 @@ from .shared_format import (
     parts_of,
 )
 from .shared_values import SharedValues
+from .shared_webhooks import SharedWebhooks
 
 __all__ = ["RedisTier", "SharedPrompts", "resolve_shared"]
 
@@ -72,12 +74,6 @@ _TAKE = Connection.script(
     "if redis.call('pttl', KEYS[2]) < tonumber(ARGV[2]) then "
     "redis.call('pexpire', KEYS[2], ARGV[2]) end return 1"
 )
-# Record a webhook state's updatedAt unless a newer one of the version was applied already.
-_NEWEST = Connection.script(
-    "local applied = tonumber(redis.call('get', KEYS[1])) "
-    "if applied and applied > tonumber(ARGV[1]) then return 0 end "
-    "redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1"
-)
 # The namespace's generation, at least ARGV[1] (written back when lost or foreign).
 _GENERATION_AT_LEAST = Connection.script(
     "local g = tonumber(redis.call('get', KEYS[1])) or 0 "
@@ -89,8 +85,6 @@ _NEXT_GENERATION = Connection.script(
     "local g = math.max(tonumber(redis.call('get', KEYS[1])) or 0, tonumber(ARGV[1])) + 1 "
     "redis.call('set', KEYS[1], g) return g"
 )
-#: How long a webhook event id stays claimed: past the signature's 5-minute window.
-_EVENT_CLAIM_SECONDS = 600.0
 _GENERATION_CHECK_SECONDS = 1.0
 _MAX_UNSENT = 1000  # past this many changes kept while Redis is down, send one clear()
 
@@ -139,6 +133,7 @@ class SharedPrompts:
         self._wall = tier._wall
         self._sign = tier._signing_key
         self.id = new_token()[:16]
+        self._webhooks = SharedWebhooks(self._conn, names, self.id)
         self._waiters: dict[PromptKey, list[anyio.Event]] = {}
         self._pending = 0
         # How often each name was invalidated (and the cache cleared), here or elsewhere: a
@@ -415,49 +410,20 @@ class SharedPrompts:
             await self._release(key, lock, token)
         return Fetched(prompt, 0.0)
 
-    # -- webhooks --------------------------------------------------------------------------
+    # -- webhooks: the fleet-wide claims, kept by ``SharedWebhooks`` ----------------------
 
     async def claim_event(self, event_id: str) -> bool:
-        """Claim webhook event ``event_id`` for this process, fleet-wide: false when another
-        process (or this one) claimed it already (a replay or a retry that landed elsewhere).
-        True when Redis is unreachable: then each process's own memory protects it alone."""
-        if not self._conn.up:
-            return True
-        try:
-            return bool(await self._conn.do(
-                "set", self._names.event(event_id), self.id, nx=True,
-                px=int(_EVENT_CLAIM_SECONDS * 1000)))
-        except Down:
-            return True
+        """As ``SharedWebhooks.claim_event``."""
+        return await self._webhooks.claim_event(event_id)
 
     async def release_event(self, event_id: str) -> None:
-        """Give up this process's claim of webhook event ``event_id`` (its handler did not
-        finish): a retry of the event is then applied, here or elsewhere."""
-        if self._conn.up:
-            with contextlib.suppress(Down):
-                await release(self._conn, self._names.event(event_id), self.id)
+        """As ``SharedWebhooks.release_event``."""
+        await self._webhooks.release_event(event_id)
 
     async def newest_state(self, name: str, version: int, updated_at: float, *,
                            claimed: str | None = None) -> bool:
-        """Record that the state of ``name`` version ``version`` last updated at
-        ``updated_at`` (epoch seconds) is applied, unless a newer state of it was, fleet-wide
-        (then false: Langfuse retried an older delivery). True when Redis is unreachable.
-        ``claimed``: the webhook event this process claimed, released if this is cancelled
-        (the handler then never applies it: Langfuse's retry must, wherever it lands)."""
-        if not self._conn.up:
-            return True
-        retain = max(1, int(self._tier.stale_retention_seconds * 1000))
-        try:
-            return bool(await self._conn.run(
-                _NEWEST, [self._names.version_state(name, version)],
-                [str(int(updated_at * 1000)), str(retain)]))
-        except Down:
-            return True
-        except BaseException:
-            if claimed is not None:
-                with anyio.CancelScope(shield=True):
-                    await self.release_event(claimed)
-            raise
+        """As ``SharedWebhooks.newest_state``."""
+        return await self._webhooks.newest_state(name, version, updated_at, claimed=claimed)
 
     async def _release(self, key: PromptKey, lock: str, token: str) -> None:
         try:

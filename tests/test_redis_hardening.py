@@ -21,7 +21,7 @@ from asyncpromptcache import (
     SharedStreamLostError,
     TextPrompt,
 )
-from asyncpromptcache._prompts import shared as redis_module
+from asyncpromptcache._prompts import shared as redis_module, shared_values
 from asyncpromptcache._prompts.shared_format import Names, namespace_id
 from asyncpromptcache.response._redis import RedisResponses
 from asyncpromptcache.response._wire import ResponseNames, encode_chunk_entry
@@ -135,7 +135,7 @@ async def test_a_fetch_that_cannot_be_written_to_l2_is_returned_and_its_lock_fre
 
     async with fleet(redis_url, text("a")) as f:
         client = await f.client()
-        monkeypatch.setattr(redis_module, "encode_value", broken)
+        monkeypatch.setattr(shared_values, "encode_value", broken)
         assert (await client.get_prompt("a")).prompt == "a v1"
         assert shared_stats(client).redis_errors == 1
         async with raw_redis(redis_url) as r:

@@ -1,7 +1,11 @@
 """The prompt tier's use of the Redis kit (``_tiers/redis``): ``SharedPrompts``, one
-client's side of the shared tier, living in that client's event loop. The naming, value format
-and messages are in ``shared_format``; the connection, health policy, lock, bus and scripts are
-the kit's; the L1 engine knows nothing of either.
+client's side of the shared tier, living in that client's event loop. It holds the policy:
+when to read L2, take a key's lock, write, publish, wake waiters and queue what Redis did not
+take. The Redis I/O of the values (writes, and what a change drops: dependents and suspects
+sets, the locks of fetches in flight) is ``shared_values``'s; the webhook claims are
+``shared_webhooks``'s; the naming, value format and messages are ``shared_format``'s; the
+connection, health policy, lock, bus and scripts are the kit's; the L1 engine knows nothing of
+any of them.
 
 How a client uses it (the shared tier's promises, see the README's "Many processes"):
 
@@ -41,7 +45,6 @@ from .._tiers.redis import Connection, Down, RedisTier, resolve_shared
 from .._tiers.redis.bus import Bus
 from .._tiers.redis.lock import new_token, release
 from .._tiers.redis.stats import SharedStats
-from .._tiers.redis.text import member_text
 from .engine import Fetched
 from .keys import PromptKey
 from .models import Prompt
@@ -50,15 +53,12 @@ from .shared_format import (
     Names,
     decode_change,
     decode_stored,
-    dependent_member,
     encode_change,
-    encode_value,
     namespace_id,
-    parse_dependent_member,
-    parse_suspect_member,
     parts_of,
-    suspect_member,
 )
+from .shared_values import SharedValues
+from .shared_webhooks import SharedWebhooks
 
 __all__ = ["RedisTier", "SharedPrompts", "resolve_shared"]
 
@@ -66,20 +66,6 @@ logger = logging.getLogger("asyncpromptcache")
 # Rejected Redis content may come in floods: counted, and logged once a minute at most.
 _rejected = RateLimitedLog(logger)
 
-#: The token of the lock that holds readers of a label that moved until its new version is
-#: written through (no process holds it: it only expires or is released by that write).
-_MOVED = "moved"
-# The write of a fetch's result: only while its lock still holds the fetch's token (an
-# invalidation deletes the locks of the keys it drops: a fetch that may have read the old
-# version upstream must not write it after that), then the lock is released. KEYS: lock,
-# value, index, suspects set (one hash tag: one slot of a Cluster). ARGV: token, value, px,
-# key id, suspects member.
-_WRITE_HELD = Connection.script(
-    "if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end "
-    "redis.call('set', KEYS[2], ARGV[2], 'PX', ARGV[3]) "
-    "redis.call('sadd', KEYS[3], ARGV[4]) redis.call('pexpire', KEYS[3], ARGV[3]) "
-    "redis.call('srem', KEYS[4], ARGV[5]) redis.call('del', KEYS[1]) return 1"
-)
 # Take a fetch's lock (KEYS[1]) and list its key in the name's index (KEYS[2]): an
 # invalidation of the name finds (and deletes) the lock even before a value is written.
 _TAKE = Connection.script(
@@ -87,12 +73,6 @@ _TAKE = Connection.script(
     "redis.call('sadd', KEYS[2], ARGV[3]) "
     "if redis.call('pttl', KEYS[2]) < tonumber(ARGV[2]) then "
     "redis.call('pexpire', KEYS[2], ARGV[2]) end return 1"
-)
-# Record a webhook state's updatedAt unless a newer one of the version was applied already.
-_NEWEST = Connection.script(
-    "local applied = tonumber(redis.call('get', KEYS[1])) "
-    "if applied and applied > tonumber(ARGV[1]) then return 0 end "
-    "redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1"
 )
 # The namespace's generation, at least ARGV[1] (written back when lost or foreign).
 _GENERATION_AT_LEAST = Connection.script(
@@ -105,8 +85,6 @@ _NEXT_GENERATION = Connection.script(
     "local g = math.max(tonumber(redis.call('get', KEYS[1])) or 0, tonumber(ARGV[1])) + 1 "
     "redis.call('set', KEYS[1], g) return g"
 )
-#: How long a webhook event id stays claimed: past the signature's 5-minute window.
-_EVENT_CLAIM_SECONDS = 600.0
 _GENERATION_CHECK_SECONDS = 1.0
 _MAX_UNSENT = 1000  # past this many changes kept while Redis is down, send one clear()
 
@@ -151,9 +129,11 @@ class SharedPrompts:
         self._names = names
         self._apply = apply
         self._retain = tier.stale_retention_seconds if max_stale is None else max_stale
+        self._values = SharedValues(self._conn, self._retain)
         self._wall = tier._wall
         self._sign = tier._signing_key
         self.id = new_token()[:16]
+        self._webhooks = SharedWebhooks(self._conn, names, self.id)
         self._waiters: dict[PromptKey, list[anyio.Event]] = {}
         self._pending = 0
         # How often each name was invalidated (and the cache cleared), here or elsewhere: a
@@ -418,7 +398,7 @@ class SharedPrompts:
                 await self._release(key, lock, token)
             raise
         try:
-            if await self._write(names, key, prompt, ttl, held=(lock, token)):
+            if await self._values.write(names, key, prompt, ttl, held=(lock, token)):
                 await self._publish(Change("filled", (key,)))
             else:  # invalidated meanwhile (its lock deleted) or overran: not for L2
                 await self._publish(Change("released", (key,)))
@@ -430,139 +410,20 @@ class SharedPrompts:
             await self._release(key, lock, token)
         return Fetched(prompt, 0.0)
 
-    async def _write(
-        self, names: Names, key: PromptKey, prompt: Prompt, ttl: float,
-        suspect: bool = False, held: tuple[str, str] | None = None,
-    ) -> bool:
-        """Write ``prompt`` to L2 for ``key``, fresh for ``ttl`` from now; ``suspect``: its
-        composition is unknown (registered for any later change to drop, see ``_suspects``).
-        With ``held`` (a fetch's lock and token), only while that lock holds, then released:
-        false if it did not hold. Without, the key's lock is deleted with the write."""
-        value = encode_value(key, prompt, self._wall(), self._sign, suspect=suspect)
-        px = max(1, int((ttl + self._retain) * 1000))
-        if held is not None:
-            lock, token = held
-            if not await self._conn.run(
-                    _WRITE_HELD,
-                    [lock, names.value(key), names.index(key.name), names.suspects(key.name)],
-                    [token, value, str(px), names.key_id(key), suspect_member(key)]):
-                return False
-        else:
-            await self._write_through(names, key, value, px, suspect)
-        member = dependent_member(names, key)
-        for part in sorted(parts_of(prompt)):  # what it includes: dropped when a part changes
-            pipe = self._conn.client().pipeline(transaction=False)  # the part's slot
-            pipe.sadd(names.dependents(part), member)
-            pipe.pexpire(names.dependents(part), px)
-            await self._conn.execute(pipe)
-        return True
-
-    async def _write_through(
-        self, names: Names, key: PromptKey, value: bytes, px: int,
-        suspect: bool,
-    ) -> None:
-        """The write of a version written through (a write, a webhook): the key's lock goes
-        in the same round trip, whoever holds it (the label-moved wait, or a fetch in flight
-        that may have read an older version: its own write then fails)."""
-        pipe = self._conn.client().pipeline(transaction=False)  # one slot; Cluster-safe
-        pipe.set(names.value(key), value, px=px)
-        pipe.sadd(names.index(key.name), names.key_id(key))
-        pipe.pexpire(names.index(key.name), px)
-        if suspect:
-            pipe.sadd(names.suspects(key.name), suspect_member(key))
-            pipe.pexpire(names.suspects(key.name), px)
-        else:
-            pipe.srem(names.suspects(key.name), suspect_member(key))
-        pipe.delete(names.lock(key))
-        await self._conn.execute(pipe)
-        if suspect:
-            pipe = self._conn.client().pipeline(transaction=False)  # the namespace's slot
-            pipe.sadd(names.suspect_names, key.name)
-            pipe.pexpire(names.suspect_names, px)
-            await self._conn.execute(pipe)
-
-    async def _dependents(self, names: Names, changed: tuple[str, ...]) -> dict[str, list[str]]:
-        """The L2 values composed of ``changed`` names at any depth, by name, and the
-        dependents sets read (the values are about to be dropped, so are their entries)."""
-        found: dict[str, list[str]] = {}
-        queue, seen = list(changed), set(changed)
-        while queue:
-            name = queue.pop()
-            members = await self._conn.do("smembers", names.dependents(name))
-            found.setdefault(name, []).append(names.dependents(name))
-            for raw in members or ():
-                parsed = parse_dependent_member(raw)
-                if parsed is None:
-                    continue
-                parent, key_id = parsed
-                found.setdefault(parent, []).append(names.value_of_id(parent, key_id))
-                if parent not in seen:
-                    seen.add(parent)
-                    queue.append(parent)
-        return found
-
-    async def _suspects(
-        self, names: Names, spared: set[str]
-    ) -> dict[str, tuple[list[PromptKey], str]]:
-        """The L2 values of unknown composition (a webhook's prompts) of names other than
-        ``spared``, by name, with their suspects set: a change to any other name may have
-        changed what they include, so it drops them."""
-        found: dict[str, tuple[list[PromptKey], str]] = {}
-        for raw in await self._conn.do("smembers", names.suspect_names) or ():
-            name = member_text(raw)  # a foreign member is skipped, never fatal
-            if name is None or name in spared:
-                continue
-            members = await self._conn.do("smembers", names.suspects(name))
-            keys = [key for key in map(parse_suspect_member, members or ())
-                    if key is not None and key.name == name]
-            found[name] = (keys, names.suspects(name))
-        if found:
-            await self._conn.do("srem", names.suspect_names, *found)
-        return found
-
-    # -- webhooks --------------------------------------------------------------------------
+    # -- webhooks: the fleet-wide claims, kept by ``SharedWebhooks`` ----------------------
 
     async def claim_event(self, event_id: str) -> bool:
-        """Claim webhook event ``event_id`` for this process, fleet-wide: false when another
-        process (or this one) claimed it already (a replay or a retry that landed elsewhere).
-        True when Redis is unreachable: then each process's own memory protects it alone."""
-        if not self._conn.up:
-            return True
-        try:
-            return bool(await self._conn.do(
-                "set", self._names.event(event_id), self.id, nx=True,
-                px=int(_EVENT_CLAIM_SECONDS * 1000)))
-        except Down:
-            return True
+        """As ``SharedWebhooks.claim_event``."""
+        return await self._webhooks.claim_event(event_id)
 
     async def release_event(self, event_id: str) -> None:
-        """Give up this process's claim of webhook event ``event_id`` (its handler did not
-        finish): a retry of the event is then applied, here or elsewhere."""
-        if self._conn.up:
-            with contextlib.suppress(Down):
-                await release(self._conn, self._names.event(event_id), self.id)
+        """As ``SharedWebhooks.release_event``."""
+        await self._webhooks.release_event(event_id)
 
     async def newest_state(self, name: str, version: int, updated_at: float, *,
                            claimed: str | None = None) -> bool:
-        """Record that the state of ``name`` version ``version`` last updated at
-        ``updated_at`` (epoch seconds) is applied, unless a newer state of it was, fleet-wide
-        (then false: Langfuse retried an older delivery). True when Redis is unreachable.
-        ``claimed``: the webhook event this process claimed, released if this is cancelled
-        (the handler then never applies it: Langfuse's retry must, wherever it lands)."""
-        if not self._conn.up:
-            return True
-        retain = max(1, int(self._tier.stale_retention_seconds * 1000))
-        try:
-            return bool(await self._conn.run(
-                _NEWEST, [self._names.version_state(name, version)],
-                [str(int(updated_at * 1000)), str(retain)]))
-        except Down:
-            return True
-        except BaseException:
-            if claimed is not None:
-                with anyio.CancelScope(shield=True):
-                    await self.release_event(claimed)
-            raise
+        """As ``SharedWebhooks.newest_state``."""
+        return await self._webhooks.newest_state(name, version, updated_at, claimed=claimed)
 
     async def _release(self, key: PromptKey, lock: str, token: str) -> None:
         try:
@@ -614,45 +475,10 @@ class SharedPrompts:
                 raise Down
             names = self._names
             if change.kind == "invalidate":
-                by_name: dict[str, list[str]] = {}
-                for key in change.keys:
-                    by_name.setdefault(key.name, []).append(names.value(key))
-                for name in change.names:
-                    ids = await self._conn.do("smembers", names.index(name))
-                    found = by_name.setdefault(name, [])
-                    found.extend(names.value_of_id(name, key_id) for key_id in
-                                 map(member_text, ids) if key_id is not None)
-                    found.append(names.index(name))
-                suspects: list[PromptKey] = []
-                if change.changed:
-                    spared = {*change.changed, *change.names, *(k.name for k in change.keys)}
-                    for name, (its, held_in) in (await self._suspects(names, spared)).items():
-                        suspects.extend(its)
-                        by_name.setdefault(name, []).extend([
-                            *(names.value(key) for key in its), held_in])
-                changed = (*change.changed, *dict.fromkeys(k.name for k in suspects))
-                for name, keys in (await self._dependents(names, changed)).items():
-                    by_name.setdefault(name, []).extend(keys)
-                written = {names.value(key) for key, _ in change.puts}
-                for key in change.moved:
-                    # A label left this version; the version it moved to comes next: readers
-                    # wait for that (as for a fetch in flight) rather than fetch it.
-                    # (Taken from a fetch in flight too: it may have read the old version.)
-                    if names.value(key) not in written:
-                        await self._conn.do(
-                            "set", names.lock(key), _MOVED,
-                            px=max(1, int(self._tier.moved_grace_seconds * 1000)))
-                waiting = {names.value(key) for key in change.moved}  # keep their _MOVED lock
-                for keys in by_name.values():  # one hash-tagged group per command
-                    gone = [k for k in keys if k not in written]
-                    # And the locks of fetches in flight: one may have read the old version
-                    # (those of the keys written through go with that write).
-                    gone += [names.lock_of_value(k) for k in gone
-                             if k not in waiting and names.is_value(k)]
-                    if gone:
-                        await self._conn.do("delete", *gone)
+                suspects = await self._values.drop(names, change)
                 for key, prompt in change.puts:  # then the versions written through
-                    await self._write(names, key, prompt, self._put_ttl, suspect=change.suspect)
+                    await self._values.write(names, key, prompt, self._put_ttl,
+                                             suspect=change.suspect)
                 self._wake(tuple(key for key, _ in change.puts))
                 if suspects:  # every process drops them, this one too (read from L2)
                     self._apply(Change.invalidate(keys=suspects))

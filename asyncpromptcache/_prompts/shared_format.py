@@ -1,6 +1,7 @@
 """The shared tier's pure logic: Redis key and channel names, the L2 value format (with
 wall-clock times and an optional HMAC signature) and the change messages every process
-applies. No I/O and no Redis import: ``shared`` does the talking.
+applies. No I/O and no Redis import: ``shared``, ``shared_values`` and ``shared_webhooks`` do
+the talking.
 
 Key layout (one hash tag per prompt name, so every command touches one slot of a Cluster)::
 

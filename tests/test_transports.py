@@ -24,6 +24,8 @@ from asyncpromptcache import ResponseCache, ResponseFailedError
 from asyncpromptcache.response import AsyncCacheTransport, CacheTransport
 from asyncpromptcache.server import ServerThread, run_server
 
+from .helpers import until
+
 pytestmark = pytest.mark.anyio
 
 MESSAGES: Any = [{"role": "user", "content": "What does the cache do?"}]
@@ -95,12 +97,6 @@ def sdk(admin: Admin, transport: Any, library: Any = httpx2, api_key: str = "sk-
     http = library.AsyncClient(transport=transport)
     return AsyncOpenAI(base_url=admin.base_url + "/v1", api_key=api_key, http_client=http,
                        max_retries=0)
-
-
-async def until(predicate: Any) -> None:
-    with anyio.fail_after(10):
-        while not predicate():  # noqa: ASYNC110 - counters fed by socket reads
-            await anyio.sleep(0.001)
 
 
 async def read_text(stream: Any) -> str:

@@ -278,10 +278,11 @@ CHUNKS = 12 + 2  # the role chunk, 12 tokens, the finish chunk
 
 
 @attrs.define
-class Upstream:
+class ChatAdmin:
+    """The local server's chat controls and counters (``/_admin/chat/...``)."""
+
     base_url: str
     http: aiohttp.ClientSession
-    llm: OpenAIChatProducer
 
     async def control(self, **changes: Any) -> None:
         async with self.http.post(self.base_url + "/_admin/chat/controls", json=changes) as r:
@@ -295,6 +296,13 @@ class Upstream:
         async with self.http.get(self.base_url + "/_admin/chat/requests") as r:
             data: dict[str, int] = await r.json()
             return data
+
+
+@attrs.define
+class Upstream(ChatAdmin):
+    """The chat endpoint's controls, and an OpenAI-compatible producer streaming from it."""
+
+    llm: OpenAIChatProducer
 
     async def direct(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         """The upstream's own chunk sequence for ``request``, without the cache."""

@@ -1,7 +1,8 @@
 """Helpers the test modules share (no test module imports another's): waiting for a
-condition, clients and servers set up the same way in many files, webhook bodies, a
-forwarding proxy, the secret material the secrecy tests look for, the local LLM endpoint.
-Helpers the benchmarks share too live in ``devkit/``."""
+condition, clients and servers set up the same way in many files, a fleet of clients on the
+shared tier, webhook bodies, a forwarding proxy, the secret material the secrecy tests look
+for, the local LLM endpoint. Fixtures every module may ask for are in ``conftest.py``;
+helpers the benchmarks share too live in ``devkit/``."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import select
 import signal
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
@@ -23,12 +24,11 @@ import attrs
 import pytest
 from aiohttp import web
 
-from asyncpromptcache import AsyncPromptClient, RedisTier, RetryPolicy
+from asyncpromptcache import AsyncPromptClient, RedisTier, RetryPolicy, TextPrompt
 from asyncpromptcache._prompts.signatures import sign
 from asyncpromptcache.response import OpenAIChatProducer
 from asyncpromptcache.server import run_server
 from asyncpromptcache.testing import FakeClock, StaticSource
-from devkit.redisserver import RedisServer
 
 from .faultserver import FaultServer
 
@@ -72,11 +72,69 @@ def read_until_eof(fd: int, pid: int) -> bytes:
         os.close(fd)
 
 
-@pytest.fixture(scope="module")
-def redis_module() -> Iterator[RedisServer]:
-    """A private redis-server for a module's tests (``devkit.redisserver``)."""
-    with RedisServer() as server:
-        yield server
+# -- the shared tier: clients of a fleet in one process, on a real redis-server --------------
+# (the server itself: the ``redis_server`` and ``redis_url`` fixtures of conftest.py)
+
+#: The Langfuse host a client without one talks to: part of its namespace in Redis.
+HOST = "https://cloud.langfuse.com"
+
+
+def text(name: str, version: int = 1, body: str | None = None) -> TextPrompt:
+    return TextPrompt(name=name, version=version, prompt=body or f"{name} v{version}",
+                      labels=["production"])
+
+
+class Fleet:
+    """Clients sharing one source and one fake clock (their monotonic and wall clock)."""
+
+    def __init__(self, url: str, source: StaticSource, clock: FakeClock) -> None:
+        self.url, self.source, self.clock = url, source, clock
+        self.stack = AsyncExitStack()
+
+    async def client(self, *, namespace: str = "test", ttl: float = 60.0,
+                     signing_key: str | None = None, url: str | None = None,
+                     redis_timeout: float = 2.0, **options: Any) -> AsyncPromptClient:
+        # A generous bound on each Redis call: these tests count fetches and states, and a
+        # call that overran the default 0.25 s on a loaded machine would mark the tier down
+        # (every fetch then goes upstream), which is not what they are about.
+        tier = RedisTier(url or self.url, namespace=namespace, signing_key=signing_key,
+                         wall_clock=self.clock, timeout_seconds=redis_timeout)
+        client = AsyncPromptClient(source=self.source, cache_ttl_seconds=ttl,
+                                   clock=self.clock, shared=tier, **options)
+        return await self.stack.enter_async_context(client)
+
+
+@asynccontextmanager
+async def fleet(url: str, *prompts: TextPrompt) -> AsyncIterator[Fleet]:
+    made = Fleet(url, StaticSource(prompts), FakeClock())
+    async with made.stack:
+        yield made
+
+
+async def gather(client: AsyncPromptClient, names: list[str], callers: int) -> list[Any]:
+    results: list[Any] = []
+
+    async def one(name: str) -> None:
+        try:
+            results.append(await client.get_prompt(name))
+        except Exception as exc:  # collected: the tests count them
+            results.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(callers):
+            tg.start_soon(one, names[i % len(names)])
+    return results
+
+
+@asynccontextmanager
+async def raw_redis(url: str) -> AsyncIterator[Any]:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 # -- a client against a fault server ------------------------------------------------------
@@ -220,10 +278,11 @@ CHUNKS = 12 + 2  # the role chunk, 12 tokens, the finish chunk
 
 
 @attrs.define
-class Upstream:
+class ChatAdmin:
+    """The local server's chat controls and counters (``/_admin/chat/...``)."""
+
     base_url: str
     http: aiohttp.ClientSession
-    llm: OpenAIChatProducer
 
     async def control(self, **changes: Any) -> None:
         async with self.http.post(self.base_url + "/_admin/chat/controls", json=changes) as r:
@@ -237,6 +296,13 @@ class Upstream:
         async with self.http.get(self.base_url + "/_admin/chat/requests") as r:
             data: dict[str, int] = await r.json()
             return data
+
+
+@attrs.define
+class Upstream(ChatAdmin):
+    """The chat endpoint's controls, and an OpenAI-compatible producer streaming from it."""
+
+    llm: OpenAIChatProducer
 
     async def direct(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         """The upstream's own chunk sequence for ``request``, without the cache."""

@@ -19,14 +19,11 @@ from devkit.fleet import Fleet, applied
 from devkit.redisserver import RedisServer
 from devkit.upstream import Upstream, bench_name, create, move_label
 
-from .helpers import redis_module
-
 pytestmark = pytest.mark.slow
 
 WORKERS = 8
 SECRET = "whsec-propagation"
 ALL = range(WORKERS)
-redis = redis_module  # the fixture: a private redis-server for the module
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +45,11 @@ def upstream(receiver: str) -> Iterator[Upstream]:
 
 
 @pytest.fixture
-def opened(fleet: Fleet, redis: RedisServer, upstream: Upstream) -> Iterator[Fleet]:
+def opened(fleet: Fleet, redis_server: RedisServer, upstream: Upstream) -> Iterator[Fleet]:
     """Every worker with a client on the shared tier (fresh namespace), receiver applying."""
     upstream.normal()
-    redis.command("FLUSHALL")
-    replies = fleet.all({"op": "open", "base_url": upstream.base_url, "redis": redis.url,
+    redis_server.command("FLUSHALL")
+    replies = fleet.all({"op": "open", "base_url": upstream.base_url, "redis": redis_server.url,
                          "namespace": f"propagation-{time.time()}", "ttl": 600.0,
                          "webhook_secret": SECRET})
     assert [r["shared"] for r in replies] == ["up"] * WORKERS
@@ -151,11 +148,11 @@ def test_invalidating_a_part_re_resolves_the_including_prompt_in_another_process
 
 
 def test_a_forged_webhook_changes_nothing_anywhere(
-    opened: Fleet, upstream: Upstream, receiver: str, redis: RedisServer,
+    opened: Fleet, upstream: Upstream, receiver: str, redis_server: RedisServer,
 ) -> None:
     name = bench_name(12)
     _warm(opened, upstream, [name])
-    keys_before = sorted(redis.command("KEYS", "*"))
+    keys_before = sorted(redis_server.command("KEYS", "*"))
     body = json.dumps({
         "id": "forged-1", "timestamp": "2026-01-01T00:00:00.000Z", "type": "prompt-version",
         "apiVersion": "v1", "action": "updated",
@@ -183,5 +180,5 @@ def test_a_forged_webhook_changes_nothing_anywhere(
     texts = opened.all({"op": "text", "name": name})
     assert {r["version"] for r in texts} == {1}
     assert "forged" not in {r["text"] for r in texts}
-    assert sorted(redis.command("KEYS", "*")) == keys_before
+    assert sorted(redis_server.command("KEYS", "*")) == keys_before
     assert upstream.requests() == 0

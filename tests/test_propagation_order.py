@@ -13,12 +13,10 @@ import pytest
 from asyncpromptcache import PromptKey, TextPrompt, WebhookReplayError
 from asyncpromptcache.testing import FakeClock, StaticSource
 
-from . import test_redis_tier
 from .helpers import event, propagation_client as client, received, signed, until
 
 pytestmark = pytest.mark.anyio
 
-redis_server, redis_url = test_redis_tier.redis_server, test_redis_tier.redis_url
 PRODUCTION = PromptKey("p", "production", None)
 
 

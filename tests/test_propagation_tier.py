@@ -12,7 +12,6 @@ import pytest
 from asyncpromptcache import AsyncPromptClient, PromptKey, TextPrompt
 from asyncpromptcache.testing import FakeClock, StaticSource
 
-from . import test_redis_tier
 from .helpers import (
     event,
     propagation_client as client,
@@ -24,8 +23,6 @@ from .helpers import (
 pytestmark = pytest.mark.anyio
 
 PRODUCTION = PromptKey("p", "production", None)
-# The fixtures: a private redis-server for the module, flushed for each test.
-redis_server, redis_url = test_redis_tier.redis_server, test_redis_tier.redis_url
 
 
 def waits(client: AsyncPromptClient) -> int:

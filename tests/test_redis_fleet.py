@@ -27,24 +27,18 @@ def upstream() -> Iterator[Upstream]:
 
 
 @pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def fleet() -> Iterator[Fleet]:
     with Fleet(WORKERS + 1) as workers:  # the last one joins later
         yield workers
 
 
 def test_the_fleet_shares_fetches_refreshes_invalidations_and_outages(
-    upstream: Upstream, redis: RedisServer, fleet: Fleet,
+    upstream: Upstream, redis_server: RedisServer, fleet: Fleet,
 ) -> None:
     upstream.normal()
-    redis.command("FLUSHALL")
+    redis_server.command("FLUSHALL")
     first = range(WORKERS)
-    opened = fleet.all({"op": "open", "base_url": upstream.base_url, "redis": redis.url,
+    opened = fleet.all({"op": "open", "base_url": upstream.base_url, "redis": redis_server.url,
                         "namespace": "fleet", "ttl": TTL})
     assert [r["shared"] for r in opened] == ["up"] * (WORKERS + 1)
 

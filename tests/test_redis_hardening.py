@@ -6,8 +6,6 @@ closes a client (a real redis-server, as in test_redis_tier.py)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -28,26 +26,11 @@ from asyncpromptcache.response._wire import ResponseNames, encode_chunk_entry
 from asyncpromptcache.testing import StaticSource
 from devkit.redisserver import RedisServer, free_port
 
-from .helpers import until as wait_until
-from .test_redis_tier import fleet, redis_server, redis_url, text
-
-__all__ = ["redis_server", "redis_url"]  # fixtures, used by name
+from .helpers import HOST, fleet, raw_redis, text, until as wait_until
 
 pytestmark = pytest.mark.anyio
 
-HOST = "https://cloud.langfuse.com"
 DEEP = b"[" * 100_000  # json.loads recurses past the interpreter's limit on it
-
-
-@asynccontextmanager
-async def raw_redis(url: str) -> AsyncIterator[Any]:
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def shared_stats(client: AsyncPromptClient) -> Any:

@@ -15,9 +15,7 @@ from asyncpromptcache._prompts.shared_format import Names, encode_value, namespa
 from asyncpromptcache._tiers.redis import Breaker
 from devkit.redisserver import RedisServer
 
-from .helpers import until as wait_until
-from .test_redis_hardening import raw_redis
-from .test_redis_tier import HOST, fleet, text
+from .helpers import HOST, fleet, raw_redis, text, until as wait_until
 
 pytestmark = pytest.mark.anyio
 

@@ -10,8 +10,8 @@ import os
 import subprocess
 import sys
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
@@ -31,48 +31,9 @@ from asyncpromptcache._prompts.shared_format import Names, encode_value, namespa
 from asyncpromptcache.testing import FakeClock, StaticSource
 from devkit.redisserver import RedisServer, free_port
 
-from .helpers import read_until_eof, until as wait_until
+from .helpers import HOST, fleet, gather, read_until_eof, text, until as wait_until
 
 pytestmark = pytest.mark.anyio
-
-HOST = "https://cloud.langfuse.com"
-
-
-def text(name: str, version: int = 1, body: str | None = None) -> TextPrompt:
-    return TextPrompt(name=name, version=version, prompt=body or f"{name} v{version}",
-                      labels=["production"])
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    redis_server.command("FLUSHALL")
-    return redis_server.url
-
-
-class Fleet:
-    """Clients sharing one source and one fake clock (their monotonic and wall clock)."""
-
-    def __init__(self, url: str, source: StaticSource, clock: FakeClock) -> None:
-        self.url, self.source, self.clock = url, source, clock
-        self.stack = AsyncExitStack()
-
-    async def client(self, *, namespace: str = "test", ttl: float = 60.0,
-                     signing_key: str | None = None, url: str | None = None,
-                     redis_timeout: float = 2.0, **options: Any) -> AsyncPromptClient:
-        # A generous bound on each Redis call: these tests count fetches and states, and a
-        # call that overran the default 0.25 s on a loaded machine would mark the tier down
-        # (every fetch then goes upstream), which is not what they are about.
-        tier = RedisTier(url or self.url, namespace=namespace, signing_key=signing_key,
-                         wall_clock=self.clock, timeout_seconds=redis_timeout)
-        client = AsyncPromptClient(source=self.source, cache_ttl_seconds=ttl,
-                                   clock=self.clock, shared=tier, **options)
-        return await self.stack.enter_async_context(client)
 
 
 async def wait_for_version(client: AsyncPromptClient, name: str, version: int,
@@ -85,31 +46,9 @@ async def wait_for_version(client: AsyncPromptClient, name: str, version: int,
             await anyio.sleep(0.02)
 
 
-@asynccontextmanager
-async def fleet(url: str, *prompts: TextPrompt) -> AsyncIterator[Fleet]:
-    made = Fleet(url, StaticSource(prompts), FakeClock())
-    async with made.stack:
-        yield made
-
-
 def _state(client: AsyncPromptClient) -> str | None:
     shared = client.stats().shared
     return None if shared is None else shared.state
-
-
-async def gather(client: AsyncPromptClient, names: list[str], callers: int) -> list[Any]:
-    results: list[Any] = []
-
-    async def one(name: str) -> None:
-        try:
-            results.append(await client.get_prompt(name))
-        except Exception as exc:  # collected: the tests count them
-            results.append(exc)
-
-    async with anyio.create_task_group() as tg:
-        for i in range(callers):
-            tg.start_soon(one, names[i % len(names)])
-    return results
 
 
 async def test_one_fetch_for_the_fleet_and_l1_gets_the_remaining_freshness(

@@ -26,9 +26,8 @@ from asyncpromptcache import (
 from asyncpromptcache._prompts.shared_format import Names, namespace_id
 from asyncpromptcache.testing import FakeClock, StaticSource
 
-from .helpers import until as wait_until
+from .helpers import HOST, gather, text, until as wait_until
 from .redistopologies import SLOTS, RedisClusterServers, RedisSentinelServers
-from .test_redis_tier import HOST, gather, text
 
 pytestmark = pytest.mark.anyio
 

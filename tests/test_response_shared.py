@@ -11,7 +11,7 @@ import json
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -38,12 +38,6 @@ from .helpers import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
 
 
 class Fleet:
@@ -76,11 +70,11 @@ async def read(cache: ResponseCache, fleet: Fleet, into: list[Chunk] | None = No
 
 
 async def test_a_stream_in_one_cache_is_joined_by_another_and_replayed_by_a_third(
-    redis: RedisServer, upstream: Upstream,
+    redis_server: RedisServer, upstream: Upstream,
 ) -> None:
     expected = await upstream.direct(REQUEST)
     await upstream.control(hold_after_chunks=3)
-    fleet = Fleet(redis, upstream, signing_key="k")  # stream entries signed, values too
+    fleet = Fleet(redis_server, upstream, signing_key="k")  # stream entries signed, values too
     sources: list[str | None] = []
 
     async def read_source(cache: ResponseCache, into: list[Chunk]) -> None:
@@ -112,7 +106,7 @@ async def test_a_stream_in_one_cache_is_joined_by_another_and_replayed_by_a_thir
 
 
 async def test_chunks_keep_their_types_and_boundaries_through_redis(
-    redis: RedisServer, upstream: Upstream,
+    redis_server: RedisServer, upstream: Upstream,
 ) -> None:
     chunks: list[Chunk] = ["Hel", "lo", b"\x00\xffraw", {"delta": {"content": "!"}, "n": [1]}]
 
@@ -120,7 +114,7 @@ async def test_chunks_keep_their_types_and_boundaries_through_redis(
         for chunk in chunks:
             yield chunk
 
-    fleet = Fleet(redis, upstream, signing_key="s3cret")
+    fleet = Fleet(redis_server, upstream, signing_key="s3cret")
     async with fleet.cache() as first:
         assert [c async for c in first.stream(REQUEST, produce)] == chunks
     async with fleet.cache() as second:
@@ -137,10 +131,10 @@ async def test_chunks_keep_their_types_and_boundaries_through_redis(
 
 
 async def test_a_failed_stream_is_never_stored_and_its_followers_get_a_typed_error(
-    redis: RedisServer, upstream: Upstream,
+    redis_server: RedisServer, upstream: Upstream,
 ) -> None:
     await upstream.control(hold_after_chunks=2, fail_after_chunks=4)
-    fleet = Fleet(redis, upstream)
+    fleet = Fleet(redis_server, upstream)
     async with fleet.cache() as first, fleet.cache() as second:
         got_first: list[Chunk] = []
         got_second: list[Chunk] = []
@@ -162,7 +156,7 @@ async def test_a_failed_stream_is_never_stored_and_its_followers_get_a_typed_err
         assert isinstance(errors["second"].__cause__, SharedStreamError)
         assert errors["first"].chunks_received == errors["second"].chunks_received == 4  # type: ignore[attr-defined]
         key = first.key_for(REQUEST)
-        assert redis.command("EXISTS", ResponseNames.of(fleet.namespace).answer(key)) == ":0"
+        assert redis_server.command("EXISTS", ResponseNames.of(fleet.namespace).answer(key)) == ":0"
 
         await upstream.control(hold_after_chunks=None, fail_after_chunks=None)
         answer, source = await read(second, fleet)  # goes upstream again
@@ -172,12 +166,12 @@ async def test_a_failed_stream_is_never_stored_and_its_followers_get_a_typed_err
 
 @pytest.mark.parametrize("same", [True, False])
 async def test_a_follower_whose_owner_died_claims_again_and_goes_on(
-    redis: RedisServer, upstream: Upstream, same: bool,
+    redis_server: RedisServer, upstream: Upstream, same: bool,
 ) -> None:
     expected = await upstream.direct(REQUEST)
-    fleet = Fleet(redis, upstream)
+    fleet = Fleet(redis_server, upstream)
     # An owner that published two chunks, then died: no end entry, its claim not kept alive.
-    dead = RedisResponses(RedisTier(redis.url, namespace=fleet.namespace),
+    dead = RedisResponses(RedisTier(redis_server.url, namespace=fleet.namespace),
                           lock_seconds=0.3)
     async with fleet.cache() as probe:
         key = probe.key_for(REQUEST)
@@ -204,11 +198,11 @@ async def test_a_follower_whose_owner_died_claims_again_and_goes_on(
 
 
 async def test_an_owner_whose_consumers_all_left_hands_the_answer_over(
-    redis: RedisServer, upstream: Upstream,
+    redis_server: RedisServer, upstream: Upstream,
 ) -> None:
     expected = await upstream.direct(REQUEST)
     await upstream.control(hold_after_chunks=3)
-    fleet = Fleet(redis, upstream)
+    fleet = Fleet(redis_server, upstream)
     async with fleet.cache(on_abandon="cancel") as owner, fleet.cache() as follower, \
             anyio.create_task_group() as tg:
         got: list[Chunk] = []
@@ -226,10 +220,10 @@ async def test_an_owner_whose_consumers_all_left_hands_the_answer_over(
 
 
 async def test_the_environment_variable_sets_the_tier_and_false_turns_it_off(
-    redis: RedisServer, upstream: Upstream, monkeypatch: pytest.MonkeyPatch,
+    redis_server: RedisServer, upstream: Upstream, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("ASYNCPROMPTCACHE_REDIS_URL", redis.url)
-    fleet = Fleet(redis, upstream)
+    monkeypatch.setenv("ASYNCPROMPTCACHE_REDIS_URL", redis_server.url)
+    fleet = Fleet(redis_server, upstream)
     async with ResponseCache() as first:
         await read(first, fleet)
         assert first.stats().shared is not None
@@ -242,9 +236,9 @@ async def test_the_environment_variable_sets_the_tier_and_false_turns_it_off(
 
 
 async def test_an_answer_stored_between_the_read_and_the_claim_is_not_fetched_again(
-    redis: RedisServer, upstream: Upstream,
+    redis_server: RedisServer, upstream: Upstream,
 ) -> None:
-    fleet = Fleet(redis, upstream)
+    fleet = Fleet(redis_server, upstream)
     async with fleet.cache() as first:
         expected, _ = await read(first, fleet)
     late = fleet.cache()
@@ -265,19 +259,19 @@ async def test_an_answer_stored_between_the_read_and_the_claim_is_not_fetched_ag
 
 
 async def test_a_corrupt_or_foreign_value_in_redis_is_never_served(
-    redis: RedisServer, upstream: Upstream,
+    redis_server: RedisServer, upstream: Upstream,
 ) -> None:
-    fleet = Fleet(redis, upstream, signing_key="k1")
+    fleet = Fleet(redis_server, upstream, signing_key="k1")
     async with fleet.cache() as first:
         good, _ = await read(first, fleet)
         key = first.key_for(REQUEST)
     name = ResponseNames.of(fleet.namespace).answer(key)
-    value = redis.command("GET", name)
+    value = redis_server.command("GET", name)
     assert value.startswith("$")
     for bad in ("apr1.-.{not json", "garbage",
                 'apr1.-.{"key":"' + key + '","chunks":[["s","x"]],"duration":0,'
                 '"expires_at":9e99}'):  # unsigned, for a tier with a signing key
-        assert redis.command("SET", name, bad) == "+OK"
+        assert redis_server.command("SET", name, bad) == "+OK"
         async with fleet.cache() as other:
             answer, source = await read(other, fleet)
             assert source == "miss" and answer == good  # from the upstream, not from Redis
@@ -350,7 +344,7 @@ def _chat_controls(base_url: str, **changes: Any) -> None:
 
 
 @pytest.mark.slow
-def test_four_processes_asking_at_once_make_one_upstream_stream(redis: RedisServer) -> None:
+def test_four_processes_asking_at_once_make_one_upstream_stream(redis_server: RedisServer) -> None:
     from devkit.fleet import Fleet as Processes
     from devkit.upstream import Upstream as ServerProcess
 
@@ -359,7 +353,7 @@ def test_four_processes_asking_at_once_make_one_upstream_stream(redis: RedisServ
         _chat_controls(server.base_url, token_delay_seconds=0.005)
         namespace = uuid.uuid4().hex
         processes.all({"op": "response_open", "base_url": server.base_url,
-                       "redis": redis.url, "namespace": namespace})
+                       "redis": redis_server.url, "namespace": namespace})
         # Without the tier, the same question from each process is its own stream.
         direct = processes.one(4, {"op": "response_stream", "request": request})
         assert direct["failed"] is None and len(direct["chunks"]) == CHUNKS
@@ -369,11 +363,11 @@ def test_four_processes_asking_at_once_make_one_upstream_stream(redis: RedisServ
         # The answer is held after 2 chunks until all four processes have asked for it (each
         # tries to claim it once: a SET NX), so they meet while it streams.
         _chat_controls(server.base_url, hold_after_chunks=2)
-        claims = redis.command_counts().get("set", 0)
+        claims = redis_server.command_counts().get("set", 0)
         for i in range(4):
             processes.send(i, {"op": "response_stream", "request": request})
         deadline = time.monotonic() + 30
-        while redis.command_counts().get("set", 0) - claims < 4:
+        while redis_server.command_counts().get("set", 0) - claims < 4:
             assert time.monotonic() < deadline, "the four processes did not all ask"
             time.sleep(0.01)
         _chat_controls(server.base_url, hold_after_chunks=None)
@@ -392,7 +386,7 @@ def test_four_processes_asking_at_once_make_one_upstream_stream(redis: RedisServ
         assert alone["chunks"] == expected and _chat_streams(server.base_url) == 3
         # A process that did not take part replays the answer from Redis: no upstream call.
         processes.one(4, {"op": "response_open", "base_url": server.base_url,
-                          "redis": redis.url, "namespace": namespace})
+                          "redis": redis_server.url, "namespace": namespace})
         replay = processes.one(4, {"op": "response_stream", "request": request})
         assert replay["source"] == "hit" and replay["chunks"] == expected
         assert _chat_streams(server.base_url) == 3

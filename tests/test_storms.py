@@ -14,7 +14,7 @@ import gc
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import anyio
@@ -32,7 +32,7 @@ from asyncpromptcache import (
 from asyncpromptcache.testing import FakeClock
 
 from .faultserver import FaultServer, fault_server
-from .helpers import until
+from .helpers import until, until_sync as wait_for
 
 NO_WAIT = RetryPolicy(max_retries=2, base_delay=0.0, max_delay=0.0)
 STALE = [f"stale{i}" for i in range(5)]  # fetched before the storm, then past their TTL
@@ -206,13 +206,6 @@ def threaded_server() -> Iterator[tuple[FaultServer, BlockingPortal]]:
     ):
         fill(s)
         yield s, portal
-
-
-def wait_for(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + BOUND
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.002)
 
 
 @pytest.mark.parametrize("seed", [8, 9])

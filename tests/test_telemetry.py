@@ -40,10 +40,7 @@ from asyncpromptcache._core.logs import RateLimitedLog
 from asyncpromptcache.response import Chunk
 from asyncpromptcache.testing import FakeClock, StaticSource
 
-from .helpers import until as wait_until
-from .test_redis_tier import fleet, redis_server, redis_url
-
-__all__ = ["redis_server", "redis_url"]  # fixtures, used by name
+from .helpers import fleet, until as wait_until
 
 
 class Telemetry:

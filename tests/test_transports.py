@@ -24,22 +24,16 @@ from asyncpromptcache import ResponseCache, ResponseFailedError
 from asyncpromptcache.response import AsyncCacheTransport, CacheTransport
 from asyncpromptcache.server import ServerThread, run_server
 
+from .helpers import ChatAdmin, until
+
 pytestmark = pytest.mark.anyio
 
 MESSAGES: Any = [{"role": "user", "content": "What does the cache do?"}]
 LIBRARIES = [pytest.param(httpx, id="httpx"), pytest.param(httpx2, id="httpx2")]
 
 
-class Admin:
-    """The local server's chat controls and counters."""
-
-    def __init__(self, base_url: str, http: aiohttp.ClientSession) -> None:
-        self.base_url = base_url
-        self.http = http
-
-    async def control(self, **changes: Any) -> None:
-        async with self.http.post(self.base_url + "/_admin/chat/controls", json=changes) as r:
-            assert r.status == 200, await r.text()
+class Admin(ChatAdmin):
+    """The local server's chat controls and counters, and its own answers."""
 
     async def release_when_held(self, chunks: int = 2) -> None:
         """Let the held stream go, once it is held (its first ``chunks`` written)."""
@@ -47,15 +41,6 @@ class Admin:
             while (await self.counts())["chunks"] < chunks:  # noqa: ASYNC110 - over HTTP
                 await anyio.sleep(0.005)
         await self.release()
-
-    async def release(self) -> None:
-        async with self.http.post(self.base_url + "/_admin/chat/release") as r:
-            assert r.status == 204
-
-    async def counts(self) -> dict[str, int]:
-        async with self.http.get(self.base_url + "/_admin/chat/requests") as r:
-            data: dict[str, int] = await r.json()
-            return data
 
     async def direct(self, body: dict[str, Any]) -> bytes:
         """The upstream's own bytes for ``body``, without any cache (then the counts reset)."""
@@ -95,12 +80,6 @@ def sdk(admin: Admin, transport: Any, library: Any = httpx2, api_key: str = "sk-
     http = library.AsyncClient(transport=transport)
     return AsyncOpenAI(base_url=admin.base_url + "/v1", api_key=api_key, http_client=http,
                        max_retries=0)
-
-
-async def until(predicate: Any) -> None:
-    with anyio.fail_after(10):
-        while not predicate():  # noqa: ASYNC110 - counters fed by socket reads
-            await anyio.sleep(0.001)
 
 
 async def read_text(stream: Any) -> str:

@@ -9,7 +9,6 @@ delegates to: ``PromptReads`` (``reads``: a call past the hit path), ``ChangeApp
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Iterable, Mapping
 from types import TracebackType
@@ -19,12 +18,8 @@ import aiohttp
 import anyio
 import attrs
 
-from .._core.errors import (
-    ClientStateError,
-    ConfigurationError,
-    FetchError,
-)
-from .._core.runtime import current_backend, current_loop, spawn_detached
+from .._core.errors import ClientStateError, FetchError
+from .._core.runtime import HostedTask, current_loop
 from .._core.secret import Secret
 from .._http.retry import RetryPolicy
 from .._observe import prompt_telemetry
@@ -43,7 +38,7 @@ from .models import (
 from .options import DEFAULT_NEGATIVE_CACHE_SECONDS, ClientOptions, environment_of
 from .reads import ChatFallback, PromptReads, TextFallback
 from .shared import RedisTier, SharedPrompts
-from .source import PromptSource
+from .source import PromptSource, check_backend
 from .webhook_intake import WebhookIntake
 from .writes import PromptWrites
 
@@ -142,7 +137,6 @@ class AsyncPromptClient:
         self._config = options
         self._settings = settings = options.settings()
         self._tier = options.tier()
-        self._max_stale = options.max_stale_seconds
         self._link: SharedPrompts | None = None
         self._ttl = settings.cache_ttl_seconds
         retry = options.retry_policy()
@@ -156,8 +150,6 @@ class AsyncPromptClient:
         # Applying changes, reads past the hit path, writes and webhooks: beside the client,
         # each in a module of its own.
         changes = self._changes = ChangeApplier(self._cache, ttl=self._ttl, link=lambda: self._link)
-        # For the shared tier's link (see _host): other processes' changes, webhook prompts.
-        self._apply_shared, self._note_suspect = changes.apply_shared, changes.note_suspect
         self._reads = PromptReads(
             self._cache, self._source, ttl=self._ttl, timeout=settings.timeout_seconds,
             retry=retry, change_log=changes.change_log, opened=self._opened,
@@ -176,10 +168,9 @@ class AsyncPromptClient:
         self._hits = 0.0
         self._state = _NEW
         self._closed_reason = "the client is closed"
-        # Set on entry: the loop it runs on, and its host task's stop request and end.
+        # Set on entry: the loop it runs on, and the task that hosts its task group.
         self._loop: object = None
-        self._stop: anyio.Event | None = None
-        self._stopped: anyio.Event | None = None
+        self._hosted: HostedTask | None = None
 
     def __repr__(self) -> str:
         return (f"<AsyncPromptClient {self._state} source={self._source!r} "
@@ -192,43 +183,28 @@ class AsyncPromptClient:
         that it may be closed from any task of the loop, in any order of nested scopes."""
         if self._state != _NEW:
             raise ClientStateError(f"an AsyncPromptClient can be entered once; it is {self._state}")
-        backend = current_backend()
-        supported = getattr(self._source, "async_backends", None)
-        if supported is not None and backend not in supported:
-            raise ConfigurationError(
-                f"{type(self._source).__name__} runs on {' or '.join(supported)} only (aiohttp), "
-                f"not on {backend}: pass source= (a StoreSource, a DirectorySource, a "
-                "FunctionSource or your own PromptSource), or run the client on asyncio"
-            )
+        check_backend(self._source)
         self._loop = current_loop()
-        self._stop, self._stopped = anyio.Event(), anyio.Event()
-        ready = anyio.Event()
+        self._hosted = HostedTask()
         self._state = _OPEN
-        spawn_detached(functools.partial(self._host, ready))
-        with anyio.CancelScope(shield=True):  # set at the host's first step
-            await ready.wait()
+        await self._hosted.start(self._host)  # returns at the host's first step
         if self._state != _OPEN:
             raise ClientStateError(f"the client failed to start: {self._closed_reason}")
         return self
 
-    async def _host(self, ready: anyio.Event) -> None:
+    async def _host(self, host: HostedTask) -> None:
         """The client's own task, from entry to close: the task group that runs fetches and
         refreshes lives here. Ends when ``aclose`` asks, or when the loop shuts down."""
-        assert self._stop is not None and self._stopped is not None
         failed_reason = False
         try:
             async with anyio.create_task_group() as tg:
                 self._cache.attach(tg)
                 if self._tier is not None:
-                    link = SharedPrompts.open(self._tier,
-                        host=self._settings.base_url, public_key=self._settings.public_key,
-                        max_stale=self._max_stale, apply=self._apply_shared, put_ttl=self._ttl,
-                        suspect=self._note_suspect,
-                    )
+                    link = self._config.link(self._tier, self._settings, self._changes)
                     await link.start(tg)  # bounded: Redis down means L1-only, not a failure
                     self._link = link
-                ready.set()
-                await self._stop.wait()
+                host.ready()
+                await host.stop_requested()
                 if self._link is not None:
                     # Changes made just before closing leave the process before it ends.
                     await self._link.drain()
@@ -240,22 +216,23 @@ class AsyncPromptClient:
             self._closed_reason = f"its task group failed: {type(failed).__name__}: {failed}"
             failed_reason = True
         finally:
-            if not self._stop.is_set() and not failed_reason:
+            if not host.stopping and not failed_reason:
                 # cancelled from outside: the loop is shutting down
                 self._closed_reason = "the client was closed as the event loop that ran it ended"
-            self._state = _CLOSED
-            self._cache.detach(self._closed_reason)
-            self._cache.clear()
-            try:
-                held, self._link = self._link, None
-                with anyio.CancelScope(shield=True):
-                    if held is not None:
-                        await held.aclose()
-                    if self._owns_source:
-                        await self._source.aclose()
-            finally:
-                ready.set()
-                self._stopped.set()
+            await self._shut()
+
+    async def _shut(self) -> None:
+        """Close what the client holds, without being cancelled meanwhile: the cache (detached
+        and emptied), the shared tier's link, and the source if the client made it."""
+        self._state = _CLOSED
+        self._cache.detach(self._closed_reason)
+        self._cache.clear()
+        held, self._link = self._link, None
+        with anyio.CancelScope(shield=True):
+            if held is not None:
+                await held.aclose()
+            if self._owns_source:
+                await self._source.aclose()
 
     async def __aexit__(
         self,
@@ -271,28 +248,16 @@ class AsyncPromptClient:
         Any task of the event loop that entered the client may call it; from another event
         loop it raises ``ClientStateError``.
         """
-        if self._stopped is None:  # never entered
-            if self._state == _CLOSED:
-                return
-            self._state = _CLOSED
-            self._cache.detach(self._closed_reason)
-            self._cache.clear()
-            link, self._link = self._link, None
-            if link is not None:
-                await link.aclose()
-            if self._owns_source:
-                with anyio.CancelScope(shield=True):
-                    await self._source.aclose()
+        if self._hosted is None:  # never entered (the link is opened by the host only)
+            if self._state != _CLOSED:
+                await self._shut()
             return
-        if self._stopped.is_set():
+        if self._hosted.stopped:
             return
         self._check_loop()
-        assert self._stop is not None
         self._state = _CLOSED
         self._cache.detach(self._closed_reason)
-        self._stop.set()
-        with anyio.CancelScope(shield=True):
-            await self._stopped.wait()
+        await self._hosted.stop()
 
     def _check_loop(self) -> None:
         if current_loop() is not self._loop:
@@ -518,7 +483,6 @@ class AsyncPromptClient:
         if self._link is not None:
             stats = attrs.evolve(stats, shared=self._link.stats())
         return stats
-
 
     def _observed(self) -> tuple[dict[str, int], int, SharedStats | None]:
         """What telemetry reads at each collection: lookups by result, entries, the tier."""

@@ -1,5 +1,7 @@
 """``AsyncPromptCache``: the cache engine. Storage, freshness, single-flight and background
-refresh; it calls a fetch function and knows nothing of HTTP.
+refresh; it calls a fetch function and knows nothing of HTTP. What it holds, and the indexes
+over that, are kept by ``HeldEntries`` (``entries``); what failed fetches leave, by
+``Failures`` (``failures``).
 
 States of a key and what ``get`` does:
 
@@ -31,7 +33,6 @@ from typing import Any
 
 import anyio
 import attrs
-import cachetools
 from anyio.abc import TaskGroup
 
 from .._core.checks import check_count, check_seconds
@@ -44,9 +45,9 @@ from .._core.errors import (
     PromptNotFoundError,
 )
 from .._tiers.redis.stats import SharedStats
-from .composition import CompositionIndex
+from .entries import Entry, HeldEntries
 from .failures import Failures
-from .keys import DEFAULT_LABEL, PromptKey, make_key
+from .keys import PromptKey, make_key
 from .models import ChatPrompt, Prompt, TextPrompt
 
 __all__ = ["AsyncPromptCache", "CacheStats", "Fetched", "KeyStats"]
@@ -69,18 +70,6 @@ class Fetched:
 
 
 FetchFunc = Callable[[], Awaitable[Prompt | Fetched]]
-
-
-@attrs.frozen(slots=True, eq=False)  # eq=False: hashed by identity, for the recency notes
-class _Entry:
-    key: Hashable
-    prompt: Prompt
-    fetched_at: float
-    expires_at: float
-    stale_until: float
-    # Copied from the prompt: the hit path compares it without a class-attribute lookup.
-    type: str = attrs.field(init=False, default=attrs.Factory(
-        lambda self: self.prompt.type, takes_self=True))
 
 
 @attrs.define(slots=True)
@@ -109,7 +98,7 @@ class KeyStats:
     last_error_at: float | None
 
 
-_KeySnapshot = tuple[float, dict[Hashable, "_Entry"],
+_KeySnapshot = tuple[float, dict[Hashable, Entry],
                      dict[Hashable, tuple[int, str | None, float | None]]]
 
 
@@ -170,19 +159,6 @@ class CacheStats:
         return tuple(keys)
 
 
-class _Store(cachetools.LRUCache[Hashable, _Entry]):
-    """The bounded store. Tells the cache when it evicts, so the hit-path index follows."""
-
-    def __init__(self, maxsize: int, on_evict: Callable[[Hashable], None]) -> None:
-        super().__init__(maxsize)
-        self._on_evict = on_evict
-
-    def popitem(self) -> tuple[Hashable, _Entry]:
-        key, entry = super().popitem()
-        self._on_evict(key)
-        return key, entry
-
-
 class AsyncPromptCache:
     """A bounded prompt cache with single-flight fetches and stale-while-revalidate refresh.
 
@@ -218,22 +194,14 @@ class AsyncPromptCache:
         self._failures = Failures(max_size, clock, negative_ttl_seconds,
                                   refresh_backoff_seconds, refresh_backoff_max_seconds)
         self._info, self._negative = self._failures.info, self._failures.negative
-        self._store = _Store(max_size, self._evicted)
-        # The hit path reads ``_hot`` (a plain dict, C speed) and notes each use in ``_touched``,
-        # keyed by the entry (an identity hash costs less than re-hashing the key tuple), with
-        # the clock reading it took anyway; the notes are applied to the LRU order, oldest
-        # reading first, before any insertion can evict.
-        self._hot: dict[Hashable, _Entry] = {}
-        # The entries held by name and by the prompts they include (read once as they come).
-        self._composition = CompositionIndex()
-        # Default-label entries again, by the name alone: the hit path looks a name up without
-        # building a key tuple (a str caches its hash). A str never equals a tuple, so nothing
-        # but a default-label name finds an entry here.
-        self._by_name: dict[str, _Entry] = {}
-        self._touched: dict[_Entry, float] = {}
+        # The entries and their indexes; the index, the by-name index and the recency notes
+        # are read here directly, on the hot paths (see HeldEntries).
+        self._entries = entries = HeldEntries(max_size, self._evicted)
+        self._hot, self._by_name, self._touched = entries.hot, entries.by_name, entries.touched
+        self._composition = entries.composition
         # What hit_path() hands out: the indexes, or (inline_hits=False) dicts that stay empty.
-        self._hit_index: dict[Hashable, _Entry] = self._hot if inline_hits else {}
-        self._hit_by_name: dict[str, _Entry] = self._by_name if inline_hits else {}
+        self._hit_index: dict[Hashable, Entry] = self._hot if inline_hits else {}
+        self._hit_by_name: dict[str, Entry] = self._by_name if inline_hits else {}
         self._inflight: dict[Hashable, _Flight] = {}
         self._tg: TaskGroup | None = None
         self._closed_error: str = "the cache is not attached to a running client"
@@ -320,7 +288,7 @@ class AsyncPromptCache:
             return held.prompt
         raise flight.error
 
-    def _servable(self, key: Hashable) -> _Entry | None:
+    def _servable(self, key: Hashable) -> Entry | None:
         entry = self._hot.get(key)
         if entry is not None and self._clock() < entry.stale_until:
             return entry
@@ -464,73 +432,33 @@ class AsyncPromptCache:
         now = self._clock()
         fetched_at = now - age
         expires = fetched_at + ttl
-        entry = _Entry(key, prompt, fetched_at, expires, expires + self._max_stale)
-        self._apply_touches()
-        self._store[key] = entry  # may evict the least recently used key first
-        self._index(key, entry)
+        # May evict the least recently used key first.
+        self._entries.hold(key, Entry(key, prompt, fetched_at, expires, expires + self._max_stale))
         self._failures.succeeded(key)
-
-    def _apply_touches(self) -> None:
-        # The dict is cleared, never replaced: the client's hit path holds a reference to it.
-        # list() first: another thread (the sync facade) may add to it meanwhile.
-        touched = self._touched
-        notes = list(touched.items())
-        touched.clear()
-        # Least recent reading first (a stable sort: equal readings keep their first-use order),
-        # so the LRU order ends as if every use had moved its key at once.
-        notes.sort(key=_reading)
-        store = self._store
-        for entry, _ in notes:
-            key = entry.key
-            if key in store:
-                store[key]  # LRUCache.__getitem__ marks the key as recently used
-
-    def _index(self, key: Hashable, entry: _Entry) -> None:
-        self._hot[key] = entry
-        self._composition.add(key, entry.prompt.name, entry.prompt.resolution_graph)
-        name = _default_label_name(key)
-        if name is not None:
-            self._by_name[name] = entry
 
     def _evicted(self, key: Hashable) -> None:
         self._evictions += 1
-        self._forget(key)
-
-    def _forget(self, key: Hashable) -> None:
-        self._composition.discard(key)
-        entry = self._hot.pop(key, None)
-        if entry is not None:
-            self._touched.pop(entry, None)
-            name = _default_label_name(key)
-            if name is not None:
-                self._by_name.pop(name, None)
         self._info.pop(key, None)
 
     def _remove(self, key: Hashable) -> None:
-        self._store.pop(key, None)
-        self._forget(key)
+        self._entries.discard(key)
+        self._info.pop(key, None)
         if self._negative is not None:
             self._negative.pop(key, None)
 
     # -- copying entries (a forked child keeps its parent's prompts) -------------------------
 
-    def snapshot(self) -> list[tuple[Hashable, _Entry]]:
+    def snapshot(self) -> list[tuple[Hashable, Entry]]:
         """The entries held, for ``restore`` into another cache. Entries are immutable."""
         return list(self._hot.items())
 
-    def restore(self, entries: Iterable[tuple[Hashable, _Entry]]) -> int:
+    def restore(self, entries: Iterable[tuple[Hashable, Entry]]) -> int:
         """Hold ``entries`` from ``snapshot()`` with their freshness as it was; returns how many.
 
         The times in them are on the snapshot's clock: use it between caches on one time base
         (``time.monotonic`` is the same in a forked child).
         """
-        count = 0
-        for key, entry in entries:
-            self._apply_touches()
-            self._store[key] = entry  # may evict the least recently used key first
-            self._index(key, entry)
-            count += 1
-        return count
+        return self._entries.restore(entries)
 
     # -- invalidation ----------------------------------------------------------------------
 
@@ -580,11 +508,7 @@ class AsyncPromptCache:
         for flight in self._inflight.values():
             flight.writes_back = False
         self._inflight.clear()
-        self._store.clear()
-        self._hot.clear()
-        self._composition.clear()
-        self._by_name.clear()
-        self._touched.clear()
+        self._entries.clear()
         self._failures.clear()
         return dropped
 
@@ -592,18 +516,7 @@ class AsyncPromptCache:
         """Mark every entry stale (still servable until its max staleness), so that the next
         use of each revalidates: for when the cache may have missed an invalidation. Returns
         how many entries were marked."""
-        now = self._clock()
-        marked = 0
-        for key, entry in list(self._hot.items()):
-            if entry.expires_at <= now:
-                continue
-            stale = _Entry(key, entry.prompt, entry.fetched_at, now,
-                           now + (entry.stale_until - entry.expires_at))
-            self._touched.pop(entry, None)
-            self._store[key] = stale  # replaces in place: no eviction
-            self._index(key, stale)
-            marked += 1
-        return marked
+        return self._entries.expire_all(self._clock())
 
     # -- stats -----------------------------------------------------------------------------
 
@@ -669,10 +582,6 @@ class AsyncPromptCache:
         )
 
 
-def _reading(note: tuple[_Entry, float]) -> float:
-    return note[1]
-
-
 def _internal_error() -> None:
     logger.error("internal error in the fetch of a prompt", exc_info=True)
 
@@ -700,14 +609,6 @@ def _describe(key: Any) -> str:
         return PromptKey._make(key).describe()
     except TypeError:
         return repr(key)
-
-
-def _default_label_name(key: Any) -> str | None:
-    """The name a key of the default label is indexed by as well; ``None`` for other keys."""
-    if (isinstance(key, tuple) and len(key) == 3 and key[1] == DEFAULT_LABEL and key[2] is None
-            and isinstance(key[0], str)):
-        return key[0]
-    return None
 
 
 def _name_of(key: Any) -> str | None:

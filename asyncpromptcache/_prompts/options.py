@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Collection, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import attrs
@@ -30,8 +30,11 @@ from .._tiers.redis import ENV_VAR as REDIS_URL_VAR
 from .engine import AsyncPromptCache, Clock
 from .langfuse_source import LangfuseSource
 from .settings import TTL_VARS, Environment, Settings, resolve_settings
-from .shared import RedisTier, resolve_shared
+from .shared import RedisTier, SharedPrompts, resolve_shared
 from .source import PromptSource
+
+if TYPE_CHECKING:
+    from .apply import ChangeApplier
 
 __all__ = ["DEFAULT_NEGATIVE_CACHE_SECONDS", "ENV_VARS", "ClientOptions", "environment_of"]
 
@@ -154,6 +157,15 @@ class ClientOptions:
             refresh_backoff_seconds=self.refresh_backoff_seconds,
             refresh_backoff_max_seconds=self.refresh_backoff_max_seconds,
             negative_ttl_seconds=self.negative_cache_seconds, inline_hits=inline_hits,
+        )
+
+    def link(self, tier: RedisTier, settings: Settings, changes: ChangeApplier) -> SharedPrompts:
+        """The link to the shared tier ``tier`` (not yet started): other processes' changes,
+        and the prompts read from it whose composition is unknown, go to ``changes``."""
+        return SharedPrompts.open(
+            tier, host=settings.base_url, public_key=settings.public_key,
+            max_stale=self.max_stale_seconds, apply=changes.apply_shared,
+            put_ttl=settings.cache_ttl_seconds, suspect=changes.note_suspect,
         )
 
 

@@ -6,10 +6,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from .._core.errors import ConfigurationError
+from .._core.runtime import current_backend
 from .keys import PromptKey
 from .models import Prompt, PromptType
 
-__all__ = ["FetchOptions", "NewPrompt", "PromptSource", "PromptWriter"]
+__all__ = ["FetchOptions", "NewPrompt", "PromptSource", "PromptWriter", "check_backend"]
 
 
 @attrs.frozen
@@ -37,6 +39,19 @@ class PromptSource(Protocol):
     async def fetch(self, key: PromptKey, options: FetchOptions) -> Prompt: ...
 
     async def aclose(self) -> None: ...
+
+
+def check_backend(source: PromptSource) -> None:
+    """Raise ``ConfigurationError`` unless ``source`` runs on the running async backend (see
+    ``async_backends``)."""
+    backend = current_backend()
+    supported = getattr(source, "async_backends", None)
+    if supported is not None and backend not in supported:
+        raise ConfigurationError(
+            f"{type(source).__name__} runs on {' or '.join(supported)} only (aiohttp), "
+            f"not on {backend}: pass source= (a StoreSource, a DirectorySource, a "
+            "FunctionSource or your own PromptSource), or run the client on asyncio"
+        )
 
 
 @attrs.frozen(kw_only=True)

@@ -8,10 +8,8 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from ..._core.errors import ConfigurationError
-from ..._core.runtime import spawn_detached
+from ..._core.runtime import HostedTask
 from .._cache import ResponseCache
 from ._adapt import Library, bases, library_of
 from ._engine import Answer, Engine, Headers, Reject, Untouched, Upstream, local_answer
@@ -48,39 +46,24 @@ class _Network:
 
 
 class CacheHost:
-    """Runs a ``ResponseCache`` in a task of its own, from the first request to ``stop``, so
-    that it is entered and closed in one task whichever tasks use it."""
+    """Runs a ``ResponseCache`` in a task of its own (a ``HostedTask``), from the first
+    request to ``stop``, so that it is entered and closed in one task whichever tasks use it."""
 
     def __init__(self, cache: ResponseCache) -> None:
         self.cache = cache
-        self._ready = anyio.Event()
-        self._stop = anyio.Event()
-        self._stopped = anyio.Event()
-        self._started = False
+        self._hosted = HostedTask()
 
     async def open(self) -> ResponseCache:
-        if not self._started:
-            self._started = True
-            spawn_detached(self._run)
-        if not self._ready.is_set():
-            with anyio.CancelScope(shield=True):
-                await self._ready.wait()
+        await self._hosted.start(self._run)
         return self.cache
 
-    async def _run(self) -> None:
-        try:
-            async with self.cache:
-                self._ready.set()
-                await self._stop.wait()
-        finally:
-            self._ready.set()
-            self._stopped.set()
+    async def _run(self, host: HostedTask) -> None:
+        async with self.cache:
+            host.ready()
+            await host.stop_requested()
 
     async def stop(self) -> None:
-        if self._started:
-            self._stop.set()
-            with anyio.CancelScope(shield=True):
-                await self._stopped.wait()
+        await self._hosted.stop()
 
 
 def check_cache(cache: ResponseCache | None, options: dict[str, Any]) -> ResponseCache:

@@ -207,3 +207,18 @@ def test_sync_facade_hits_by_name_until_invalidated_or_closed() -> None:
     # Closed: a name that was held is not served from the index any more.
     with pytest.raises(ClientStateError):
         client.get_prompt("a")
+
+
+async def test_options_given_by_position_are_refused_on_a_hit_and_on_a_miss() -> None:
+    """The options are keyword-only as typed, also where the hit path's signature takes
+    them by position (for its speed): one given by position is refused, never ignored."""
+    source = StaticSource([_prompt("a"), _prompt("a", 2, ("staging",))])
+    async with _client(source, FakeClock()) as client:
+        assert (await client.get_prompt("a")).version == 1
+        for args in ((2,), (None, "staging"), (None, None, "text")):
+            with pytest.raises(InvalidArgumentError, match="by keyword"):
+                await client.get_prompt("a", *args)
+            with pytest.raises(InvalidArgumentError, match="by keyword"):
+                await client.get_prompt("cold", *args)
+        assert source.fetches == {_default("a"): 1}
+        assert client.stats().hits == 0

@@ -18,7 +18,7 @@ import aiohttp
 import anyio
 import attrs
 
-from .._core.errors import ClientStateError, FetchError
+from .._core.errors import ClientStateError, FetchError, InvalidArgumentError
 from .._core.runtime import HostedTask, current_loop
 from .._core.secret import Secret
 from .._http.retry import RetryPolicy
@@ -45,6 +45,9 @@ from .writes import PromptWrites
 __all__ = ["AsyncPromptClient", "ChatFallback", "TextFallback"]
 
 logger = logging.getLogger("asyncpromptcache")
+
+#: ``get_prompt``'s guard that its options were given by keyword (see there).
+_BY_KEYWORD = object()
 
 
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
@@ -309,7 +312,12 @@ class AsyncPromptClient:
     async def get_prompt(
         self,
         name: str,
-        *,
+        # The options are keyword-only, as the overloads above say. They are written as
+        # positional-or-keyword because CPython fills those defaults from a tuple, where it
+        # looks each missing keyword-only default up by name: a quarter of a hit's
+        # instructions (callgrind). An option given by position lands in this guard first,
+        # and is refused below.
+        _by_keyword: object = _BY_KEYWORD,
         version: int | None = None,
         label: str | None = None,
         type: PromptType = "text",
@@ -327,7 +335,7 @@ class AsyncPromptClient:
         the prompt built from it has ``is_fallback=True`` and is not cached), else the
         ``FetchError`` is raised. ``cache_ttl_seconds=0`` always fetches.
         """
-        if cache_ttl_seconds is None:
+        if cache_ttl_seconds is None and _by_keyword is _BY_KEYWORD:
             # The hit path: one dict lookup, one clock read, no call into the engine (a method
             # call here measured about 20% of a hit). The default label is looked up by the
             # name string (its hash is cached); others by a tuple equal to the PromptKey.
@@ -355,6 +363,10 @@ class AsyncPromptClient:
                 stale = self._stale_hit(entry, now)
                 if stale is not None:
                     return stale
+        if _by_keyword is not _BY_KEYWORD:
+            raise InvalidArgumentError(
+                "get_prompt() takes one positional argument, the name; give its options by "
+                "keyword (version=, label=, type=, ...)")
         return await self._get_prompt(
             make_key(name, version, label), check_prompt_type(type), cache_ttl_seconds, fallback,
             max_retries, fetch_timeout_seconds,

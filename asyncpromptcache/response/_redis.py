@@ -168,6 +168,7 @@ class RedisResponses:
         self._send_soon()
 
     async def aclose(self) -> None:
+        self._tg = None  # closed with the cache: nothing more starts in it
         await self._conn.aclose()
 
     # -- commands --------------------------------------------------------------------------

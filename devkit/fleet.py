@@ -14,7 +14,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -24,11 +24,12 @@ from .upstream import PUBLIC_KEY, SECRET_KEY, spawn_module
 
 
 class Fleet:
-    """``with Fleet(8) as fleet: fleet.all({"op": ...})`` -> one reply per worker."""
+    """``with Fleet(8) as fleet: fleet.all({"op": ...})`` -> one reply per worker
+    (``env``: environment variables the workers have besides the parent's)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, env: Mapping[str, str] | None = None) -> None:
         self.size = size
-        self._procs = [spawn_module("devkit.fleet") for _ in range(size)]
+        self._procs = [spawn_module("devkit.fleet", env=env) for _ in range(size)]
 
     def __enter__(self) -> Fleet:
         return self
@@ -89,6 +90,8 @@ class _Worker:
         self.get: Callable[[str], Awaitable[int]] | None = None  # name -> version
         self.client: Any = None
         self.response: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
+        self.llm: Any = None
+        self._watching: asyncio.Task[dict[str, Any]] | None = None
         self._close: Callable[[], Awaitable[None]] | None = None
         self.received: dict[str, int] = {}  # webhook answers by status, see ``listen``
         self._receiver: Any = None
@@ -149,7 +152,10 @@ class _Worker:
 
     async def close(self, command: dict[str, Any] | None = None) -> dict[str, Any]:
         close, self._close, self.get, self.client = self._close, None, None, None
-        self.response = None
+        self.response = self.llm = None
+        if self._watching is not None:
+            self._watching.cancel()
+            self._watching = None
         if close is not None:
             await close()
         return {}
@@ -281,7 +287,8 @@ class _Worker:
 
     async def response_open(self, command: dict[str, Any]) -> dict[str, Any]:
         """A ``ResponseCache`` over the endpoint at ``base_url``, ``shared=`` the Redis at
-        ``redis`` (or none)."""
+        ``redis`` (or none); with ``environment``, ``ResponseCache()`` as an app writes it
+        (the tier, if any, from ``ASYNCPROMPTCACHE_REDIS_URL``)."""
         await self.close()
         from asyncpromptcache import RedisTier, ResponseCache
         from asyncpromptcache.response import OpenAIChatProducer
@@ -291,9 +298,9 @@ class _Worker:
             shared = RedisTier(command["redis"], namespace=command.get("namespace", "bench"),
                                timeout_seconds=command.get("redis_timeout", 1.0))
         llm = OpenAIChatProducer(base_url=command["base_url"] + "/v1")
-        cache = ResponseCache(shared=shared)
+        cache = ResponseCache() if command.get("environment") else ResponseCache(shared=shared)
         await cache.__aenter__()
-        self.client = cache
+        self.client, self.llm = cache, llm
 
         async def stream(request: dict[str, Any]) -> dict[str, Any]:
             chunks: list[Any] = []
@@ -324,7 +331,49 @@ class _Worker:
         reply = await self.response(command["request"])
         stats = self.client.stats()
         reply["shared"] = None if stats.shared is None else attrs.asdict(stats.shared)
+        reply["entries"] = stats.entries  # answers in this process's memory
         return reply
+
+    async def response_invalidate(self, command: dict[str, Any]) -> dict[str, Any]:
+        """``invalidate(request)``; the wall time it returned at."""
+        await self.client.invalidate(command["request"])
+        return {"at": time.time()}
+
+    async def response_watch(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Ask for ``request`` every 5 ms in the background with ``mode="cache_only"`` (a hit,
+        else ``NotCachedError``: never an upstream stream) until it is not cached; replies
+        once the first ask was answered. ``response_watched`` then says when it was not."""
+        from asyncpromptcache import NotCachedError
+
+        cache, llm, request = self.client, self.llm, command["request"]
+        asked = asyncio.Event()
+
+        async def watch() -> dict[str, Any]:
+            deadline, hits = time.time() + command.get("limit", 10.0), 0
+            try:
+                while time.time() < deadline:
+                    try:
+                        async with cache.stream(request, lambda: llm.stream(request),
+                                                mode="cache_only"):
+                            hits += 1
+                    except NotCachedError:
+                        return {"seen_at": time.time(), "hits": hits}
+                    asked.set()
+                    await asyncio.sleep(0.005)
+                return {"seen_at": None, "hits": hits}
+            finally:
+                asked.set()
+
+        self._watching = watching = asyncio.create_task(watch())
+        await asked.wait()
+        return {"done": watching.done()}
+
+    async def response_watched(self, command: dict[str, Any]) -> dict[str, Any]:
+        """What the ``response_watch`` running ended with: ``seen_at``, the wall time of the
+        first ask not answered from the cache (``None`` past its limit), and ``hits``."""
+        assert self._watching is not None
+        watching, self._watching = self._watching, None
+        return await watching
 
 
 async def _serve() -> None:

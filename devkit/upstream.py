@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -23,10 +24,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 
 
-def spawn_module(module: str, *args: str) -> subprocess.Popen[str]:
+def spawn_module(module: str, *args: str,
+                 env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
     """``python -m module *args`` in a child process that can import this repo, talking over
-    pipes."""
-    env = dict(os.environ)
+    pipes; ``env``: variables set in its environment besides this process's."""
+    env = {**os.environ, **(env or {})}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.Popen(
         [sys.executable, "-m", module, *args], cwd=REPO, env=env,

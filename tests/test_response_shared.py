@@ -2,7 +2,8 @@
 local server's OpenAI-compatible endpoint: answers streamed in one cache are joined by
 identical requests of other caches (each with its own Redis connections, as other processes
 have) and replayed by them; failures, corrupt values and Redis outages never reach a caller
-as a Redis error. The last test runs 4 real processes."""
+as a Redis error; invalidations and clears reach every cache of the namespace, and no
+other. The last tests run 4 real processes."""
 
 from __future__ import annotations
 
@@ -18,18 +19,22 @@ import anyio
 import pytest
 
 from asyncpromptcache import (
+    ConfigurationError,
+    NotCachedError,
     RedisTier,
     ResponseCache,
     ResponseFailedError,
     SharedStreamError,
     SharedStreamLostError,
 )
+from asyncpromptcache._core.sealing import seal
 from asyncpromptcache.response import Chunk, ResponseStore
 from asyncpromptcache.response._redis import RedisResponses
-from asyncpromptcache.response._wire import ResponseNames
+from asyncpromptcache.response._wire import Dropped, ResponseNames, encode_message
 from devkit.redisserver import RedisServer
 
 from .helpers import (
+    BOUND,
     CHUNKS,
     REQUEST,
     Upstream,
@@ -53,8 +58,13 @@ class Fleet:
     def cache(self, **options: Any) -> ResponseCache:
         tier = RedisTier(self.redis.url, namespace=self.namespace,
                          signing_key=self.signing_key, timeout_seconds=0.5)
-        shared = RedisResponses(tier, lock_seconds=1.0, block_seconds=0.2)
+        shared = RedisResponses(tier, namespace=options.get("namespace", ""),
+                                lock_seconds=1.0, block_seconds=0.2)
         return ResponseCache(shared=shared, **options)
+
+    def names(self, tenant: str = "") -> ResponseNames:
+        """The Redis names of the caches of ``namespace=tenant``."""
+        return ResponseNames.of(self.namespace, tenant)
 
     def produce(self, request: dict[str, Any] = REQUEST) -> Any:
         return lambda: self.upstream.llm.stream(request)
@@ -67,6 +77,33 @@ async def read(cache: ResponseCache, fleet: Fleet, into: list[Chunk] | None = No
     async for chunk in stream:
         chunks.append(chunk)
     return chunks, stream.source
+
+
+async def subscribed(redis: RedisServer, channel: str, count: int) -> None:
+    """Wait until ``count`` connections subscribe to ``channel`` (the caches' subscriptions
+    start with them, in the background)."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis.url)
+    try:
+        with anyio.fail_after(BOUND):
+            while (await client.pubsub_numsub(channel))[0][1] != count:  # noqa: ASYNC110 - a count in Redis
+                await anyio.sleep(0.005)
+    finally:
+        await client.aclose()
+
+
+async def until_not_cached(cache: ResponseCache, fleet: Fleet) -> None:
+    """Ask ``cache`` for ``REQUEST`` (``cache_only``: a hit, or ``NotCachedError``; never an
+    upstream stream) until it no longer has the answer. Bounded."""
+    with anyio.fail_after(BOUND):
+        while True:
+            try:
+                async with cache.stream(REQUEST, fleet.produce(), mode="cache_only"):
+                    pass
+            except NotCachedError:
+                return
+            await anyio.sleep(0.002)
 
 
 async def test_a_stream_in_one_cache_is_joined_by_another_and_replayed_by_a_third(
@@ -320,6 +357,151 @@ async def test_redis_down_is_never_a_callers_error(
             assert source == "hit" and len(answer) == CHUNKS
 
 
+# -- invalidate() and clear() across processes ---------------------------------------------
+
+
+@pytest.mark.parametrize("change", ["invalidate", "clear"])
+async def test_a_change_in_one_cache_drops_the_answer_from_the_others_memory(
+    redis_server: RedisServer, upstream: Upstream, change: str,
+) -> None:
+    fleet = Fleet(redis_server, upstream, signing_key="k")
+    async with fleet.cache() as first, fleet.cache() as second:
+        await subscribed(redis_server, fleet.names().channel, 2)
+        _, source = await read(first, fleet)
+        assert source == "miss"
+        _, source = await read(second, fleet)
+        assert source == "hit"  # from Redis, kept in memory
+        assert first.stats().entries == second.stats().entries == 1
+        assert (await upstream.counts())["streams"] == 1
+
+        if change == "invalidate":
+            assert await first.invalidate(REQUEST) is True
+        else:
+            assert await first.clear() == 1
+        await until_not_cached(second, fleet)  # its memory no longer serves the old answer
+        assert second.stats().entries == 0
+        assert (await upstream.counts())["streams"] == 1
+        _, source = await read(second, fleet)
+        assert source == "miss"
+        assert (await upstream.counts())["streams"] == 2
+        # One message per key dropped (an invalidate drops the streamed and the whole
+        # answer's keys), none applied by the cache that sent it.
+        sent = 2 if change == "invalidate" else 1
+        first_shared, second_shared = first.stats().shared, second.stats().shared
+        assert first_shared is not None and second_shared is not None
+        assert (first_shared.changes_sent, first_shared.changes_received) == (sent, 0)
+        assert (second_shared.changes_sent, second_shared.changes_received) == (0, sent)
+        assert first.stats().entries == 0
+
+
+async def test_one_namespaces_clear_leaves_another_namespaces_answers(
+    redis_server: RedisServer, upstream: Upstream,
+) -> None:
+    fleet = Fleet(redis_server, upstream)
+    async with fleet.cache(namespace="a") as a, fleet.cache(namespace="a") as other_a, \
+            fleet.cache(namespace="b") as b:
+        await subscribed(redis_server, fleet.names("a").channel, 2)
+        await subscribed(redis_server, fleet.names("b").channel, 1)
+        for cache, expected in ((a, "miss"), (other_a, "hit"), (b, "miss")):
+            _, source = await read(cache, fleet)
+            assert source == expected
+        assert (await upstream.counts())["streams"] == 2  # a's and b's answers
+        in_a = fleet.names("a").answer(a.key_for(REQUEST))
+        in_b = fleet.names("b").answer(b.key_for(REQUEST))
+        assert redis_server.command("EXISTS", in_a) == redis_server.command("EXISTS", in_b) == ":1"
+
+        assert await a.clear() == 1
+        await until_not_cached(other_a, fleet)  # the namespace's other cache heard it
+        assert redis_server.command("EXISTS", in_a) == ":0"
+        assert redis_server.command("EXISTS", in_b) == ":1"  # b's answer, in Redis...
+        assert b.stats().entries == 1  # ...and in b's memory
+        _, source = await read(b, fleet)
+        assert source == "hit"
+        assert b.stats().shared.changes_received == 0  # type: ignore[union-attr]
+        assert (await upstream.counts())["streams"] == 2
+
+
+async def test_a_shared_tier_made_for_another_namespace_is_refused(
+    redis_server: RedisServer, upstream: Upstream,
+) -> None:
+    shared = RedisResponses(RedisTier(redis_server.url), namespace="a")
+    with pytest.raises(ConfigurationError, match="namespace"):
+        ResponseCache(shared=shared, namespace="b")
+    fleet = Fleet(redis_server, upstream)
+    cache = fleet.cache()
+    async with cache:
+        await read(cache, fleet)
+    assert await cache.invalidate(REQUEST) is True  # closed: from its memory; never raises
+
+
+async def test_forged_or_malformed_messages_are_ignored_and_counted(
+    redis_server: RedisServer, upstream: Upstream,
+) -> None:
+    from redis.asyncio import Redis
+
+    fleet = Fleet(redis_server, upstream, signing_key="k")
+    channel = fleet.names().channel
+    async with fleet.cache() as cache:
+        await subscribed(redis_server, channel, 1)
+        await read(cache, fleet)
+        key = cache.key_for(REQUEST)
+        body = json.dumps({"origin": "elsewhere", "keys": [key]})
+        forged = [
+            encode_message(Dropped("elsewhere", (key,)), None),  # unsigned
+            encode_message(Dropped("elsewhere", (key,)), b"not the key"),  # wrongly signed
+            encode_message(Dropped("elsewhere", None), b"not the key"),  # a clear, too
+            b"garbage", b"", b"arm1.-.", body.encode(),  # not sealed at all
+            seal(b"apr1", body.encode(), b"k"),  # a value's tag, not a message's
+            # Signed with the right key, but not a message to apply:
+            seal(b"arm1", b"{not json", b"k"),
+            seal(b"arm1", b'["a","list"]', b"k"),
+            seal(b"arm1", json.dumps({"keys": [key]}).encode(), b"k"),  # no origin
+            seal(b"arm1", b'{"origin":"elsewhere","keys":["../not-a-key"]}', b"k"),
+            seal(b"arm1", b'{"origin":"elsewhere","keys":[]}', b"k"),
+            seal(b"arm1", json.dumps({"origin": "elsewhere", "keys": key}).encode(), b"k"),
+        ]
+        client = Redis.from_url(redis_server.url)
+        try:
+            for message in forged:
+                assert await client.publish(channel, message) == 1
+            await until(lambda: cache.stats().shared.rejected_values == len(forged))  # type: ignore[union-attr]
+            _, source = await read(cache, fleet)
+            assert source == "hit" and cache.stats().entries == 1
+            assert cache.stats().shared.changes_received == 0  # type: ignore[union-attr]
+            # The same message from a process that holds the key is applied (to memory:
+            # Redis is its sender's to change).
+            await client.publish(channel, encode_message(Dropped("elsewhere", (key,)), b"k"))
+            await until(lambda: cache.stats().entries == 0)
+        finally:
+            await client.aclose()
+        shared = cache.stats().shared
+        assert shared is not None and shared.changes_received == 1
+        assert shared.rejected_values == len(forged)
+        assert (await upstream.counts())["streams"] == 1
+
+
+async def test_a_change_made_while_redis_is_down_is_sent_when_it_answers(
+    upstream: Upstream,
+) -> None:
+    with RedisServer() as private:
+        fleet = Fleet(private, upstream)
+        async with fleet.cache() as first, fleet.cache() as second:
+            await subscribed(private, fleet.names().channel, 2)
+            await read(first, fleet)
+            _, source = await read(second, fleet)
+            assert source == "hit" and second.stats().entries == 1
+            private.freeze()  # no answer, connections kept: the subscriptions hold
+            try:
+                assert await first.invalidate(REQUEST) is True
+                assert first.stats().entries == 0  # applied here at once
+                assert first.stats().shared.changes_sent == 0  # type: ignore[union-attr]
+                assert second.stats().entries == 1
+            finally:
+                private.thaw()
+            await until_not_cached(second, fleet)  # sent once Redis answers again
+        assert (await upstream.counts())["streams"] == 1
+
+
 # -- 4 real processes ------------------------------------------------------------------------
 
 
@@ -343,6 +525,32 @@ def _chat_controls(base_url: str, **changes: Any) -> None:
         pass
 
 
+def _ask_at_once(processes: Any, redis: RedisServer, base_url: str,
+                 request: dict[str, Any]) -> list[Any]:
+    """Processes 0-3 ask for ``request`` (stored nowhere yet) at once; their replies. The
+    answer is held after 2 chunks until all four have asked for it (each tries to claim it
+    once: a SET NX), so they meet while it streams."""
+    _chat_controls(base_url, hold_after_chunks=2)
+    claims = redis.command_counts().get("set", 0)
+    for i in range(4):
+        processes.send(i, {"op": "response_stream", "request": request})
+    deadline = time.monotonic() + 30
+    while redis.command_counts().get("set", 0) - claims < 4:
+        assert time.monotonic() < deadline, "the four processes did not all ask"
+        time.sleep(0.01)
+    _chat_controls(base_url, hold_after_chunks=None)
+    _chat_release(base_url)
+    replies = [processes.receive(i) for i in range(4)]
+    expected = replies[0]["chunks"]
+    assert len(expected) == CHUNKS
+    for reply in replies:
+        assert reply["failed"] is None
+        assert reply["chunks"] == expected
+    assert sum(r["shared"]["upstream_fetches"] for r in replies) == 1
+    assert sum(r["shared"]["waits"] for r in replies) == 3  # joined it in flight
+    return replies
+
+
 @pytest.mark.slow
 def test_four_processes_asking_at_once_make_one_upstream_stream(redis_server: RedisServer) -> None:
     from devkit.fleet import Fleet as Processes
@@ -360,27 +568,9 @@ def test_four_processes_asking_at_once_make_one_upstream_stream(redis_server: Re
         assert _chat_streams(server.base_url) == 1
         processes.one(4, {"op": "response_open", "base_url": server.base_url})
         request = {**request, "seed": 7}  # a new key: nothing stored for it
-        # The answer is held after 2 chunks until all four processes have asked for it (each
-        # tries to claim it once: a SET NX), so they meet while it streams.
-        _chat_controls(server.base_url, hold_after_chunks=2)
-        claims = redis_server.command_counts().get("set", 0)
-        for i in range(4):
-            processes.send(i, {"op": "response_stream", "request": request})
-        deadline = time.monotonic() + 30
-        while redis_server.command_counts().get("set", 0) - claims < 4:
-            assert time.monotonic() < deadline, "the four processes did not all ask"
-            time.sleep(0.01)
-        _chat_controls(server.base_url, hold_after_chunks=None)
-        _chat_release(server.base_url)
-        replies = [processes.receive(i) for i in range(4)]
+        replies = _ask_at_once(processes, redis_server, server.base_url, request)
         assert _chat_streams(server.base_url) == 2  # one for the four processes
         expected = [chunk for chunk in replies[0]["chunks"]]
-        assert len(expected) == CHUNKS
-        for reply in replies:
-            assert reply["failed"] is None
-            assert reply["chunks"] == expected
-        assert sum(r["shared"]["upstream_fetches"] for r in replies) == 1
-        assert sum(r["shared"]["waits"] for r in replies) == 3  # joined it in flight
         # A fifth process (no shared tier) as the control: its own stream, same chunks.
         alone = processes.one(4, {"op": "response_stream", "request": request})
         assert alone["chunks"] == expected and _chat_streams(server.base_url) == 3
@@ -390,5 +580,54 @@ def test_four_processes_asking_at_once_make_one_upstream_stream(redis_server: Re
         replay = processes.one(4, {"op": "response_stream", "request": request})
         assert replay["source"] == "hit" and replay["chunks"] == expected
         assert _chat_streams(server.base_url) == 3
+        with contextlib.suppress(Exception):
+            processes.all({"op": "close"})
+
+
+@pytest.mark.slow
+def test_four_processes_configured_by_the_environment_alone_share_and_invalidate(
+    redis_server: RedisServer,
+) -> None:
+    """``ResponseCache()`` in 4 processes whose environment names the Redis: they share one
+    upstream stream, then an ``invalidate()`` in one reaches the other three's memory within
+    100 ms (measured in each, from the invalidate's return to its first ask that the cache
+    no longer answers)."""
+    from redis import Redis
+
+    from devkit.fleet import Fleet as Processes
+    from devkit.upstream import Upstream as ServerProcess
+
+    request = {**REQUEST, "messages": [{"role": "user", "content": uuid.uuid4().hex}]}
+    channel = ResponseNames.of("default").channel  # RedisTier(url)'s namespace, tenant ""
+    with ServerProcess() as server, \
+            Processes(4, env={"ASYNCPROMPTCACHE_REDIS_URL": redis_server.url}) as processes, \
+            contextlib.closing(Redis.from_url(redis_server.url)) as client:
+        _chat_controls(server.base_url, token_delay_seconds=0.005)
+        processes.all({"op": "response_open", "base_url": server.base_url,
+                       "environment": True})
+        deadline = time.monotonic() + 30
+        while client.pubsub_numsub(channel)[0][1] != 4:  # each process is listening
+            assert time.monotonic() < deadline, "the four processes did not all subscribe"
+            time.sleep(0.01)
+        replies = _ask_at_once(processes, redis_server, server.base_url, request)
+        assert _chat_streams(server.base_url) == 1  # one for the four processes
+        assert [reply["entries"] for reply in replies] == [1, 1, 1, 1]  # each in memory
+
+        watchers = range(1, 4)
+        for watched in processes.all({"op": "response_watch", "request": request},
+                                     only=watchers):
+            assert watched["done"] is False  # answered from memory, and still asking
+        at = processes.one(0, {"op": "response_invalidate", "request": request})["at"]
+        seen = processes.all({"op": "response_watched"}, only=watchers)
+        for watched in seen:
+            assert watched["hits"] >= 1 and watched["seen_at"] is not None
+            assert watched["seen_at"] - at < 0.1, seen
+        assert _chat_streams(server.base_url) == 1  # the watchers never went upstream
+
+        again = processes.one(1, {"op": "response_stream", "request": request})
+        assert again["source"] == "miss" and again["chunks"] == replies[0]["chunks"]
+        assert _chat_streams(server.base_url) == 2
+        replay = processes.one(2, {"op": "response_stream", "request": request})
+        assert replay["source"] == "hit" and _chat_streams(server.base_url) == 2
         with contextlib.suppress(Exception):
             processes.all({"op": "close"})

@@ -116,7 +116,9 @@ class ResponseCache:
     * ``max_bytes``: the in-process store's bound (least recently used answers go first).
     * ``ttl_seconds``: how long a stored answer is replayed (per call: ``ttl_seconds=``).
     * ``max_answer_bytes``: a larger answer is streamed to its consumers but never stored.
-    * ``namespace``: the tenant; part of every key (per call: ``namespace=``).
+    * ``namespace``: the tenant; part of every key (per call: ``namespace=``). With the
+      shared tier, it also separates the cache's answers in Redis and its channel: a cache
+      shares answers, invalidations and clears with the caches of its namespace only.
     * ``consumer_buffer``: live chunks a consumer may leave untaken before it is dropped with
       ``SlowConsumerError`` (``None``: never dropped).
     * ``on_abandon``: when the last consumer of a stream in flight leaves, ``"finish"`` (the
@@ -131,9 +133,10 @@ class ResponseCache:
     * ``shared``: the shared tier: a Redis URL or a ``RedisTier`` (the prompt client's;
       its namespace, signing key and timeout apply). Completed answers are then stored in
       Redis too and replayed by every process, and an answer streaming in one process is
-      joined by identical requests in the others. Redis trouble falls back to this
-      process's cache. When ``shared`` is absent, ``ASYNCPROMPTCACHE_REDIS_URL`` sets it
-      (as for the prompt client); ``shared=False`` turns the shared tier off.
+      joined by identical requests in the others; ``invalidate`` and ``clear`` reach every
+      process (see ``invalidate``). Redis trouble falls back to this process's cache. When
+      ``shared`` is absent, ``ASYNCPROMPTCACHE_REDIS_URL`` sets it (as for the prompt
+      client); ``shared=False`` turns the shared tier off.
     * ``clock``, ``sleep``: monotonic seconds and the pacing sleep, for tests.
     * ``meter_provider``, ``tracer_provider``: OpenTelemetry providers for the cache's metrics
       and spans (default: the global ones; needs ``asyncpromptcache[otel]``).
@@ -193,8 +196,9 @@ class ResponseCache:
         if shared is not None and shared is not False:
             from ._redis import TieredStore, shared_responses
 
-            self._shared = shared_responses(shared)
+            self._shared = shared_responses(shared, namespace=namespace)
             self._store = TieredStore(self._front, self._shared)
+            self._shared.on_drop(self._dropped_elsewhere)
         self._clock = clock
         self._sleep = sleep
         self._flights = LocalFlights()
@@ -316,7 +320,12 @@ class ResponseCache:
     async def invalidate(self, request: Mapping[str, Any], *,
                          namespace: str | None = None) -> bool:
         """Drop the stored answers of ``request`` (streamed and whole); a stream in flight
-        for it answers its consumers but is not stored. Whether anything was stored."""
+        for it answers its consumers but is not stored. Whether anything was stored.
+
+        With the shared tier, in every process of the namespace: the answers are deleted in
+        Redis, then every other process drops them from its memory and forgets its streams
+        in flight for them, in about a Redis round trip. While Redis is unreachable the
+        change is applied here at once and sent when Redis answers again."""
         dropped = False
         for kind in ("stream", "whole"):
             key = self.key_for(request, namespace=namespace, kind=kind)
@@ -325,10 +334,28 @@ class ResponseCache:
         return dropped
 
     async def clear(self) -> int:
-        """Drop every stored answer; streams in flight are not stored. How many answers."""
-        for flight in self._flights.values():
-            self._flights.forget(flight.key)
+        """Drop every stored answer; streams in flight are not stored. How many answers.
+        With the shared tier, in every process, as ``invalidate`` does, and only the answers
+        of this cache's namespace."""
+        self._forget_flights(None)
         return await self._store.clear()
+
+    def _forget_flights(self, keys: Collection[str] | None) -> None:
+        """Streams in flight for ``keys`` (``None``: all) are not stored nor joined."""
+        for key in [flight.key for flight in self._flights.values()] if keys is None else keys:
+            self._flights.forget(key)
+
+    async def _dropped_elsewhere(self, keys: tuple[str, ...] | None, in_flight: bool) -> None:
+        """Another process dropped ``keys`` (``None``: every answer), or the shared tier's
+        subscription was re-established (``in_flight`` false: drops may have been missed):
+        this process's memory drops them too."""
+        if in_flight:
+            self._forget_flights(keys)
+        if keys is None:
+            await self._front.clear()
+        else:
+            for key in keys:
+                await self._front.delete(key)
 
     async def drain(self) -> None:
         """Wait until every upstream stream running now is over (stored, failed or

@@ -13,6 +13,18 @@ before it writes the end entry and releases the lock, so a request arriving mean
 joins the stream or finds the answer; the ended stream lingers for slow followers, then
 expires.
 
+Invalidations and clears reach every process of the namespace (the tier's namespace and the
+cache's) through the kit's bus: the process that made the change deletes the answers in
+Redis, then publishes the keys (or "everything", a ``clear()``) sealed with the tier's signing
+key and its own id; every other process drops them from its in-memory store and forgets its
+streams in flight for them (they answer their consumers but are not stored). A message that
+is not one to apply (unsigned, wrongly signed, malformed) is counted in ``rejected_values``
+and ignored. While the subscription is down messages may be missed, so each time it is
+(re)established the in-memory store is emptied: answers are read again from Redis. (A stream
+already in flight then may still be stored.) A change Redis does not take is applied here at
+once and sent (deleted in Redis, published) once commands succeed again; past 1,000 keys
+waiting, a clear is sent instead. A cache closed before that drops what waits.
+
 Redis trouble makes a read a miss, a write skipped, a claim stream locally; sustained
 trouble opens the connection's breaker (the Redis kit's one health policy, shared with the
 prompt tier), and nothing here raises a Redis error to a caller.
@@ -22,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any
 
 import anyio
@@ -35,6 +47,7 @@ from .._core.errors import (
 )
 from .._core.logs import RateLimitedLog
 from .._tiers.redis import Connection, Down, RedisTier
+from .._tiers.redis.bus import Bus
 from .._tiers.redis.lock import extend, new_token, take
 from .._tiers.redis.scan import scan
 from .._tiers.redis.stats import SharedStats
@@ -42,13 +55,16 @@ from .._tiers.redis.text import member_text
 from ._keys import Chunk
 from ._store import ResponseStore, StoredAnswer, StoreStats
 from ._wire import (
+    Dropped,
     End,
     ResponseNames,
     decode_answer,
     decode_entry,
+    decode_message,
     encode_answer,
     encode_chunk_entry,
     encode_end_entry,
+    encode_message,
 )
 
 __all__ = ["RedisResponses", "TieredStore", "shared_responses"]
@@ -56,6 +72,11 @@ __all__ = ["RedisResponses", "TieredStore", "shared_responses"]
 logger = logging.getLogger("asyncpromptcache")
 # Rejected Redis content may come in floods: counted, and logged once a minute at most.
 _rejected = RateLimitedLog(logger)
+_MAX_UNSENT = 1000  # past this many keys waiting for Redis, a clear is sent instead
+#: What a process does with answers dropped by another process: ``keys`` (``None``: every
+#: answer) are dropped from its in-memory store; ``in_flight``: its streams in flight for them
+#: are forgotten too (not stored).
+DropHere = Callable[[tuple[str, ...] | None, bool], Awaitable[None]]
 
 _FIELD = b"e"
 # The end of an answer's stream: its last entry (ARGV[1]), the stream kept ARGV[2] ms for
@@ -67,23 +88,30 @@ _END = Connection.script(
 )
 
 
-def shared_responses(shared: Any, **options: Any) -> RedisResponses:
-    """The Redis side of ``ResponseCache(shared=...)``: a Redis URL, a ``RedisTier`` or a
-    ``RedisResponses``. The prompt client's environment variable is not read."""
+def shared_responses(shared: Any, *, namespace: str = "", **options: Any) -> RedisResponses:
+    """The Redis side of ``ResponseCache(shared=..., namespace=...)``: a Redis URL, a
+    ``RedisTier`` or a ``RedisResponses`` (made for that ``namespace``). The prompt client's
+    environment variable is not read."""
     if isinstance(shared, RedisResponses):
+        if shared.namespace != namespace:
+            raise ConfigurationError(
+                f"the shared tier was made for namespace {shared.namespace!r}, not the "
+                f"cache's {namespace!r}")
         return shared
     if isinstance(shared, str):
         shared = RedisTier(shared)
     if not isinstance(shared, RedisTier):
         raise ConfigurationError(
             f"shared must be a Redis URL or a RedisTier, got {type(shared).__name__}")
-    return RedisResponses(shared, **options)
+    return RedisResponses(shared, namespace=namespace, **options)
 
 
 class RedisResponses:
     """Completed answers and answers in flight in the tier's Redis, for one cache in one
-    event loop.
+    event loop, and the channel that tells every process of its answers dropped.
 
+    * ``namespace``: the cache's (the tenant's): its answers' names and channel are apart
+      from every other tenant's.
     * ``lock_seconds``: how long a claim outlives its process (kept alive while streaming);
       a follower of a process that died gives up after about this long with no news.
     * ``linger_seconds``: how long an ended stream stays readable (for its slow followers).
@@ -92,7 +120,7 @@ class RedisResponses:
       notices a dead Redis within about three times that timeout).
     """
 
-    def __init__(self, tier: RedisTier, *, lock_seconds: float = 10.0,
+    def __init__(self, tier: RedisTier, *, namespace: str = "", lock_seconds: float = 10.0,
                  linger_seconds: float = 30.0, block_seconds: float | None = None) -> None:
         if block_seconds is None:
             block_seconds = 2 * tier.timeout_seconds
@@ -101,13 +129,25 @@ class RedisResponses:
         self._timeout = tier.timeout_seconds
         self._conn = Connection(tier, blocking_seconds=block + tier.timeout_seconds)
         self._n = self._conn.counts
-        self._names = ResponseNames.of(tier.namespace)
+        self.namespace = namespace
+        self._names = ResponseNames.of(tier.namespace, namespace)
         self._sign = tier._signing_key
         self._wall = tier._wall
         self._lock_ms = max(1, int(lock_seconds * 1000))
         self._linger_ms = max(1, int(linger_seconds * 1000))
         self._block_ms = max(1, int(block * 1000))
         self._tg: TaskGroup | None = None
+        self._bus = Bus(self._conn, self._names.channel)
+        self.id = new_token()[:16]  # this process's messages name it: it ignores its own
+        self._drop_here: DropHere | None = None
+        #: Counts every drop applied here (made here, received, or on a resubscription): an
+        #: answer read from Redis while one happened is not kept in memory (it may be older).
+        self.drops = 0
+        # Changes Redis did not take (keys, or a clear: ``None``), sent when it answers.
+        self._unsent: set[str] | None = set()
+        self._sending = False
+        self._up = anyio.Event()
+        self._conn.on_up(lambda: self._up.set())
 
     def __repr__(self) -> str:
         return f"<RedisResponses {self._tier!r} {self._conn.state}>"
@@ -115,11 +155,20 @@ class RedisResponses:
     def stats(self) -> SharedStats:
         return SharedStats(state=self._conn.state, **self._n)
 
+    def on_drop(self, drop_here: DropHere) -> None:
+        """Apply the drops of other processes (and resubscriptions) with ``drop_here``."""
+        self._drop_here = drop_here
+
     def bind(self, tg: TaskGroup) -> None:
-        """Run the claims' keep-alives in ``tg`` (the cache's task group)."""
+        """Run the claims' keep-alives, the subscription to the channel and the sending of
+        changes that waited for Redis in ``tg`` (the cache's task group)."""
         self._tg = tg
+        tg.start_soon(self._bus.run, self._received, self._resubscribed,
+                      name="asyncpromptcache.response:bus")
+        self._send_soon()
 
     async def aclose(self) -> None:
+        self._tg = None  # closed with the cache: nothing more starts in it
         await self._conn.aclose()
 
     # -- commands --------------------------------------------------------------------------
@@ -179,21 +228,104 @@ class RedisResponses:
         return True
 
     async def delete(self, key: str) -> bool:
-        try:
-            return bool(await self._cmd(lambda r: r.delete(self._names.answer(key))))
-        except Down:
-            return False
+        """Drop ``key``'s answer here and in every process (see ``_change``)."""
+        return bool(await self._change((key,)))
 
     async def clear(self) -> int:
-        """Drop every answer of the namespace (``SCAN``, then ``UNLINK`` key by key)."""
-        count = 0
+        """Drop every answer of the namespace here and in every process."""
+        return await self._change(None)
+
+    # -- changes: every process drops what one dropped -------------------------------------
+
+    async def _change(self, keys: tuple[str, ...] | None) -> int:
+        """Delete ``keys`` (``None``: every answer of the namespace) in Redis and tell the
+        other processes; when Redis does not take it, keep it for later. How many answers
+        Redis held."""
+        self.drops += 1
         try:
+            return await self._send(keys)
+        except Down:
+            self._keep(keys)
+            return 0
+
+    async def _send(self, keys: tuple[str, ...] | None) -> int:
+        """Delete, then publish; ``Down`` when Redis did not take either."""
+        count = 0
+        if keys is None:  # SCAN, then UNLINK key by key (a Cluster: one slot per key)
             async for name in scan(self._conn, self._names.pattern):
                 if (member_text(name) or "").endswith(":a"):
                     count += int(await self._cmd("unlink", name))
-        except Down:
-            pass
+        else:
+            for key in keys:
+                count += int(await self._cmd("delete", self._names.answer(key)))
+        await self._bus.publish(encode_message(Dropped(self.id, keys), self._sign))
+        self._n["changes_sent"] += 1
         return count
+
+    def _keep(self, keys: Iterable[str] | None) -> None:
+        if keys is None or self._unsent is None or len(self._unsent) >= _MAX_UNSENT:
+            self._unsent = None  # a clear supersedes every change before it
+        else:
+            self._unsent.update(keys)
+        self._send_soon()
+
+    def _send_soon(self) -> None:
+        if (self._unsent is None or self._unsent) and not self._sending \
+                and self._tg is not None:
+            self._sending = True
+            self._tg.start_soon(self._send_unsent, name="asyncpromptcache.response:unsent")
+
+    async def _send_unsent(self) -> None:
+        """Send what waited for Redis: at once when Redis answers again (the connection's
+        ``on_up``, a resubscription), else tried after a backoff."""
+        backoff = 0.05
+        try:
+            while self._unsent is None or self._unsent:
+                with anyio.move_on_after(backoff):
+                    await self._up.wait()
+                self._up = anyio.Event()
+                backoff = min(2 * backoff, self._tier.reconnect_max_seconds)
+                unsent, self._unsent = self._unsent, set()
+                try:
+                    await self._send(None if unsent is None or len(unsent) > _MAX_UNSENT
+                                     else tuple(sorted(unsent)))
+                except Down:
+                    if unsent is None or self._unsent is None:
+                        self._unsent = None
+                    else:
+                        self._unsent |= unsent
+        finally:
+            self._sending = False
+
+    async def _received(self, raw: bytes) -> None:
+        """A message on the channel: another process's drop, applied here. Anyone may
+        ``PUBLISH``: a message that is not one to apply is counted and ignored."""
+        try:
+            message = decode_message(raw, self._sign)
+        except Exception as exc:
+            self._n["rejected_values"] += 1
+            _rejected.warning("ignored a message on the response cache's channel: %s", exc)
+            return
+        if message.origin == self.id:
+            return
+        self._n["changes_received"] += 1
+        await self._apply(message.keys, in_flight=True)
+
+    async def _resubscribed(self) -> None:
+        """The subscription is (again) in place: drops may have been missed meanwhile, so
+        the in-memory store is emptied (its answers are read again from Redis); what waited
+        for Redis is sent."""
+        await self._apply(None, in_flight=False)
+        self._up.set()
+
+    async def _apply(self, keys: tuple[str, ...] | None, *, in_flight: bool) -> None:
+        self.drops += 1
+        if self._drop_here is None:
+            return
+        try:
+            await self._drop_here(keys, in_flight)
+        except Exception:  # never into the bus: it would take that for a Redis failure
+            logger.exception("dropping answers another process dropped failed")
 
     # -- answers in flight (SharedFlights) -------------------------------------------------
 
@@ -369,8 +501,9 @@ class _Publisher:
 
 class TieredStore:
     """This process's store in front of the tier's Redis: a read tries the front first, then
-    Redis (a Redis answer is kept in front for the time it has left); a write goes to both.
-    Redis trouble reads as a miss and is never raised."""
+    Redis (a Redis answer is kept in front for the time it has left); a write goes to both;
+    a delete or a clear goes to both and to every other process's front. Redis trouble reads
+    as a miss and is never raised."""
 
     def __init__(self, front: ResponseStore, shared: RedisResponses) -> None:
         self.front = front
@@ -383,11 +516,13 @@ class TieredStore:
         answer = await self.front.get(key)
         if answer is not None:
             return answer
+        drops = self.shared.drops
         found = await self.shared.fetch(key)
         if found is None:
             return None
         answer, left = found
-        await self.front.put(key, answer, left)
+        if self.shared.drops == drops:  # else it may be an answer dropped while it was read
+            await self.front.put(key, answer, left)
         return answer
 
     async def put(self, key: str, answer: StoredAnswer, ttl_seconds: float) -> bool:

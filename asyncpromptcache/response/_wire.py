@@ -7,11 +7,14 @@ Key layout (one hash tag per answer, so every command touches one slot of a Clus
     apr:{<ns>.<key>}:l      the lock of the process streaming it (SET NX PX, a random token)
     apr:{<ns>.<key>}:s      the Redis stream of the answer in flight (one entry per chunk,
                             then one end entry: done or failed)
+    apr:<ns>:changes        the pub/sub channel of invalidations and clears (not a key)
 
-``<ns>`` hashes the tier's namespace; ``<key>`` is the request's key (a sha256 hex digest).
-Values and stream entries are ``apr1.<hmac-sha256 hex or ->.<JSON>``, signed as the prompt
-tier's values are when the tier has a signing key, and always name their key: a value of
-another key, format or signer is refused.
+``<ns>`` hashes the tier's namespace and the cache's (the tenant's: one tenant's ``clear()``
+scans its own keys only); ``<key>`` is the request's key (a sha256 hex digest). Values and
+stream entries are ``apr1.<hmac-sha256 hex or ->.<JSON>``, signed as the prompt tier's values
+are when the tier has a signing key, and always name their key: a value of another key,
+format or signer is refused. Messages on the channel are ``arm1.<hmac or ->.<JSON>``, sealed
+the same way, and name the process that sent them.
 """
 
 from __future__ import annotations
@@ -29,10 +32,13 @@ from .._core.sealing import digest as _digest, seal, unseal
 from ._keys import Chunk, chunk_size
 from ._store import StoredAnswer
 
-__all__ = ["End", "ResponseNames", "decode_answer", "decode_entry", "encode_answer",
-           "encode_chunk_entry", "encode_end_entry"]
+__all__ = ["Dropped", "End", "ResponseNames", "decode_answer", "decode_entry",
+           "decode_message", "encode_answer", "encode_chunk_entry", "encode_end_entry",
+           "encode_message"]
 
 _TAG = b"apr1"
+_MESSAGE_TAG = b"arm1"
+_MAX_MESSAGE_KEYS = 1000  # past this many keys, a sender sends a clear instead
 
 
 @attrs.frozen
@@ -42,8 +48,11 @@ class ResponseNames:
     ns: str
 
     @classmethod
-    def of(cls, namespace: str) -> ResponseNames:
-        return cls(_digest("responses", namespace))
+    def of(cls, namespace: str, tenant: str = "") -> ResponseNames:
+        """The names of the tier's ``namespace`` for the cache's ``tenant`` (its
+        ``namespace=``); the default tenant keeps the names it had before tenants were
+        part of them."""
+        return cls(_digest("responses", namespace, *((tenant,) if tenant else ())))
 
     def _tag(self, key: str) -> str:
         return f"apr:{{{self.ns}.{key}}}"
@@ -62,24 +71,34 @@ class ResponseNames:
         """A SCAN pattern matching every key of the namespace."""
         return f"apr:{{{self.ns}.*"
 
+    @property
+    def channel(self) -> str:
+        """The pub/sub channel of the namespace's invalidations and clears."""
+        return f"apr:{self.ns}:changes"
 
-def _wrap(payload: dict[str, Any], signing_key: bytes | None) -> bytes:
+
+def _wrap(payload: dict[str, Any], signing_key: bytes | None, tag: bytes = _TAG) -> bytes:
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"),
                       allow_nan=False).encode("utf-8", "surrogatepass")
-    return seal(_TAG, body, signing_key)
+    return seal(tag, body, signing_key)
 
 
-def _unwrap(raw: Any, key: str, signing_key: bytes | None) -> dict[str, Any]:
+def _opened(raw: Any, signing_key: bytes | None, tag: bytes, what: str) -> Any:
+    """The JSON a ``_wrap``-ed value holds, or ``InvalidResponseError``."""
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogatepass")
     if not isinstance(raw, bytes):
-        raise InvalidResponseError("shared answer: not bytes", field=None)
-    body = unseal(raw, _TAG, signing_key, "shared answer")
+        raise InvalidResponseError(f"{what}: not bytes", field=None)
+    body = unseal(raw, tag, signing_key, what)
     try:
-        data = json.loads(body)
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nested too deep too
         raise InvalidResponseError(
-            f"shared answer: bad JSON: {type(exc).__name__}: {exc}", field=None) from None
+            f"{what}: bad JSON: {type(exc).__name__}: {exc}", field=None) from None
+
+
+def _unwrap(raw: Any, key: str, signing_key: bytes | None) -> dict[str, Any]:
+    data = _opened(raw, signing_key, _TAG, "shared answer")
     if not isinstance(data, dict) or data.get("key") != key:
         raise InvalidResponseError("shared answer: holds another key", field="key")
     return data
@@ -169,3 +188,38 @@ def decode_entry(raw: Any, key: str, index: int, signing_key: bytes | None) -> C
         return End(end == "done", error if isinstance(error, str) else "",
                    abandoned=end == "abandoned")
     return _chunk_of(data.get("chunk"))
+
+
+@attrs.frozen
+class Dropped:
+    """A message on the channel: the process ``origin`` dropped ``keys`` (``None``: every
+    answer of the namespace, a ``clear()``)."""
+
+    origin: str
+    keys: tuple[str, ...] | None
+
+
+def encode_message(dropped: Dropped, signing_key: bytes | None) -> bytes:
+    return _wrap({"origin": dropped.origin,
+                  "keys": None if dropped.keys is None else list(dropped.keys)},
+                 signing_key, _MESSAGE_TAG)
+
+
+def decode_message(raw: Any, signing_key: bytes | None) -> Dropped:
+    """The message ``raw``, or ``InvalidResponseError`` saying why it is not one to apply
+    (not this format, unsigned or wrongly signed, malformed)."""
+    data = _opened(raw, signing_key, _MESSAGE_TAG, "change message")
+    if not isinstance(data, dict) or not isinstance(data.get("origin"), str):
+        raise InvalidResponseError("change message: no origin", field="origin")
+    keys = data.get("keys")
+    if keys is None:
+        return Dropped(data["origin"], None)
+    if not (isinstance(keys, list) and 0 < len(keys) <= _MAX_MESSAGE_KEYS
+            and all(isinstance(key, str) and _is_key(key) for key in keys)):
+        raise InvalidResponseError("change message: bad keys", field="keys")
+    return Dropped(data["origin"], tuple(keys))
+
+
+def _is_key(key: str) -> bool:
+    """Whether ``key`` is a response key: 64 lowercase hex digits (a sha256)."""
+    return len(key) == 64 and all(c in "0123456789abcdef" for c in key)

@@ -178,6 +178,7 @@ class SharedPrompts:
         """Subscribe in ``tg``; returns once subscribed, or after a short grace (then L1-only
         until Redis answers). Never raises."""
         self._tg = tg
+        self._conn.heal_in(tg)
         await tg.start(self._bus.run, self._received, self._reconnected)
         tg.start_soon(self._watch_generation)
 

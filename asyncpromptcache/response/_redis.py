@@ -116,8 +116,10 @@ class RedisResponses:
         return SharedStats(state=self._conn.state, **self._n)
 
     def bind(self, tg: TaskGroup) -> None:
-        """Run the claims' keep-alives in ``tg`` (the cache's task group)."""
+        """Run the claims' keep-alives in ``tg`` (the cache's task group), and the probes of
+        Redis while the tier is down (so it comes back without waiting for a request)."""
         self._tg = tg
+        self._conn.heal_in(tg)
 
     async def aclose(self) -> None:
         await self._conn.aclose()

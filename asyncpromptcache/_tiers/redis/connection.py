@@ -12,7 +12,11 @@ that finds one and again when the breaker closes, instead of failing one by one.
 Healing needs no traffic: given a task group (``heal_in``), the connection probes Redis there
 while its breaker is open, as soon as the breaker lets a probe through, so that a process
 that asks nothing meanwhile still learns that Redis is back (its state says so, its
-``on_up`` callbacks run) and its first command after that is shared again.
+``on_up`` callbacks run) and its first command after that is shared again. Its probe waits
+for a reply as long as the breaker may stay open (``reconnect_max_seconds``): a stalled
+Redis (a pause, connections held open) answers it the moment it resumes, so a change queued
+meanwhile goes out then, not a backoff later; a Redis that refuses connections fails it at
+once, and the breaker's backoff spaces the next one.
 
 The fork guard lives here and only here: a forked child never uses its parent's sockets
 (``Down`` at once; the child's own client opens its own connection).
@@ -129,7 +133,7 @@ class Connection:
             while self.state == "down" and not self._closed and not self.forked:
                 wait = self._breaker.retry_at - anyio.current_time()
                 await anyio.sleep(max(_HEAL_FLOOR, wait))
-                await self.probe()
+                await self.probe(bound=max(self.timeout, self.tier.reconnect_max_seconds))
         finally:
             self._healing = False
 
@@ -207,11 +211,12 @@ class Connection:
         """Run ``script`` with ``keys`` and ``args`` (see ``call``)."""
         return await self.call(lambda r: script.run(r, keys, args), bound=bound)
 
-    async def probe(self) -> None:
-        """Ping Redis if the breaker lets a probe through now (closes it when Redis answers)."""
+    async def probe(self, *, bound: float | None = None) -> None:
+        """Ping Redis (within ``bound``) if the breaker lets a probe through now (closes it
+        when Redis answers)."""
         if self.state == "down":
             with contextlib.suppress(Down):
-                await self.do("ping")
+                await self.do("ping", bound=bound)
 
     def _failed(self, exc: BaseException, *, certain: bool = False) -> None:
         self.counts["redis_errors"] += 1

@@ -9,7 +9,10 @@ and a private redis-server; they are stepped through the same phases:
 * the time from an ``invalidate()`` in one worker until every other worker serves the
   new version (p50/p99 over every worker and round);
 * the awaited fresh-hit cost with the tier on and off;
-* caller errors while Redis is killed, and whether fetches are shared again once it is back.
+* caller errors while Redis is killed, and whether fetches are shared again once it is back;
+* under real conditions, the tier at its default ``timeout_seconds``: the cold start again
+  while ``BURNERS`` CPU-bound processes load the machine, and Redis killed and restarted
+  while a load runs, then rounds of a new prompt asked by every worker (requests per round).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from devkit.fleet import Fleet
+from devkit.load import cpu_burners
 from devkit.upstream import bench_name
 
 from .scenarios import Context, Result
@@ -40,12 +44,15 @@ class SharedSizes:
     ttl: float
     invalidation_rounds: int
     hit_calls: int
+    restart_rounds: int
 
 
 FULL_SHARED = SharedSizes(workers=8, callers=200, prompts=20, ttl=2.0, invalidation_rounds=25,
-                          hit_calls=100_000)
+                          hit_calls=100_000, restart_rounds=10)
 SMOKE_SHARED = SharedSizes(workers=3, callers=20, prompts=5, ttl=1.0, invalidation_rounds=2,
-                           hit_calls=2000)
+                           hit_calls=2000, restart_rounds=2)
+BURNERS = 2  # CPU-bound processes beside the fleet in the loaded cold start
+HEAL_SECONDS = 5.0  # after a restart, every worker's tier is up again within this
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -158,7 +165,67 @@ def run_shared(upstream: Any, smoke: bool, log: Any = print) -> dict[str, Any]:
             "caller_errors_after_restart": sum(r["errors"] for r in after),
         }
         fleet.all({"op": "close"})
+
+        # Real conditions, the tier at the library's default timeout.
+        real = {**base, "redis": redis.url, "redis_timeout": None}
+        data["loaded_cold_start"] = _loaded_cold_start(upstream, redis, fleet, real, names,
+                                                       sizes)
+        log(f"  shared tier: cold start beside {BURNERS} CPU-bound processes: "
+            f"{data['loaded_cold_start']}")
+        data["restart_mid_load"] = _restart_mid_load(upstream, redis, fleet, real, names, sizes)
+        log(f"  shared tier: Redis restarted mid-load: {data['restart_mid_load']}")
     return data
+
+
+def _loaded_cold_start(upstream: Any, redis: Any, fleet: Fleet, real: dict[str, Any],
+                       names: list[str], sizes: SharedSizes) -> dict[str, Any]:
+    """The cold start while ``BURNERS`` CPU-bound processes spin on the same cores."""
+    redis.command("FLUSHALL")
+    upstream.normal()
+    with cpu_burners(BURNERS):
+        fleet.all({**real, "namespace": f"loaded-{time.time()}"})
+        cold = fleet.all({"op": "load", "names": names, "callers": sizes.callers})
+        settled = fleet.all({"op": "settle"})
+    fleet.all({"op": "close"})
+    return {"burners": BURNERS, "requests": upstream.requests(),
+            "errors": sum(r["errors"] for r in cold),
+            "states_after": [r["shared"] for r in settled]}
+
+
+def _restart_mid_load(upstream: Any, redis: Any, fleet: Fleet, real: dict[str, Any],
+                      names: list[str], sizes: SharedSizes) -> dict[str, Any]:
+    """Redis killed and started again while a cold load runs (each fetch slowed so that it
+    is still running), then rounds of a new prompt asked by every worker at once."""
+    redis.command("FLUSHALL")
+    upstream.normal()
+    fleet.all({**real, "namespace": f"restart-{time.time()}"})
+    upstream.control(delay=0.3)
+    for i in range(sizes.workers):
+        fleet.send(i, {"op": "load", "names": names, "callers": sizes.callers})
+    time.sleep(0.1)
+    redis.kill()
+    redis.start()
+    restarted = time.monotonic()
+    upstream.control(delay=0.0)
+    during = [fleet.receive(i) for i in range(sizes.workers)]
+    healed: float | None = None
+    while time.monotonic() - restarted < 3 * HEAL_SECONDS:
+        states = [r["stats"]["state"] for r in fleet.all({"op": "stats"})]
+        if states == ["up"] * sizes.workers:
+            healed = time.monotonic() - restarted
+            break
+        time.sleep(0.05)
+    rounds, errors = [], 0
+    for i in range(sizes.restart_rounds):
+        before = upstream.requests()
+        replies = fleet.all({"op": "load", "names": [bench_name(70 + i)],
+                             "callers": sizes.callers})
+        rounds.append(upstream.requests() - before)
+        errors += sum(r["errors"] for r in replies)
+    fleet.all({"op": "close"})
+    return {"caller_errors_during": sum(r["errors"] for r in during),
+            "seconds_to_up": None if healed is None else round(healed, 2),
+            "requests_per_round": rounds, "caller_errors_after": errors}
 
 
 def tables(data: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -168,6 +235,7 @@ def tables(data: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]
             for label, r in data["requests"].items()]
     sizes = data["sizes"]
     inv, hit, kill = data["invalidation_ms"], data["hit_ns"], data["redis_killed"]
+    loaded, restart = data["loaded_cold_start"], data["restart_mid_load"]
     return [
         (f"Upstream requests: {sizes['workers']} processes x {sizes['callers']} cold callers x "
          f"{sizes['prompts']} prompts", ["contender", "cold start", "one TTL later", "errors"],
@@ -180,6 +248,12 @@ def tables(data: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]
             ["caller errors while Redis is killed", str(kill["caller_errors_while_down"])],
             ["requests for a new prompt after Redis restarted",
              str(kill["requests_for_a_new_prompt_after_restart"])],
+            [f"cold start beside {loaded['burners']} CPU-bound processes, tier at its default "
+             "timeout: upstream requests (caller errors)",
+             f"{loaded['requests']} ({loaded['errors']})"],
+            ["Redis restarted mid-load: seconds until every process is up; requests per round "
+             "of a new prompt", f"{restart['seconds_to_up']}; "
+             + ", ".join(map(str, restart["requests_per_round"]))],
         ]),
     ]
 
@@ -198,7 +272,7 @@ async def shared(ctx: Context) -> Result:
 
 
 def shared_targets(results: dict[str, Result], load_note: str) -> list[dict[str, Any]]:
-    """Issue 10's "Done when" figures, for the targets table."""
+    """The shared tier's targets, each with its figure, for the targets table."""
     from ._report import _target
 
     result = results.get("shared")
@@ -207,6 +281,8 @@ def shared_targets(results: dict[str, Result], load_note: str) -> list[dict[str,
     data = result.data
     sizes, tier = data["sizes"], data["requests"]["asyncpromptcache + RedisTier"]
     inv, kill = data["invalidation_ms"], data["redis_killed"]
+    loaded, restart = data["loaded_cold_start"], data["restart_mid_load"]
+    rounds = restart["requests_per_round"]
     noisy = f" {load_note}" if load_note else ""
     p99 = inv["p99"]
     return [
@@ -231,5 +307,20 @@ def shared_targets(results: dict[str, Result], load_note: str) -> list[dict[str,
             f"from {sizes['workers']} processes after the restart",
             kill["caller_errors_while_down"] == 0
             and kill["requests_for_a_new_prompt_after_restart"] == 1,
+        ),
+        _target(
+            f"{sizes['workers']} processes x {sizes['callers']} cold callers x "
+            f"{sizes['prompts']} prompts beside {loaded['burners']} CPU-bound processes -> "
+            f"{sizes['prompts']} upstream requests, 0 errors",
+            f"{loaded['requests']} requests, {loaded['errors']} errors",
+            loaded["requests"] == sizes["prompts"] and loaded["errors"] == 0,
+        ),
+        _target(
+            f"Redis restarted mid-load -> every process up within {HEAL_SECONDS:g} s, then 1 "
+            f"request per round of a new prompt ({len(rounds)} rounds)",
+            f"up after {restart['seconds_to_up']} s; "
+            + ", ".join(map(str, rounds)) + " requests",
+            restart["seconds_to_up"] is not None and restart["seconds_to_up"] < HEAL_SECONDS
+            and rounds == [1] * len(rounds) and restart["caller_errors_during"] == 0,
         ),
     ]

@@ -101,16 +101,13 @@ class _Worker:
         await self.close()
         if command.get("mode", "ours") == "cashews":
             return await self._open_cashews(command)
-        from asyncpromptcache import AsyncPromptClient, RedisTier
+        from asyncpromptcache import AsyncPromptClient
 
-        shared = None
-        if command.get("redis"):
-            shared = RedisTier(command["redis"], namespace=command.get("namespace", "bench"),
-                               timeout_seconds=command.get("redis_timeout", 1.0))
         client = AsyncPromptClient(
             base_url=command["base_url"], public_key=PUBLIC_KEY, secret_key=SECRET_KEY,
-            cache_ttl_seconds=command.get("ttl", 60.0), max_retries=0, shared=shared,
+            cache_ttl_seconds=command.get("ttl", 60.0), max_retries=0, shared=_tier(command),
             refresh_backoff_seconds=0.2, webhook_secret=command.get("webhook_secret"),
+            fetch_timeout_seconds=command.get("fetch_timeout"),
         )
         await client.__aenter__()
         self.client = client
@@ -174,10 +171,11 @@ class _Worker:
             except Exception as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
 
-        started = time.perf_counter()
+        started_at, started = time.time(), time.perf_counter()
         await asyncio.gather(*(one(names[i % len(names)]) for i in range(command["callers"])))
         return {"errors": len(errors), "first_errors": errors[:3], "versions": versions,
-                "seconds": time.perf_counter() - started}
+                "seconds": time.perf_counter() - started, "started_at": started_at,
+                "ended_at": time.time()}
 
     async def settle(self, command: dict[str, Any]) -> dict[str, Any]:
         """Wait until no fetch or refresh runs (ours) and report the shared tier's state."""
@@ -203,6 +201,20 @@ class _Worker:
                 pass
             await asyncio.sleep(0.001)
         return {"seen_at": None}
+
+    async def poll(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Call ``name`` every millisecond for ``seconds``: the versions served, the errors."""
+        assert self.get is not None
+        seen: set[int] = set()
+        errors = 0
+        deadline = time.monotonic() + command["seconds"]
+        while time.monotonic() < deadline:
+            try:
+                seen.add(await self.get(command["name"]))
+            except Exception:
+                errors += 1
+            await asyncio.sleep(0.001)
+        return {"versions": sorted(seen), "errors": errors}
 
     async def invalidate(self, command: dict[str, Any]) -> dict[str, Any]:
         started = time.time()
@@ -290,15 +302,12 @@ class _Worker:
         ``redis`` (or none); with ``environment``, ``ResponseCache()`` as an app writes it
         (the tier, if any, from ``ASYNCPROMPTCACHE_REDIS_URL``)."""
         await self.close()
-        from asyncpromptcache import RedisTier, ResponseCache
+        from asyncpromptcache import ResponseCache
         from asyncpromptcache.response import OpenAIChatProducer
 
-        shared = None
-        if command.get("redis"):
-            shared = RedisTier(command["redis"], namespace=command.get("namespace", "bench"),
-                               timeout_seconds=command.get("redis_timeout", 1.0))
         llm = OpenAIChatProducer(base_url=command["base_url"] + "/v1")
-        cache = ResponseCache() if command.get("environment") else ResponseCache(shared=shared)
+        environment = command.get("environment")
+        cache = ResponseCache() if environment else ResponseCache(shared=_tier(command))
         await cache.__aenter__()
         self.client, self.llm = cache, llm
 
@@ -374,6 +383,18 @@ class _Worker:
         assert self._watching is not None
         watching, self._watching = self._watching, None
         return await watching
+
+
+def _tier(command: dict[str, Any]) -> Any:
+    """The ``RedisTier`` of an ``open`` command (``redis``), or none: ``redis_timeout`` is its
+    ``timeout_seconds`` (1 s unless given; ``None``: the library's default)."""
+    from asyncpromptcache import RedisTier
+
+    if not command.get("redis"):
+        return None
+    timeout = command.get("redis_timeout", 1.0)
+    options = {} if timeout is None else {"timeout_seconds": timeout}
+    return RedisTier(command["redis"], namespace=command.get("namespace", "bench"), **options)
 
 
 async def _serve() -> None:

@@ -149,6 +149,16 @@ class Upstream:
         self.control(delay=0.0, fail_status=None)
         self.reset()
 
+    # -- the OpenAI-compatible chat endpoint (``/v1/chat/completions``) -------------------
+
+    def chat_controls(self, **changes: Any) -> None:
+        """Set the chat endpoint's controls (``token_delay_seconds``, ``hold_after_chunks``...)."""
+        self._admin("POST", "/_admin/chat/controls", changes)
+
+    def chat_streams(self) -> int:
+        """Streams the chat endpoint started since the server started."""
+        return int(self._admin("GET", "/_admin/chat/requests")["streams"])
+
     async def acontrol(
         self, *, delay: float | None = None, fail_status: int | None = _UNSET
     ) -> None:

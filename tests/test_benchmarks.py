@@ -67,6 +67,12 @@ def test_smoke_run_writes_every_result(tmp_path: Path) -> None:
     assert shared["invalidation_ms"]["missed"] == 0
     assert shared["redis_killed"]["caller_errors_while_down"] == 0
     assert shared["redis_killed"]["requests_for_a_new_prompt_after_restart"] == 1
+    # The same under real conditions: the machine loaded, Redis restarted mid-load.
+    assert shared["loaded_cold_start"]["requests"] == shared["sizes"]["prompts"]
+    assert shared["loaded_cold_start"]["errors"] == 0
+    restart = shared["restart_mid_load"]
+    assert restart["requests_per_round"] == [1] * shared["sizes"]["restart_rounds"]
+    assert restart["caller_errors_during"] == restart["caller_errors_after"] == 0
 
     # A label moved on the server reaches every worker, from Redis: no upstream GET for it.
     moves = scenarios["propagation"]["data"]

@@ -158,6 +158,7 @@ class SharedPrompts:
         """Subscribe in ``tg``; returns once subscribed, or after a short grace (then L1-only
         until Redis answers). Never raises."""
         self._tg = tg
+        self._conn.heal_in(tg)
         await tg.start(self._bus.run, self._received, self._reconnected)
         tg.start_soon(self._watch_generation)
 
@@ -204,16 +205,15 @@ class SharedPrompts:
     async def _resend(self) -> None:
         """Try Redis (with backoff) until a command succeeds, then send what is queued: a
         change made during a stall goes out as soon as Redis answers, whether or not the
-        subscription dropped or the breaker opened, and with no other traffic."""
+        subscription dropped or the breaker opened, and with no other traffic. (Once the
+        breaker is open, the connection's own probe finds Redis back: ``on_up`` sends them.)"""
         backoff = 0.05
         try:
             while self._unsent:
                 await anyio.sleep(backoff)
                 backoff = min(2 * backoff, self._tier.reconnect_max_seconds)
-                with contextlib.suppress(Down):
-                    if self._conn.state == "down":
-                        await self._conn.probe()  # its success sends them (on_up)
-                    else:
+                if self._conn.state != "down":
+                    with contextlib.suppress(Down):
                         await self._conn.do("ping")
                         self._send_unsent()
         finally:

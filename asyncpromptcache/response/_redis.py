@@ -160,9 +160,11 @@ class RedisResponses:
         self._drop_here = drop_here
 
     def bind(self, tg: TaskGroup) -> None:
-        """Run the claims' keep-alives, the subscription to the channel and the sending of
-        changes that waited for Redis in ``tg`` (the cache's task group)."""
+        """Run the claims' keep-alives, the subscription to the channel, the sending of changes
+        that waited for Redis and the probes of Redis while the tier is down (so it comes back
+        without waiting for a request) in ``tg`` (the cache's task group)."""
         self._tg = tg
+        self._conn.heal_in(tg)
         tg.start_soon(self._bus.run, self._received, self._resubscribed,
                       name="asyncpromptcache.response:bus")
         self._send_soon()

@@ -2,11 +2,9 @@
 
 ``run`` keeps the subscription: each message's body goes to ``on_message``; each (re)subscribe
 calls ``on_reconnect`` first (messages may have been missed while unsubscribed: a tier then
-revalidates what it holds). While the subscription holds but the connection's breaker is
-open, ``run`` is also what probes Redis, so that a process with no traffic learns at once
-that Redis is back (then the connection's ``on_up`` callbacks send what waited). Bodies are
-the tier's own encoding, signed by it (``seal``); anyone may ``PUBLISH``, so ``on_message``
-must verify.
+revalidates what it holds). Whether Redis is back after an outage is the connection's to find
+out (``Connection.heal_in``), not the subscription's. Bodies are the tier's own encoding,
+signed by it (``seal``); anyone may ``PUBLISH``, so ``on_message`` must verify.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ __all__ = ["Bus"]
 logger = logging.getLogger("asyncpromptcache")
 
 _CONNECT_GRACE = 1.0  # how long a first subscription is waited for before running without
-_LISTEN_SECONDS = 0.25  # how often the listener looks up from the socket (to probe)
+_LISTEN_SECONDS = 0.25  # how long one read of the socket waits for a message
 
 
 class Bus:
@@ -93,6 +91,3 @@ class Bus:
                                                timeout=_LISTEN_SECONDS)
             if message is not None and message.get("type") == "message":
                 await on_message(message["data"])
-            if not self._conn.up:
-                # A command failed while the subscription held: is Redis back?
-                await self._conn.probe()

@@ -9,6 +9,15 @@ costs its caller that command, it does not take the process off the tier.
 Dead pooled connections (after Redis restarted) are dropped at once, on the first command
 that finds one and again when the breaker closes, instead of failing one by one.
 
+Healing needs no traffic: given a task group (``heal_in``), the connection probes Redis there
+while its breaker is open, as soon as the breaker lets a probe through, so that a process
+that asks nothing meanwhile still learns that Redis is back (its state says so, its
+``on_up`` callbacks run) and its first command after that is shared again. Its probe waits
+for a reply as long as the breaker may stay open (``reconnect_max_seconds``): a stalled
+Redis (a pause, connections held open) answers it the moment it resumes, so a change queued
+meanwhile goes out then, not a backoff later; a Redis that refuses connections fails it at
+once, and the breaker's backoff spaces the next one.
+
 The fork guard lives here and only here: a forked child never uses its parent's sockets
 (``Down`` at once; the child's own client opens its own connection).
 """
@@ -24,6 +33,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 
 from .health import Breaker, State
 from .tier import RedisTier
@@ -56,6 +66,7 @@ class Script:
 
 
 _scripts: dict[str, Script] = {}
+_HEAL_FLOOR = 0.05  # seconds between two looks of the healer (another probe may be out)
 
 
 def _refused(exc: BaseException) -> bool:
@@ -82,6 +93,8 @@ class Connection:
         self._on_up: list[Callable[[], None]] = []
         self._on_down: list[Callable[[], None]] = []
         self._closed = False
+        self._heal_tg: TaskGroup | None = None
+        self._healing = False
 
     @property
     def state(self) -> State:
@@ -103,6 +116,26 @@ class Connection:
     def on_down(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` each time the breaker opens (waiters then stop waiting)."""
         self._on_down.append(callback)
+
+    def heal_in(self, tg: TaskGroup) -> None:
+        """Probe Redis in ``tg`` whenever the breaker is open (see the module docstring)."""
+        self._heal_tg = tg
+        if self.state == "down":
+            self._start_healing()
+
+    def _start_healing(self) -> None:
+        if self._heal_tg is not None and not self._healing and not self._closed:
+            self._healing = True
+            self._heal_tg.start_soon(self._heal)
+
+    async def _heal(self) -> None:
+        try:
+            while self.state == "down" and not self._closed and not self.forked:
+                wait = self._breaker.retry_at - anyio.current_time()
+                await anyio.sleep(max(_HEAL_FLOOR, wait))
+                await self.probe(bound=max(self.timeout, self.tier.reconnect_max_seconds))
+        finally:
+            self._healing = False
 
     def client(self, *, blocking: bool = False) -> Any:
         """The redis.asyncio client (``blocking``: a second one for blocking reads, with a
@@ -178,11 +211,12 @@ class Connection:
         """Run ``script`` with ``keys`` and ``args`` (see ``call``)."""
         return await self.call(lambda r: script.run(r, keys, args), bound=bound)
 
-    async def probe(self) -> None:
-        """Ping Redis if the breaker lets a probe through now (closes it when Redis answers)."""
+    async def probe(self, *, bound: float | None = None) -> None:
+        """Ping Redis (within ``bound``) if the breaker lets a probe through now (closes it
+        when Redis answers)."""
         if self.state == "down":
             with contextlib.suppress(Down):
-                await self.do("ping")
+                await self.do("ping", bound=bound)
 
     def _failed(self, exc: BaseException, *, certain: bool = False) -> None:
         self.counts["redis_errors"] += 1
@@ -196,6 +230,7 @@ class Connection:
             )
             for callback in self._on_down:
                 callback()
+            self._start_healing()
 
     async def _drop_dead(self, exc: BaseException) -> None:
         from redis.exceptions import ConnectionError as RedisConnectionError

@@ -1,13 +1,15 @@
 """The client's lifecycle in real code: closed from another task,
 inside an AsyncExitStack under a cancel scope, as a pytest-asyncio fixture, used from another
 event loop, and entered on trio. Each closes cleanly (warnings are errors: an unclosed
-session fails the test) and raises nothing outside the error tree."""
+session fails the test) and raises nothing outside the error tree. The response cache hosts
+its task group the same way: closed from another task, on asyncio and trio."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from contextlib import AsyncExitStack
 
 import anyio
@@ -23,8 +25,10 @@ from asyncpromptcache import (
     LangfuseSource,
     Prompt,
     PromptKey,
+    ResponseCache,
     TextPrompt,
 )
+from asyncpromptcache.response import Chunk
 
 from .faultserver import FaultServer, fault_server, fault_server_in_thread
 
@@ -193,3 +197,98 @@ async def test_other_sources_run_on_trio(anyio_backend: str) -> None:
     assert fetched == [PromptKey("greet", "production", None)]
     with pytest.raises(ClientStateError):
         await client.get_prompt("other")
+
+
+# -- the response cache ----------------------------------------------------------------------
+
+REQUEST: dict[str, Any] = {"model": "m", "temperature": 0, "messages": []}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_a_response_cache_entered_in_one_task_closes_from_another(
+    anyio_backend: str,
+) -> None:
+    held = anyio.Event()
+
+    async def produce() -> AsyncIterator[Chunk]:
+        yield "a"
+        yield "b"
+        await held.wait()  # in flight when the cache closes: never released
+        yield "c"
+
+    async def whole() -> AsyncIterator[Chunk]:
+        for chunk in ("x", "y", "z"):
+            yield chunk
+
+    cache = ResponseCache()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(cache.__aenter__)
+    assert cache.state == "open"
+    stored = {**REQUEST, "seed": 1}
+    assert [c async for c in cache.stream(stored, whole)] == ["x", "y", "z"]
+    replay = cache.stream(stored, whole)
+    assert await replay.start() == "hit" and await anext(replay) == "x"
+    in_flight = cache.stream(REQUEST, produce)
+    assert [await anext(in_flight), await anext(in_flight)] == ["a", "b"]
+    waiting: list[BaseException] = []
+
+    async def wait_for_more() -> None:  # a consumer of the stream in flight, in its own task
+        joined = cache.stream(REQUEST, produce)
+        try:
+            async for _ in joined:
+                pass
+        except ClientStateError as exc:
+            waiting.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait_for_more)
+        while cache.stats().joins == 0:  # noqa: ASYNC110 - a plain counter
+            await anyio.lowlevel.checkpoint()
+        async with anyio.create_task_group() as closer:
+            closer.start_soon(cache.aclose)  # neither the task that entered nor a reader
+    assert cache.state == "closed" and cache.stats().in_flight == 0
+    # The stream in flight was cancelled: its consumers get ClientStateError after their
+    # chunks, as aclose says; the replay is the caller's own and goes on.
+    assert len(waiting) == 1 and "closed while the answer was streaming" in str(waiting[0])
+    with pytest.raises(ClientStateError, match="closed while the answer was streaming"):
+        await anext(in_flight)
+    assert [c async for c in replay] == ["y", "z"]
+    with pytest.raises(ClientStateError, match="closed"):
+        await cache.stream({**REQUEST, "seed": 2}, produce).start()
+    await cache.aclose()  # idempotent
+    await anyio.lowlevel.checkpoint()  # this task was cancelled by none of it
+
+
+@pytest.mark.anyio
+async def test_a_response_cache_in_an_exit_stack_under_a_cancel_scope() -> None:
+    async def produce() -> AsyncIterator[Chunk]:
+        yield "a"
+
+    async with AsyncExitStack() as stack:
+        with anyio.CancelScope() as scope:
+            cache = await stack.enter_async_context(ResponseCache())
+            assert [c async for c in cache.stream(REQUEST, produce)] == ["a"]
+            scope.cancel()
+            await anyio.sleep_forever()
+        # The scope the cache was entered in has ended; the stack closes the cache now.
+        assert cache.state == "open"
+    assert scope.cancelled_caught and cache.state == "closed"
+
+
+def test_a_response_cache_left_open_closes_with_its_loop() -> None:
+    cache = ResponseCache()
+
+    async def open_and_leave() -> None:
+        await cache.__aenter__()
+        stream = cache.stream(REQUEST, _forever)
+        assert await stream.start() == "miss"  # in flight as the loop ends
+
+    asyncio.run(open_and_leave())
+    assert cache.state == "closed" and cache.stats().in_flight == 0
+    asyncio.run(cache.aclose())  # already closed: nothing to do
+
+
+async def _forever() -> AsyncIterator[Chunk]:
+    yield "a"
+    await anyio.sleep_forever()

@@ -9,7 +9,6 @@ delegates to: ``PromptReads`` (``reads``: a call past the hit path), ``ChangeApp
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Iterable, Mapping
 from types import TracebackType
@@ -18,13 +17,14 @@ from typing import Any, Literal, overload
 import aiohttp
 import anyio
 import attrs
+from anyio.abc import TaskGroup
 
 from .._core.errors import (
     ClientStateError,
     ConfigurationError,
     FetchError,
 )
-from .._core.runtime import current_backend, current_loop, spawn_detached
+from .._core.runtime import HostedTaskGroup, current_backend, current_loop
 from .._core.secret import Secret
 from .._http.retry import RetryPolicy
 from .._observe import prompt_telemetry
@@ -176,10 +176,9 @@ class AsyncPromptClient:
         self._hits = 0.0
         self._state = _NEW
         self._closed_reason = "the client is closed"
-        # Set on entry: the loop it runs on, and its host task's stop request and end.
+        # Set on entry: the loop it runs on. Its task group lives in a task of its own.
         self._loop: object = None
-        self._stop: anyio.Event | None = None
-        self._stopped: anyio.Event | None = None
+        self._group = HostedTaskGroup("an AsyncPromptClient", name="asyncpromptcache-client")
 
     def __repr__(self) -> str:
         return (f"<AsyncPromptClient {self._state} source={self._source!r} "
@@ -201,61 +200,45 @@ class AsyncPromptClient:
                 "FunctionSource or your own PromptSource), or run the client on asyncio"
             )
         self._loop = current_loop()
-        self._stop, self._stopped = anyio.Event(), anyio.Event()
-        ready = anyio.Event()
         self._state = _OPEN
-        spawn_detached(functools.partial(self._host, ready))
-        with anyio.CancelScope(shield=True):  # set at the host's first step
-            await ready.wait()
+        await self._group.start(self._host, stopping=self._stopping, closed=self._closed)
         if self._state != _OPEN:
             raise ClientStateError(f"the client failed to start: {self._closed_reason}")
         return self
 
-    async def _host(self, ready: anyio.Event) -> None:
-        """The client's own task, from entry to close: the task group that runs fetches and
-        refreshes lives here. Ends when ``aclose`` asks, or when the loop shuts down."""
-        assert self._stop is not None and self._stopped is not None
-        failed_reason = False
-        try:
-            async with anyio.create_task_group() as tg:
-                self._cache.attach(tg)
-                if self._tier is not None:
-                    link = SharedPrompts.open(self._tier,
-                        host=self._settings.base_url, public_key=self._settings.public_key,
-                        max_stale=self._max_stale, apply=self._apply_shared, put_ttl=self._ttl,
-                        suspect=self._note_suspect,
-                    )
-                    await link.start(tg)  # bounded: Redis down means L1-only, not a failure
-                    self._link = link
-                ready.set()
-                await self._stop.wait()
-                if self._link is not None:
-                    # Changes made just before closing leave the process before it ends.
-                    await self._link.drain()
-                tg.cancel_scope.cancel()
-        except Exception as exc:  # the engine's tasks never raise; if one did, nobody else
-            # would see it: the client closes, saying why
-            logger.exception("the task group of an AsyncPromptClient failed")
-            failed = _first_leaf(exc)
+    async def _host(self, tg: TaskGroup) -> None:
+        """The client's task group, open from entry to close in a task of its own
+        (``HostedTaskGroup``): it runs fetches and refreshes."""
+        self._cache.attach(tg)
+        if self._tier is not None:
+            link = SharedPrompts.open(self._tier,
+                host=self._settings.base_url, public_key=self._settings.public_key,
+                max_stale=self._max_stale, apply=self._apply_shared, put_ttl=self._ttl,
+                suspect=self._note_suspect,
+            )
+            await link.start(tg)  # bounded: Redis down means L1-only, not a failure
+            self._link = link
+
+    async def _stopping(self) -> None:
+        if self._link is not None:
+            # Changes made just before closing leave the process before it ends.
+            await self._link.drain()
+
+    async def _closed(self) -> None:
+        """The task group is over: closed, failed, or cancelled with the loop."""
+        failed = self._group.error
+        if failed is not None:  # the client closes, saying why
             self._closed_reason = f"its task group failed: {type(failed).__name__}: {failed}"
-            failed_reason = True
-        finally:
-            if not self._stop.is_set() and not failed_reason:
-                # cancelled from outside: the loop is shutting down
-                self._closed_reason = "the client was closed as the event loop that ran it ended"
-            self._state = _CLOSED
-            self._cache.detach(self._closed_reason)
-            self._cache.clear()
-            try:
-                held, self._link = self._link, None
-                with anyio.CancelScope(shield=True):
-                    if held is not None:
-                        await held.aclose()
-                    if self._owns_source:
-                        await self._source.aclose()
-            finally:
-                ready.set()
-                self._stopped.set()
+        elif not self._group.stopping:  # cancelled from outside: the loop is shutting down
+            self._closed_reason = "the client was closed as the event loop that ran it ended"
+        self._state = _CLOSED
+        self._cache.detach(self._closed_reason)
+        self._cache.clear()
+        held, self._link = self._link, None
+        if held is not None:
+            await held.aclose()
+        if self._owns_source:
+            await self._source.aclose()
 
     async def __aexit__(
         self,
@@ -271,7 +254,7 @@ class AsyncPromptClient:
         Any task of the event loop that entered the client may call it; from another event
         loop it raises ``ClientStateError``.
         """
-        if self._stopped is None:  # never entered
+        if not self._group.started:  # never entered
             if self._state == _CLOSED:
                 return
             self._state = _CLOSED
@@ -284,15 +267,12 @@ class AsyncPromptClient:
                 with anyio.CancelScope(shield=True):
                     await self._source.aclose()
             return
-        if self._stopped.is_set():
+        if self._group.stopped:
             return
         self._check_loop()
-        assert self._stop is not None
         self._state = _CLOSED
         self._cache.detach(self._closed_reason)
-        self._stop.set()
-        with anyio.CancelScope(shield=True):
-            await self._stopped.wait()
+        await self._group.stop()
 
     def _check_loop(self) -> None:
         if current_loop() is not self._loop:
@@ -525,9 +505,3 @@ class AsyncPromptClient:
         return (self._cache.lookup_counts(extra_hits=int(self._hits)), len(self._cache),
                 None if self._link is None else self._link.stats())
 
-
-def _first_leaf(exc: BaseException) -> BaseException:
-    """The first exception a task group's ``ExceptionGroup`` holds (itself if not a group)."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc

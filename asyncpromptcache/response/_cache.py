@@ -37,6 +37,7 @@ from .._core.errors import (
     ResponseFailedError,
     SharedStreamLostError,
 )
+from .._core.runtime import HostedTaskGroup
 from .._observe import response_telemetry
 from .._tiers.redis.stats import SharedStats
 from .._tiers.redis.tier import ENV_VAR
@@ -199,7 +200,8 @@ class ResponseCache:
         self._sleep = sleep
         self._flights = LocalFlights()
         self._running: set[Flight] = set()
-        self._tg: TaskGroup | None = None
+        self._tg: TaskGroup | None = None  # open from entry to close, in a task of its own
+        self._group = HostedTaskGroup("a ResponseCache", name="asyncpromptcache-response")
         self._state = _NEW
         self._hits = self._misses = self._joins = self._bypasses = 0
         self._upstream_errors = self._stored = self._too_large = self._abandoned = 0
@@ -218,15 +220,27 @@ class ResponseCache:
         return state
 
     async def __aenter__(self) -> ResponseCache:
+        """Open the cache: the task group its upstream streams run in lives in a task of its
+        own, so the cache may be closed from any task of the loop that entered it."""
         if self._state != _NEW:
             raise ClientStateError(f"a ResponseCache can be entered once; it is {self._state}")
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
+        self._state = _OPEN
+        await self._group.start(self._opened, closed=self._closed)
+        if self._state != _OPEN:
+            raise ClientStateError("the response cache failed to start")
+        return self
+
+    async def _opened(self, tg: TaskGroup) -> None:
         self._tg = tg
         if self._shared is not None:
             self._shared.bind(tg)
-        self._state = _OPEN
-        return self
+
+    async def _closed(self) -> None:
+        """The task group is over (closed, failed, or cancelled with the loop): the streams
+        in flight were cancelled; the store closes."""
+        self._state = _CLOSED
+        self._tg = None
+        await self._store.aclose()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -235,19 +249,22 @@ class ResponseCache:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Cancel the streams in flight (their consumers get ``ClientStateError``) and close
-        the store. Idempotent; call it from the task that entered the cache."""
-        if self._state == _CLOSED:
-            return
-        self._state = _CLOSED
-        tg, self._tg = self._tg, None
-        try:
-            if tg is not None:
-                tg.cancel_scope.cancel()
-                await tg.__aexit__(None, None, None)
-        finally:
+        """Cancel the upstream streams in flight (their consumers get ``ClientStateError``
+        after the chunks they received; replays and bypasses are the callers' own and go
+        on) and close the store. Idempotent. Any task of the event loop that entered the
+        cache may call it; from another event loop it raises ``ClientStateError``."""
+        if not self._group.started:  # never entered
+            if self._state == _CLOSED:
+                return
+            self._state = _CLOSED
             with anyio.CancelScope(shield=True):
                 await self._store.aclose()
+            return
+        if self._group.stopped:
+            return
+        self._group.check_loop()
+        self._state = _CLOSED  # no new stream from here on
+        await self._group.stop()
 
     # -- keys ------------------------------------------------------------------------------
 

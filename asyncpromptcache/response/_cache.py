@@ -14,6 +14,7 @@ producer (``"bypass"``): nothing is looked up, shared or stored.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -47,6 +48,7 @@ from ._keys import (
     DEFAULT_IGNORED_FIELDS,
     Chunk,
     KeyKind,
+    canonical_json,
     chunk_size,
     is_deterministic,
 )
@@ -422,29 +424,31 @@ class ResponseCache:
             stream._source = "bypass"
             stream._bypass = _checked(stream._produce)
             return
+        claimed: list[Any] = []  # the shared tier's claim, made before the flight
         if mode != "refresh":
             if self._join(stream, key):
                 return
             answer = await self._store.get(key)
             if answer is not None:
-                self._hits += 1
-                stream._source = "hit"
-                stream._replay = answer
+                self._hit(stream, answer)
                 return
             if self._join(stream, key):  # started while the store was asked
                 return
             if mode == "cache_only":
-                self._cache_only_misses += 1
-                raise NotCachedError("no answer is stored or in flight for this request "
-                                     "(mode='cache_only')")
-        if self._tg is None:
-            raise ClientStateError("the response cache is closed")
-        claimed: list[Any] = []
-        if self._shared is not None:  # claimed before the flight: a follower says "join"
-            claimed.append(await self._shared.claim(key))
+                await self._elsewhere(stream, key)
+                if stream._source is not None or self._join(stream, key):
+                    return
+                claimed.append(None)  # follow the process that streams it, never claim
+        if self._shared is not None and not claimed:  # claimed before the flight: a follower
+            claimed.append(await self._shared.claim(key))  # says "join"
             if self._join(stream, key):  # a flight of this process started meanwhile
                 await self._shared.unclaim(claimed[0])
                 return
+        tg = self._tg
+        if tg is None or self._state != _OPEN:  # closed, maybe while the claim was made
+            if self._shared is not None and claimed:
+                await self._shared.unclaim(claimed[0])
+            raise ClientStateError("the response cache is closed")
         flight = Flight(key, buffer_chunks=self._buffer, max_store_bytes=self._max_answer,
                         on_abandon=self._on_abandon, clock=self._clock)
         self._flights.add(flight)
@@ -459,75 +463,105 @@ class ResponseCache:
         produce = stream._produce
         if self._shared is not None:
             produce = self._across_processes(flight, produce, stream._ttl,
-                                             refresh=mode == "refresh", claimed=claimed)
-        self._tg.start_soon(self._fly, flight, produce, stream._ttl,
-                            name=f"asyncpromptcache.response:{key[:12]}")
+                                             refresh=mode == "refresh", claimed=claimed,
+                                             may_claim=mode != "cache_only")
+        tg.start_soon(self._fly, flight, produce, stream._ttl,
+                      name=f"asyncpromptcache.response:{key[:12]}")
+
+    def _hit(self, stream: ResponseStream, answer: StoredAnswer) -> None:
+        self._hits += 1
+        stream._source = "hit"
+        stream._replay = answer
+
+    async def _elsewhere(self, stream: ResponseStream, key: str) -> None:
+        """``mode="cache_only"`` found nothing here: set ``stream`` up as a hit if another
+        process stored the answer just now, return if another process streams it (the
+        caller follows it), else ``NotCachedError``."""
+        shared = self._shared
+        if shared is not None:
+            if await shared.streaming(key):
+                return
+            # Not streamed now: it may have been stored since the store was asked (its
+            # owner stores it before it lets the claim go).
+            answer = await shared.get(key, count=False)
+            if answer is not None:
+                self._hit(stream, answer)
+                return
+        self._cache_only_misses += 1
+        raise NotCachedError("no answer is stored or in flight for this request "
+                             "(mode='cache_only')")
 
     def _across_processes(self, flight: Flight, produce: Produce, ttl: float, *,
-                          refresh: bool, claimed: list[Any]) -> Produce:
+                          refresh: bool, claimed: list[Any], may_claim: bool) -> Produce:
         """``produce`` for a flight with the shared tier: this process claims the key and
         streams upstream, teeing every chunk to the other processes, and stores the whole
         answer in Redis before it marks the stream complete (so a request arriving meanwhile
         either joins the stream or finds the answer); or it follows the process that holds
-        the key. A follower whose owner vanished claims again and goes on from where it was
-        (the chunks already sent must match, else the flight fails)."""
-        shared, key = self._shared, flight.key
+        the key. A follower whose owner vanished or stopped sharing claims again and goes on
+        from where it was (the chunks already sent must match, else the flight fails); one
+        of ``mode="cache_only"`` (``may_claim=False``) never goes upstream: it fails then.
+
+        An answer that grows past ``max_answer_bytes`` is not shared either: its owner stops
+        publishing at the first chunk over the cap, cuts the Redis stream down to an end
+        entry that sends the followers to claim the answer themselves, and lets its claim
+        go. Nothing here keeps the chunks (the flight holds them while they may be stored)."""
+        shared, key, cap = self._shared, flight.key, self._max_answer
         assert shared is not None
 
         async def through() -> AsyncIterator[Chunk]:
-            sent: list[Chunk] = []
-
-            def fresh(index: int, chunk: Chunk) -> bool:
-                if index >= len(sent):
-                    sent.append(chunk)
-                    return True
-                if sent[index] != chunk:
-                    raise SharedStreamLostError(
-                        f"the answer was taken over after {len(sent)} chunks and the new "
-                        f"stream differs at chunk {index}")
-                return False
-
+            sent = _Sent()
+            lost: SharedStreamLostError | None = None
             for attempt in range(_CLAIMS):
-                publisher = claimed.pop() if claimed else await shared.claim(key)
+                publisher = claimed.pop() if claimed else await shared.claim(key, after=lost)
                 if publisher is None:
                     try:
                         index = 0
                         async with aclosing(shared.follow(key)) as chunks:
                             async for chunk in chunks:
-                                if fresh(index, chunk):
+                                if sent.fresh(index, chunk, following=True):
                                     yield chunk
                                 index += 1
+                        sent.ended(index)
                         return
-                    except SharedStreamLostError:
-                        if attempt == _CLAIMS - 1:
+                    except SharedStreamLostError as exc:
+                        if not may_claim or attempt == _CLAIMS - 1:
                             raise
+                        lost = exc
                         continue
-                stored = None if refresh else await shared.get(key, count=False)
-                if stored is not None:  # stored between the store's read and this claim
+                # Stored between the store's read and this claim? (Not asked of a Redis
+                # that just failed to answer the claim.)
+                stored = None if refresh or not publisher.sharing else await shared.get(
+                    key, count=False)
+                if stored is not None:
                     await publisher.withdraw()
                     for index, chunk in enumerate(stored.chunks):
-                        if fresh(index, chunk):
+                        if sent.fresh(index, chunk, following=False):
                             yield chunk
+                    sent.ended(len(stored.chunks))
                     return
                 try:
-                    index = 0
+                    index = size = 0
                     iterator = aiter(produce())
                     try:
                         async for chunk in iterator:
-                            chunk_size(chunk)  # not published unless it is a chunk
-                            await publisher.publish(chunk)
-                            if fresh(index, chunk):
+                            size += chunk_size(chunk)  # not published unless it is a chunk
+                            if size > cap:
+                                await publisher.stop_sharing()  # once; then a no-op
+                            else:
+                                await publisher.publish(chunk)
+                            if sent.fresh(index, chunk, following=False):
                                 yield chunk
                             index += 1
                     finally:
                         if hasattr(iterator, "aclose"):
                             await iterator.aclose()
+                    sent.ended(index)
                 except BaseException as exc:
                     with anyio.CancelScope(shield=True):
                         await publisher.fail(exc)
                     raise
                 if flight.storable and flight.writes_back:
-                    await shared.put(key, StoredAnswer(tuple(sent), flight.size,
+                    await shared.put(key, StoredAnswer(flight.chunks, flight.size,
                                                        flight.duration), ttl)
                 await publisher.complete()
                 return
@@ -766,6 +800,59 @@ async def _checked(produce: Produce) -> AsyncIterator[Chunk]:
     async for chunk in produce():
         chunk_size(chunk)
         yield chunk
+
+
+class _Sent:
+    """What a flight's shared-tier upstream has given so far: a count, and while following
+    another process a digest of the chunks (not the chunks: the flight holds them, and not
+    past the cap). A stream taken over, or followed again, must begin with them: it is read
+    without yielding up to there, then compared."""
+
+    __slots__ = ("_digest", "_replay", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._digest = hashlib.sha256()
+        self._replay = hashlib.sha256()
+
+    def fresh(self, index: int, chunk: Chunk, *, following: bool) -> bool:
+        """Whether the ``index``-th chunk of a stream is new (to yield); raises
+        ``SharedStreamLostError`` once a stream's first ``count`` chunks differ from the
+        ones sent. ``following``: the digest is kept up to date (an owner's is not needed:
+        nothing takes over from the owner)."""
+        if index >= self.count:
+            self.count += 1
+            if following:
+                self._digest.update(_chunk_bytes(chunk))
+            return True
+        if index == 0:
+            self._replay = hashlib.sha256()
+        self._replay.update(_chunk_bytes(chunk))
+        if index == self.count - 1 and self._replay.digest() != self._digest.digest():
+            raise SharedStreamLostError(
+                f"the answer was taken over after {self.count} chunks and the new stream "
+                "differs within them")
+        return False
+
+    def ended(self, total: int) -> None:
+        """A stream ended after ``total`` chunks: ``SharedStreamLostError`` if it is
+        shorter than the chunks already sent."""
+        if total < self.count:
+            raise SharedStreamLostError(
+                f"the answer was taken over after {self.count} chunks and the new stream "
+                f"has only {total}")
+
+
+def _chunk_bytes(chunk: Chunk) -> bytes:
+    """``chunk`` as bytes for a digest: its type, its length, its content (a dict's as
+    canonical JSON), so that equal chunks give equal bytes and no two differ alike."""
+    if isinstance(chunk, str):
+        body = b"s" + chunk.encode("utf-8", "surrogatepass")
+    elif isinstance(chunk, bytes):
+        body = b"b" + chunk
+    else:
+        body = b"d" + canonical_json(chunk)
+    return len(body).to_bytes(8, "big") + body
 
 
 def _bypass_failed(exc: Exception, received: int) -> ResponseFailedError:

@@ -8,6 +8,9 @@ A request's key is looked up in the flights in flight, then in the store:
 * neither: start one upstream stream in the cache's task group (``"miss"``); every identical
   request meanwhile joins it; only an answer that completes normally is stored.
 
+The task group lives in a task of its own (``HostedTaskGroup``), so the cache may be closed
+from any task of the loop that entered it.
+
 Requests that are not deterministic, and calls with ``mode="bypass"``, go straight to the
 producer (``"bypass"``): nothing is looked up, shared or stored.
 """
@@ -64,7 +67,8 @@ logger = logging.getLogger("asyncpromptcache")
 Source: TypeAlias = Literal["hit", "miss", "join", "bypass"]
 #: ``normal``: hit, else join, else go upstream. ``bypass``: straight to the producer, no
 #: cache. ``refresh``: go upstream now (identical requests join it) and store the new answer.
-#: ``cache_only``: a hit or a join, else ``NotCachedError``; never starts an upstream stream.
+#: ``cache_only``: a hit or a join (of a stream in this process or, with the shared tier, in
+#: another), else ``NotCachedError``; never starts an upstream stream.
 Mode: TypeAlias = Literal["normal", "bypass", "refresh", "cache_only"]
 #: Replay pacing: ``None`` as fast as the consumer reads, seconds between chunks, or
 #: ``"original"`` (the original stream's duration spread evenly over its chunks).
@@ -119,6 +123,10 @@ class ResponseCache:
     * ``max_bytes``: the in-process store's bound (least recently used answers go first).
     * ``ttl_seconds``: how long a stored answer is replayed (per call: ``ttl_seconds=``).
     * ``max_answer_bytes``: a larger answer is streamed to its consumers but never stored.
+      From the chunk that passes it, the stream takes no new consumers (a later identical
+      request starts its own), lets go of the chunks its consumers have all taken, and with
+      the shared tier is no longer published to Redis (its followers there stream it
+      themselves).
     * ``namespace``: the tenant; part of every key (per call: ``namespace=``).
     * ``consumer_buffer``: live chunks a consumer may leave untaken before it is dropped with
       ``SlowConsumerError`` (``None``: never dropped).
@@ -134,9 +142,11 @@ class ResponseCache:
     * ``shared``: the shared tier: a Redis URL or a ``RedisTier`` (the prompt client's;
       its namespace, signing key and timeout apply). Completed answers are then stored in
       Redis too and replayed by every process, and an answer streaming in one process is
-      joined by identical requests in the others. Redis trouble falls back to this
-      process's cache. When ``shared`` is absent, ``ASYNCPROMPTCACHE_REDIS_URL`` sets it
-      (as for the prompt client); ``shared=False`` turns the shared tier off.
+      joined by identical requests in the others (with ``mode="cache_only"`` too). Redis
+      trouble falls back to this process's cache; a follower whose Redis stops answering
+      streams on its own after about three times the tier's timeout. When ``shared`` is
+      absent, ``ASYNCPROMPTCACHE_REDIS_URL`` sets it (as for the prompt client);
+      ``shared=False`` turns the shared tier off.
     * ``clock``, ``sleep``: monotonic seconds and the pacing sleep, for tests.
     * ``meter_provider``, ``tracer_provider``: OpenTelemetry providers for the cache's metrics
       and spans (default: the global ones; needs ``asyncpromptcache[otel]``).

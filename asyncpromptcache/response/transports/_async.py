@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..._core.errors import ConfigurationError
-from ..._core.runtime import spawn_detached
 from .._cache import ResponseCache
 from ._adapt import Library, bases, library_of
 from ._engine import Answer, Engine, Headers, Reject, Untouched, Upstream, local_answer
@@ -48,39 +47,28 @@ class _Network:
 
 
 class CacheHost:
-    """Runs a ``ResponseCache`` in a task of its own, from the first request to ``stop``, so
-    that it is entered and closed in one task whichever tasks use it."""
+    """Opens a ``ResponseCache`` on the first request (once, however many ask at once) and
+    closes it on ``stop``, from whichever task: the cache hosts its own task group."""
 
     def __init__(self, cache: ResponseCache) -> None:
         self.cache = cache
-        self._ready = anyio.Event()
-        self._stop = anyio.Event()
-        self._stopped = anyio.Event()
-        self._started = False
+        self._opened: anyio.Event | None = None
 
     async def open(self) -> ResponseCache:
-        if not self._started:
-            self._started = True
-            spawn_detached(self._run)
-        if not self._ready.is_set():
+        if self._opened is None:
+            self._opened = anyio.Event()
+            try:
+                await self.cache.__aenter__()
+            finally:
+                self._opened.set()
+        elif not self._opened.is_set():
             with anyio.CancelScope(shield=True):
-                await self._ready.wait()
+                await self._opened.wait()
         return self.cache
 
-    async def _run(self) -> None:
-        try:
-            async with self.cache:
-                self._ready.set()
-                await self._stop.wait()
-        finally:
-            self._ready.set()
-            self._stopped.set()
-
     async def stop(self) -> None:
-        if self._started:
-            self._stop.set()
-            with anyio.CancelScope(shield=True):
-                await self._stopped.wait()
+        if self._opened is not None:
+            await self.cache.aclose()
 
 
 def check_cache(cache: ResponseCache | None, options: dict[str, Any]) -> ResponseCache:

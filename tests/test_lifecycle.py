@@ -16,6 +16,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 import pytest_asyncio
+from anyio.abc import TaskGroup
 
 from asyncpromptcache import (
     AsyncPromptClient,
@@ -28,6 +29,7 @@ from asyncpromptcache import (
     ResponseCache,
     TextPrompt,
 )
+from asyncpromptcache._core.runtime import HostedTaskGroup
 from asyncpromptcache.response import Chunk
 
 from .faultserver import FaultServer, fault_server, fault_server_in_thread
@@ -296,3 +298,44 @@ def test_a_response_cache_left_open_closes_with_its_loop() -> None:
 async def _forever() -> AsyncIterator[Chunk]:
     yield "a"
     await anyio.sleep_forever()
+
+
+# -- the host itself -------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_hosted_group_that_fails_tells_its_owner_and_a_close_error_reaches_stop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def boom() -> None:
+        await anyio.lowlevel.checkpoint()
+        raise ValueError("boom")
+
+    async def failing(tg: TaskGroup) -> None:
+        tg.start_soon(boom)
+
+    seen: list[BaseException | None] = []
+    failed = HostedTaskGroup("a failing owner", name="test-host")
+
+    async def closed() -> None:
+        seen.append(failed.error)
+
+    await failed.start(failing, closed=closed)
+    while not failed.stopped:  # the host's own end
+        await anyio.lowlevel.checkpoint()
+    assert isinstance(seen[0], ValueError) and not failed.stopping
+    assert "the task group of a failing owner failed" in caplog.text
+    await failed.stop()  # over already: nothing to do
+
+    async def nothing(tg: TaskGroup) -> None:
+        pass
+
+    async def closing_fails() -> None:
+        raise OSError("the store would not close")
+
+    group = HostedTaskGroup("an owner", name="test-host")
+    await group.start(nothing, closed=closing_fails)
+    with pytest.raises(OSError, match="would not close"):
+        await group.stop()
+    assert group.stopped
+    await group.stop()  # raised once

@@ -87,6 +87,7 @@ class HostedTaskGroup:
         self.error: BaseException | None = None
         self._stop: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
+        self._close_error: Exception | None = None
 
     @property
     def started(self) -> bool:
@@ -134,6 +135,11 @@ class HostedTaskGroup:
                     if closed is not None:
                         with anyio.CancelScope(shield=True):
                             await closed()
+                except Exception as exc:  # for the caller of stop(); else only logged
+                    if self.stopping:
+                        self._close_error = exc
+                    else:
+                        logger.exception("closing %s failed", self._what)
                 finally:
                     ready.set()
                     self._stopped.set()
@@ -150,8 +156,9 @@ class HostedTaskGroup:
 
     async def stop(self) -> None:
         """Ask the host to end and wait (shielded) until it has: ``stopping``, the group's
-        tasks cancelled, ``closed``. From any task of the loop that started it (from another
-        loop: ``ClientStateError``); idempotent, and nothing to do when never started."""
+        tasks cancelled, ``closed`` (what that raised is raised here). From any task of the
+        loop that started it (from another loop: ``ClientStateError``); idempotent, and
+        nothing to do when never started."""
         if self._stopped is None or self._stopped.is_set():
             return
         self.check_loop()
@@ -159,6 +166,9 @@ class HostedTaskGroup:
         self._stop.set()
         with anyio.CancelScope(shield=True):
             await self._stopped.wait()
+        error, self._close_error = self._close_error, None
+        if error is not None:
+            raise error
 
 
 def _first_leaf(exc: BaseException) -> BaseException:

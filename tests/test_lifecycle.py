@@ -1,7 +1,8 @@
 """The client's lifecycle in real code: closed from another task,
 inside an AsyncExitStack under a cancel scope, as a pytest-asyncio fixture, used from another
 event loop, and entered on trio. Each closes cleanly (warnings are errors: an unclosed
-session fails the test) and raises nothing outside the error tree."""
+session fails the test) and raises nothing outside the error tree. The response cache hosts
+its task group the same way: closed from another task, on asyncio and trio."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import asyncio
 import functools
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
 import pytest_asyncio
+from anyio.abc import TaskGroup
 
 from asyncpromptcache import (
     AsyncPromptClient,
@@ -23,8 +26,11 @@ from asyncpromptcache import (
     LangfuseSource,
     Prompt,
     PromptKey,
+    ResponseCache,
     TextPrompt,
 )
+from asyncpromptcache._core.runtime import HostedTaskGroup
+from asyncpromptcache.response import Chunk
 
 from .faultserver import FaultServer, fault_server, fault_server_in_thread
 
@@ -193,3 +199,143 @@ async def test_other_sources_run_on_trio(anyio_backend: str) -> None:
     assert fetched == [PromptKey("greet", "production", None)]
     with pytest.raises(ClientStateError):
         await client.get_prompt("other")
+
+
+# -- the response cache ----------------------------------------------------------------------
+
+REQUEST: dict[str, Any] = {"model": "m", "temperature": 0, "messages": []}
+
+
+def state(cache: ResponseCache) -> str:
+    return cache.state  # read anew each time (not narrowed by an earlier assert)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_a_response_cache_entered_in_one_task_closes_from_another(
+    anyio_backend: str,
+) -> None:
+    held = anyio.Event()
+
+    async def produce() -> AsyncIterator[Chunk]:
+        yield "a"
+        yield "b"
+        await held.wait()  # in flight when the cache closes: never released
+        yield "c"
+
+    async def whole() -> AsyncIterator[Chunk]:
+        for chunk in ("x", "y", "z"):
+            yield chunk
+
+    cache = ResponseCache()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(cache.__aenter__)
+    assert state(cache) == "open"
+    stored = {**REQUEST, "seed": 1}
+    assert [c async for c in cache.stream(stored, whole)] == ["x", "y", "z"]
+    replay = cache.stream(stored, whole)
+    assert await replay.start() == "hit" and await anext(replay) == "x"
+    in_flight = cache.stream(REQUEST, produce)
+    assert [await anext(in_flight), await anext(in_flight)] == ["a", "b"]
+    waiting: list[BaseException] = []
+
+    async def wait_for_more() -> None:  # a consumer of the stream in flight, in its own task
+        joined = cache.stream(REQUEST, produce)
+        try:
+            async for _ in joined:
+                pass
+        except ClientStateError as exc:
+            waiting.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait_for_more)
+        while cache.stats().joins == 0:
+            await anyio.lowlevel.checkpoint()
+        async with anyio.create_task_group() as closer:
+            closer.start_soon(cache.aclose)  # neither the task that entered nor a reader
+    assert state(cache) == "closed" and cache.stats().in_flight == 0
+    # The stream in flight was cancelled: its consumers get ClientStateError after their
+    # chunks, as aclose says; the replay is the caller's own and goes on.
+    assert len(waiting) == 1 and "closed while the answer was streaming" in str(waiting[0])
+    with pytest.raises(ClientStateError, match="closed while the answer was streaming"):
+        await anext(in_flight)
+    assert [c async for c in replay] == ["y", "z"]
+    with pytest.raises(ClientStateError, match="closed"):
+        await cache.stream({**REQUEST, "seed": 2}, produce).start()
+    await cache.aclose()  # idempotent
+    await anyio.lowlevel.checkpoint()  # this task was cancelled by none of it
+
+
+@pytest.mark.anyio
+async def test_a_response_cache_in_an_exit_stack_under_a_cancel_scope() -> None:
+    async def produce() -> AsyncIterator[Chunk]:
+        yield "a"
+
+    async with AsyncExitStack() as stack:
+        with anyio.CancelScope() as scope:
+            cache = await stack.enter_async_context(ResponseCache())
+            assert [c async for c in cache.stream(REQUEST, produce)] == ["a"]
+            scope.cancel()
+            await anyio.sleep_forever()
+        # The scope the cache was entered in has ended; the stack closes the cache now.
+        assert state(cache) == "open"
+    assert scope.cancelled_caught and state(cache) == "closed"
+
+
+def test_a_response_cache_left_open_closes_with_its_loop() -> None:
+    cache = ResponseCache()
+
+    async def open_and_leave() -> None:
+        await cache.__aenter__()
+        stream = cache.stream(REQUEST, _forever)
+        assert await stream.start() == "miss"  # in flight as the loop ends
+
+    asyncio.run(open_and_leave())
+    assert state(cache) == "closed" and cache.stats().in_flight == 0
+    asyncio.run(cache.aclose())  # already closed: nothing to do
+
+
+async def _forever() -> AsyncIterator[Chunk]:
+    yield "a"
+    await anyio.sleep_forever()
+
+
+# -- the host itself -------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_hosted_group_that_fails_tells_its_owner_and_a_close_error_reaches_stop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def boom() -> None:
+        await anyio.lowlevel.checkpoint()
+        raise ValueError("boom")
+
+    async def failing(tg: TaskGroup) -> None:
+        tg.start_soon(boom)
+
+    seen: list[BaseException | None] = []
+    failed = HostedTaskGroup("a failing owner", name="test-host")
+
+    async def closed() -> None:
+        seen.append(failed.error)
+
+    await failed.start(failing, closed=closed)
+    while not failed.stopped:  # the host's own end
+        await anyio.lowlevel.checkpoint()
+    assert isinstance(seen[0], ValueError) and not failed.stopping
+    assert "the task group of a failing owner failed" in caplog.text
+    await failed.stop()  # over already: nothing to do
+
+    async def nothing(tg: TaskGroup) -> None:
+        pass
+
+    async def closing_fails() -> None:
+        raise OSError("the store would not close")
+
+    group = HostedTaskGroup("an owner", name="test-host")
+    await group.start(nothing, closed=closing_fails)
+    with pytest.raises(OSError, match="would not close"):
+        await group.stop()
+    assert group.stopped
+    await group.stop()  # raised once

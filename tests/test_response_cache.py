@@ -233,6 +233,43 @@ async def test_an_answer_over_the_cap_is_streamed_but_not_stored() -> None:
     assert (stats.too_large, stats.stored, stats.entries) == (1, 0, 0)
 
 
+@pytest.mark.anyio
+async def test_an_answer_past_the_cap_is_not_held_and_a_later_request_goes_upstream() -> None:
+    held = anyio.Event()
+    calls = 0
+
+    async def produce() -> AsyncIterator[Chunk]:
+        nonlocal calls
+        calls += 1
+        for i in range(100):
+            if i == 50 and calls == 1:
+                await held.wait()
+            yield f"{i:010d}"  # 10 bytes: the cap of 100 is passed at the 11th chunk
+
+    async with ResponseCache(max_answer_bytes=100) as cache:
+        first = cache.stream(REQUEST, produce)
+        early = cache.stream(REQUEST, produce)
+        assert (await first.start(), await early.start()) == ("miss", "join")
+        got: list[Chunk] = []
+        got_early: list[Chunk] = []
+        for _ in range(50):  # 500 bytes so far
+            got.append(await anext(first))
+            got_early.append(await anext(early))
+        flight = first._consumer.flight  # type: ignore[union-attr]
+        # Past the cap, a chunk every consumer has taken is released as the next comes in.
+        assert flight.total == 50 and not flight.storable and flight.held <= 2
+        late = cache.stream(REQUEST, produce)  # after the cap: its own upstream stream
+        assert await late.start() == "miss"
+        assert len([c async for c in late]) == 100 and calls == 2
+        held.set()
+        got += [c async for c in first]
+        got_early += [c async for c in early]
+        assert flight.held == 0
+        stats = cache.stats()
+    assert got == got_early == [f"{i:010d}" for i in range(100)]
+    assert (stats.too_large, stats.stored, stats.entries, stats.misses) == (2, 0, 0, 2)
+
+
 async def _into(stream: Any, out: list[Chunk]) -> None:
     async for chunk in stream:
         out.append(chunk)

@@ -3,7 +3,9 @@ local server's OpenAI-compatible endpoint: answers streamed in one cache are joi
 identical requests of other caches (each with its own Redis connections, as other processes
 have) and replayed by them; failures, corrupt values and Redis outages never reach a caller
 as a Redis error; invalidations and clears reach every cache of the namespace, and no
-other. The last tests run 4 real processes."""
+other. Answers past the cap stop being shared, ``mode="cache_only"`` follows another
+process's stream, and a follower of a Redis that falls silent goes on. The last tests run 4
+real processes."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import json
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -48,8 +50,8 @@ pytestmark = pytest.mark.anyio
 class Fleet:
     """``n`` caches sharing one Redis namespace, each with its own connections."""
 
-    def __init__(self, redis: RedisServer, upstream: Upstream, *, signing_key: str | None = None,
-                 namespace: str | None = None) -> None:
+    def __init__(self, redis: RedisServer, upstream: Upstream | None = None, *,
+                 signing_key: str | None = None, namespace: str | None = None) -> None:
         self.namespace = namespace or uuid.uuid4().hex
         self.redis = redis
         self.upstream = upstream
@@ -67,7 +69,49 @@ class Fleet:
         return ResponseNames.of(self.namespace, tenant)
 
     def produce(self, request: dict[str, Any] = REQUEST) -> Any:
-        return lambda: self.upstream.llm.stream(request)
+        upstream = self.upstream
+        assert upstream is not None
+        return lambda: upstream.llm.stream(request)
+
+
+class Chunks:
+    """A producer of ``count`` chunks of 10 bytes, the same on every call. A call waits
+    before the chunk of each index in ``holds`` until the test sets ``gates[index]``;
+    ``calls`` counts the calls, and ``on_call`` runs at each."""
+
+    def __init__(self, count: int, *, holds: tuple[int, ...] = (),
+                 on_call: Callable[[], None] | None = None) -> None:
+        self.count = count
+        self.gates = {index: anyio.Event() for index in holds}
+        self.calls = 0
+        self.on_call = on_call
+
+    @property
+    def expected(self) -> list[Chunk]:
+        return [f"{i:010d}" for i in range(self.count)]
+
+    async def __call__(self) -> AsyncIterator[Chunk]:
+        self.calls += 1
+        if self.on_call is not None:
+            self.on_call()
+        for i, chunk in enumerate(self.expected):
+            gate = self.gates.get(i)
+            if gate is not None:
+                await gate.wait()
+            yield chunk
+
+
+async def read_into(cache: ResponseCache, produce: Chunks, into: list[Chunk],
+                    failures: list[BaseException] | None = None, **options: Any) -> None:
+    """Read ``REQUEST``'s answer into ``into``; a ``ResponseFailedError`` into ``failures``
+    when given (else it is raised)."""
+    try:
+        async for chunk in cache.stream(REQUEST, produce, **options):
+            into.append(chunk)
+    except ResponseFailedError as exc:
+        if failures is None:
+            raise
+        failures.append(exc)
 
 
 async def read(cache: ResponseCache, fleet: Fleet, into: list[Chunk] | None = None,
@@ -500,6 +544,150 @@ async def test_a_change_made_while_redis_is_down_is_sent_when_it_answers(
                 private.thaw()
             await until_not_cached(second, fleet)  # sent once Redis answers again
         assert (await upstream.counts())["streams"] == 1
+
+
+# -- answers past the cap, cache_only, a silent Redis ------------------------------------------
+
+
+async def test_an_answer_past_the_cap_stops_being_published_and_leaves_one_entry_in_redis(
+    redis_server: RedisServer,
+) -> None:
+    fleet = Fleet(redis_server)
+    produce = Chunks(40, holds=(20,))  # 10 bytes each: the cap of 100 is passed at the 11th
+    names = ResponseNames.of(fleet.namespace)
+    before = redis_server.command_counts().get("xadd", 0)
+    async with fleet.cache(max_answer_bytes=100) as owner, anyio.create_task_group() as tg:
+        key = owner.key_for(REQUEST)
+        got: list[Chunk] = []
+        tg.start_soon(read_into, owner, produce, got)
+        await until(lambda: len(got) == 20)
+        # Past the cap: the stream is cut down to its end entry, the claim let go.
+        assert redis_server.command("XLEN", names.stream(key)) == ":1"
+        assert redis_server.command("EXISTS", names.lock(key)) == ":0"
+        produce.gates[20].set()
+    assert got == produce.expected
+    assert redis_server.command("XLEN", names.stream(key)) == ":1"
+    assert redis_server.command("EXISTS", names.answer(key)) == ":0"
+    # Ten chunks and the end entry were ever added, not forty.
+    assert redis_server.command_counts()["xadd"] - before == 11
+    assert owner.stats().too_large == 1
+
+
+async def test_followers_of_an_answer_past_the_cap_take_it_over(redis_server: RedisServer) -> None:
+    fleet = Fleet(redis_server)
+    first = Chunks(40, holds=(5, 20))
+    second = Chunks(40)
+    async with fleet.cache(max_answer_bytes=100) as owner, \
+            fleet.cache(max_answer_bytes=100) as follower, anyio.create_task_group() as tg:
+        got_owner: list[Chunk] = []
+        got_follower: list[Chunk] = []
+        tg.start_soon(read_into, owner, first, got_owner)
+        await until(lambda: len(got_owner) == 5)
+        stream = follower.stream(REQUEST, second)
+        assert await stream.start() == "join"  # follows the owner from its first chunk
+
+        async def follow() -> None:
+            async for chunk in stream:
+                got_follower.append(chunk)
+
+        tg.start_soon(follow)
+        await until(lambda: len(got_follower) == 5)
+        first.gates[5].set()  # the owner passes the cap: the follower streams it itself
+        await until(lambda: len(got_follower) == 40)
+        first.gates[20].set()
+    assert got_owner == got_follower == first.expected
+    assert (first.calls, second.calls) == (1, 1)
+    shared = follower.stats().shared
+    assert shared is not None and shared.waits == 1 and shared.upstream_fetches == 1
+    assert owner.stats().too_large == follower.stats().too_large == 1
+
+
+async def test_cache_only_follows_an_answer_streaming_in_another_process(
+    redis_server: RedisServer,
+) -> None:
+    fleet = Fleet(redis_server)
+    produce = Chunks(12, holds=(3,))
+    never = Chunks(12)
+    async with fleet.cache() as owner, fleet.cache() as other, anyio.create_task_group() as tg:
+        got_owner: list[Chunk] = []
+        tg.start_soon(read_into, owner, produce, got_owner)
+        await until(lambda: len(got_owner) == 3)
+        stream = other.stream(REQUEST, never, mode="cache_only")
+        assert await stream.start() == "join"
+        got = [await anext(stream) for _ in range(3)]
+        produce.gates[3].set()
+        got += [chunk async for chunk in stream]
+    assert got == got_owner == produce.expected
+    stats = other.stats()
+    assert (stats.joins, stats.misses, stats.cache_only_misses) == (1, 0, 0)
+    assert stats.shared is not None
+    assert (stats.shared.waits, stats.shared.upstream_fetches) == (1, 0)
+    async with fleet.cache() as third:  # stored by its owner: a hit; nowhere: not cached
+        assert await third.stream(REQUEST, never, mode="cache_only").start() == "hit"
+        with pytest.raises(NotCachedError):
+            await third.stream({**REQUEST, "seed": 1}, never, mode="cache_only").start()
+        assert third.stats().cache_only_misses == 1
+    assert never.calls == 0
+
+
+async def test_cache_only_never_takes_over_an_answer_whose_owner_stopped(
+    redis_server: RedisServer,
+) -> None:
+    fleet = Fleet(redis_server)
+    produce = Chunks(12, holds=(3,))
+    never = Chunks(12)
+    async with fleet.cache(on_abandon="cancel") as owner, fleet.cache() as other, \
+            anyio.create_task_group() as tg:
+        leaving = owner.stream(REQUEST, produce)
+        assert [await anext(leaving) for _ in range(3)] == produce.expected[:3]
+        got: list[Chunk] = []
+        failures: list[BaseException] = []
+        tg.start_soon(lambda: read_into(other, never, got, failures, mode="cache_only"))
+        await until(lambda: len(got) == 3)
+        await leaving.aclose()  # the owner's stream is cancelled
+        await until(lambda: bool(failures))
+    assert got == produce.expected[:3] and never.calls == 0
+    assert isinstance(failures[0].__cause__, SharedStreamLostError)
+    assert failures[0].chunks_received == 3  # type: ignore[attr-defined]
+
+
+async def test_a_follower_of_a_silent_redis_goes_on_without_waiting_on_it_again() -> None:
+    with RedisServer() as private:
+        fleet = Fleet(private)  # timeout 0.5 s, blocks of 0.2 s
+        produce = Chunks(12, holds=(3,))
+        errors_at_takeover: list[int] = []
+
+        def took_over() -> None:
+            shared = follower.stats().shared
+            assert shared is not None
+            errors_at_takeover.append(shared.redis_errors)
+
+        own = Chunks(12, on_call=took_over)
+        never = Chunks(12)
+        async with fleet.cache() as owner, fleet.cache() as follower, \
+                fleet.cache() as only, anyio.create_task_group() as tg:
+            got_owner: list[Chunk] = []
+            got: list[Chunk] = []
+            got_only: list[Chunk] = []
+            failures: list[BaseException] = []
+            tg.start_soon(read_into, owner, produce, got_owner)
+            await until(lambda: len(got_owner) == 3)
+            tg.start_soon(read_into, follower, own, got)
+            tg.start_soon(lambda: read_into(only, never, got_only, failures, mode="cache_only"))
+            await until(lambda: len(got) == len(got_only) == 3)
+            private.freeze()  # connections stay open; nothing answers
+            # A bound for a loaded machine, not a timing: each outcome is asserted below.
+            with anyio.fail_after(10):
+                await until(lambda: len(got) == 12 and bool(failures))
+            private.kill()
+            produce.gates[3].set()
+        assert got == got_owner == produce.expected
+        # The follower streamed on its own once its blocking read timed out: neither a claim
+        # nor a read went to the silent Redis first (each would have waited its timeout).
+        assert errors_at_takeover == [1] and own.calls == 1
+        # cache_only never goes upstream: a typed error after the chunks it had.
+        assert got_only == produce.expected[:3] and never.calls == 0
+        assert isinstance(failures[0].__cause__, SharedStreamLostError)
 
 
 # -- 4 real processes ------------------------------------------------------------------------

@@ -202,7 +202,8 @@ class ResponseError(PromptCacheError):
 
 
 class NotCachedError(ResponseError):
-    """``mode="cache_only"``: no answer for the request is stored or in flight."""
+    """``mode="cache_only"``: no answer for the request is stored or in flight (in this
+    process or, with the shared tier, in another)."""
 
 
 class ResponseFailedError(ResponseError):

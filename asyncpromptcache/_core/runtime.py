@@ -1,17 +1,22 @@
-"""What the client needs to know of the event loop it runs on: which backend, which loop,
-how to start a task that belongs to no caller's task group, and ``HostedTask``, such a task
-holding something open from entry to close. The only module that speaks asyncio's and trio's
-own APIs rather than anyio's."""
+"""What the client and the response cache need to know of the event loop they run on: which
+backend, which loop, how to start a task that belongs to no caller's task group, and the task
+group they host in such a task (``HostedTaskGroup``). The only module that speaks asyncio's
+and trio's own APIs rather than anyio's."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import logging
 from collections.abc import Awaitable, Callable
 
 import anyio
+from anyio.abc import TaskGroup
 
-__all__ = ["HostedTask", "current_backend", "current_loop", "spawn_detached"]
+from .errors import ClientStateError
+
+__all__ = ["HostedTaskGroup", "current_backend", "current_loop", "spawn_detached"]
+
+logger = logging.getLogger("asyncpromptcache")
 
 # Strong references to running host tasks: asyncio keeps only weak ones.
 _tasks: set[asyncio.Task[None]] = set()
@@ -36,7 +41,8 @@ def current_loop() -> object:
         return trio.lowlevel.current_trio_token()
 
 
-def spawn_detached(func: Callable[[], Awaitable[None]]) -> None:
+def spawn_detached(func: Callable[[], Awaitable[None]], *,
+                   name: str = "asyncpromptcache-client") -> None:
     """Run ``func()`` in a task of its own on the running loop, child of no task group: it
     ends when ``func`` returns, or is cancelled when the loop itself shuts down.
 
@@ -47,9 +53,9 @@ def spawn_detached(func: Callable[[], Awaitable[None]]) -> None:
     except RuntimeError:
         import trio
 
-        trio.lowlevel.spawn_system_task(func, name="asyncpromptcache-client")
+        trio.lowlevel.spawn_system_task(func, name=name)
         return
-    task = loop.create_task(_run(func), name="asyncpromptcache-client")
+    task = loop.create_task(_run(func), name=name)
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
 
@@ -58,61 +64,115 @@ async def _run(func: Callable[[], Awaitable[None]]) -> None:
     await func()
 
 
-class HostedTask:
-    """A task of its own (see ``spawn_detached``) that holds something open from ``start`` to
-    ``stop``: a task group or a context it enters is left in the task that entered it, so that
-    whatever uses it may be closed from any task of the loop, in any order of nested scopes.
+class HostedTaskGroup:
+    """An anyio task group that lives in a task of its own (``spawn_detached``) from
+    ``start()`` to ``stop()``, for an object used with ``async with``: a task group entered
+    directly must be left by the task that entered it, this one may be started by one task
+    of the loop and stopped by any other, in any order of nested cancel scopes. The loop
+    shutting down cancels it as it cancels any task.
+
+    Its owner's hooks run in the host task: ``opened(tg)`` once the group is open (``start``
+    returns once it has run, or once the host failed), ``stopping()`` when a stop is asked,
+    before the group is cancelled, and ``closed()`` once the group is over, whichever way it
+    ended (stopped, failed: ``error``, or cancelled with the loop), shielded. ``what`` names
+    the owner in the log of a group that failed ("an AsyncPromptClient").
     """
 
-    def __init__(self) -> None:
-        self._started = False
-        self._ready = anyio.Event()
-        self._stop = anyio.Event()
-        self._stopped = anyio.Event()
+    def __init__(self, what: str, *, name: str) -> None:
+        self._what = what
+        self._name = name
+        #: The loop it runs on (set by ``start``).
+        self.loop: object = None
+        #: The first error of a group that failed (then ``closed`` has run), else ``None``.
+        self.error: BaseException | None = None
+        self._stop: anyio.Event | None = None
+        self._stopped: anyio.Event | None = None
+        self._close_error: Exception | None = None
 
-    async def start(self, body: Callable[[HostedTask], Awaitable[None]]) -> None:
-        """Run ``body(self)`` in the task, started by the first call; every call returns once
-        ``body`` called ``ready()`` or ended, without being cancelled meanwhile.
-
-        ``body`` opens what it holds, calls ``ready()``, awaits ``stop_requested()``, and
-        closes it; it must not raise anything but cancellation (nobody would see it).
-        """
-        if not self._started:
-            self._started = True
-            spawn_detached(functools.partial(self._run, body))
-        if not self._ready.is_set():
-            with anyio.CancelScope(shield=True):
-                await self._ready.wait()
-
-    def ready(self) -> None:
-        """What the body calls once what it holds is open: ``start`` returns."""
-        self._ready.set()
-
-    async def stop_requested(self) -> None:
-        """Returns once ``stop`` was called."""
-        await self._stop.wait()
+    @property
+    def started(self) -> bool:
+        return self._stopped is not None
 
     @property
     def stopping(self) -> bool:
-        """Whether ``stop`` was called (``False`` while the loop alone cancels the task)."""
-        return self._stop.is_set()
+        """Whether ``stop`` was asked (false for a group the loop cancelled)."""
+        return self._stop is not None and self._stop.is_set()
 
     @property
     def stopped(self) -> bool:
-        """Whether the body has ended."""
-        return self._stopped.is_set()
+        """Whether the host task is over (``closed`` has run)."""
+        return self._stopped is not None and self._stopped.is_set()
+
+    async def start(
+        self, opened: Callable[[TaskGroup], Awaitable[None]], *,
+        stopping: Callable[[], Awaitable[None]] | None = None,
+        closed: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Start the host task and wait (shielded) until ``opened`` has run in it, or the
+        host is over. Once only."""
+        if self._stopped is not None:
+            raise ClientStateError("a hosted task group is started once")
+        self.loop = current_loop()
+        self._stop, self._stopped = anyio.Event(), anyio.Event()
+        ready = anyio.Event()
+
+        async def host() -> None:
+            assert self._stop is not None and self._stopped is not None
+            try:
+                async with anyio.create_task_group() as tg:
+                    await opened(tg)
+                    ready.set()
+                    await self._stop.wait()
+                    if stopping is not None:
+                        await stopping()
+                    tg.cancel_scope.cancel()
+            except Exception as exc:  # the owner's tasks never raise; if one did, nobody
+                # else would see it: the group ends, and its owner is told in ``error``
+                logger.exception("the task group of %s failed", self._what)
+                self.error = _first_leaf(exc)
+            finally:
+                try:
+                    if closed is not None:
+                        with anyio.CancelScope(shield=True):
+                            await closed()
+                except Exception as exc:  # for the caller of stop(); else only logged
+                    if self.stopping:
+                        self._close_error = exc
+                    else:
+                        logger.exception("closing %s failed", self._what)
+                finally:
+                    ready.set()
+                    self._stopped.set()
+
+        spawn_detached(host, name=self._name)
+        with anyio.CancelScope(shield=True):  # set at the host's first step
+            await ready.wait()
+
+    def check_loop(self) -> None:
+        """``ClientStateError`` unless called on the loop that started the group."""
+        if self._stopped is not None and current_loop() is not self.loop:
+            raise ClientStateError(
+                f"{self._what} belongs to the event loop that opened it: close it there")
 
     async def stop(self) -> None:
-        """Ask the body to close what it holds and wait, without being cancelled meanwhile,
-        until it has ended. Nothing to do if never started."""
-        if self._started:
-            self._stop.set()
-            with anyio.CancelScope(shield=True):
-                await self._stopped.wait()
+        """Ask the host to end and wait (shielded) until it has: ``stopping``, the group's
+        tasks cancelled, ``closed`` (what that raised is raised here). From any task of the
+        loop that started it (from another loop: ``ClientStateError``); idempotent, and
+        nothing to do when never started."""
+        if self._stopped is None or self._stopped.is_set():
+            return
+        self.check_loop()
+        assert self._stop is not None
+        self._stop.set()
+        with anyio.CancelScope(shield=True):
+            await self._stopped.wait()
+        error, self._close_error = self._close_error, None
+        if error is not None:
+            raise error
 
-    async def _run(self, body: Callable[[HostedTask], Awaitable[None]]) -> None:
-        try:
-            await body(self)
-        finally:
-            self._ready.set()
-            self._stopped.set()
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    """The first exception a task group's ``ExceptionGroup`` holds (itself if not a group)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

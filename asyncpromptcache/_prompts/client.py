@@ -17,9 +17,10 @@ from typing import Any, Literal, overload
 import aiohttp
 import anyio
 import attrs
+from anyio.abc import TaskGroup
 
 from .._core.errors import ClientStateError, FetchError, InvalidArgumentError
-from .._core.runtime import HostedTask, current_loop
+from .._core.runtime import HostedTaskGroup, current_loop
 from .._core.secret import Secret
 from .._http.retry import RetryPolicy
 from .._observe import prompt_telemetry
@@ -171,9 +172,9 @@ class AsyncPromptClient:
         self._hits = 0.0
         self._state = _NEW
         self._closed_reason = "the client is closed"
-        # Set on entry: the loop it runs on, and the task that hosts its task group.
+        # Set on entry: the loop it runs on. Its task group lives in a task of its own.
         self._loop: object = None
-        self._hosted: HostedTask | None = None
+        self._group = HostedTaskGroup("an AsyncPromptClient", name="asyncpromptcache-client")
 
     def __repr__(self) -> str:
         return (f"<AsyncPromptClient {self._state} source={self._source!r} "
@@ -188,41 +189,34 @@ class AsyncPromptClient:
             raise ClientStateError(f"an AsyncPromptClient can be entered once; it is {self._state}")
         check_backend(self._source)
         self._loop = current_loop()
-        self._hosted = HostedTask()
         self._state = _OPEN
-        await self._hosted.start(self._host)  # returns at the host's first step
+        await self._group.start(self._host, stopping=self._stopping, closed=self._closed)
         if self._state != _OPEN:
             raise ClientStateError(f"the client failed to start: {self._closed_reason}")
         return self
 
-    async def _host(self, host: HostedTask) -> None:
-        """The client's own task, from entry to close: the task group that runs fetches and
-        refreshes lives here. Ends when ``aclose`` asks, or when the loop shuts down."""
-        failed_reason = False
-        try:
-            async with anyio.create_task_group() as tg:
-                self._cache.attach(tg)
-                if self._tier is not None:
-                    link = self._config.link(self._tier, self._settings, self._changes)
-                    await link.start(tg)  # bounded: Redis down means L1-only, not a failure
-                    self._link = link
-                host.ready()
-                await host.stop_requested()
-                if self._link is not None:
-                    # Changes made just before closing leave the process before it ends.
-                    await self._link.drain()
-                tg.cancel_scope.cancel()
-        except Exception as exc:  # the engine's tasks never raise; if one did, nobody else
-            # would see it: the client closes, saying why
-            logger.exception("the task group of an AsyncPromptClient failed")
-            failed = _first_leaf(exc)
+    async def _host(self, tg: TaskGroup) -> None:
+        """The client's task group, open from entry to close in a task of its own
+        (``HostedTaskGroup``): it runs fetches and refreshes."""
+        self._cache.attach(tg)
+        if self._tier is not None:
+            link = self._config.link(self._tier, self._settings, self._changes)
+            await link.start(tg)  # bounded: Redis down means L1-only, not a failure
+            self._link = link
+
+    async def _stopping(self) -> None:
+        if self._link is not None:
+            # Changes made just before closing leave the process before it ends.
+            await self._link.drain()
+
+    async def _closed(self) -> None:
+        """The task group is over: closed, failed, or cancelled with the loop."""
+        failed = self._group.error
+        if failed is not None:  # the client closes, saying why
             self._closed_reason = f"its task group failed: {type(failed).__name__}: {failed}"
-            failed_reason = True
-        finally:
-            if not host.stopping and not failed_reason:
-                # cancelled from outside: the loop is shutting down
-                self._closed_reason = "the client was closed as the event loop that ran it ended"
-            await self._shut()
+        elif not self._group.stopping:  # cancelled from outside: the loop is shutting down
+            self._closed_reason = "the client was closed as the event loop that ran it ended"
+        await self._shut()
 
     async def _shut(self) -> None:
         """Close what the client holds, without being cancelled meanwhile: the cache (detached
@@ -251,16 +245,16 @@ class AsyncPromptClient:
         Any task of the event loop that entered the client may call it; from another event
         loop it raises ``ClientStateError``.
         """
-        if self._hosted is None:  # never entered (the link is opened by the host only)
+        if not self._group.started:  # never entered (the link is opened by the host only)
             if self._state != _CLOSED:
                 await self._shut()
             return
-        if self._hosted.stopped:
+        if self._group.stopped:
             return
         self._check_loop()
         self._state = _CLOSED
         self._cache.detach(self._closed_reason)
-        await self._hosted.stop()
+        await self._group.stop()
 
     def _check_loop(self) -> None:
         if current_loop() is not self._loop:
@@ -501,9 +495,3 @@ class AsyncPromptClient:
         return (self._cache.lookup_counts(extra_hits=int(self._hits)), len(self._cache),
                 None if self._link is None else self._link.stats())
 
-
-def _first_leaf(exc: BaseException) -> BaseException:
-    """The first exception a task group's ``ExceptionGroup`` holds (itself if not a group)."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc

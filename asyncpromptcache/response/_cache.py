@@ -8,12 +8,16 @@ A request's key is looked up in the flights in flight, then in the store:
 * neither: start one upstream stream in the cache's task group (``"miss"``); every identical
   request meanwhile joins it; only an answer that completes normally is stored.
 
+The task group lives in a task of its own (``HostedTaskGroup``), so the cache may be closed
+from any task of the loop that entered it.
+
 Requests that are not deterministic, and calls with ``mode="bypass"``, go straight to the
 producer (``"bypass"``): nothing is looked up, shared or stored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -37,6 +41,7 @@ from .._core.errors import (
     ResponseFailedError,
     SharedStreamLostError,
 )
+from .._core.runtime import HostedTaskGroup
 from .._observe import response_telemetry
 from .._tiers.redis.stats import SharedStats
 from .._tiers.redis.tier import ENV_VAR
@@ -46,6 +51,7 @@ from ._keys import (
     DEFAULT_IGNORED_FIELDS,
     Chunk,
     KeyKind,
+    canonical_json,
     chunk_size,
     is_deterministic,
 )
@@ -61,7 +67,8 @@ logger = logging.getLogger("asyncpromptcache")
 Source: TypeAlias = Literal["hit", "miss", "join", "bypass"]
 #: ``normal``: hit, else join, else go upstream. ``bypass``: straight to the producer, no
 #: cache. ``refresh``: go upstream now (identical requests join it) and store the new answer.
-#: ``cache_only``: a hit or a join, else ``NotCachedError``; never starts an upstream stream.
+#: ``cache_only``: a hit or a join (of a stream in this process or, with the shared tier, in
+#: another), else ``NotCachedError``; never starts an upstream stream.
 Mode: TypeAlias = Literal["normal", "bypass", "refresh", "cache_only"]
 #: Replay pacing: ``None`` as fast as the consumer reads, seconds between chunks, or
 #: ``"original"`` (the original stream's duration spread evenly over its chunks).
@@ -116,6 +123,10 @@ class ResponseCache:
     * ``max_bytes``: the in-process store's bound (least recently used answers go first).
     * ``ttl_seconds``: how long a stored answer is replayed (per call: ``ttl_seconds=``).
     * ``max_answer_bytes``: a larger answer is streamed to its consumers but never stored.
+      From the chunk that passes it, the stream takes no new consumers (a later identical
+      request starts its own), lets go of the chunks its consumers have all taken, and with
+      the shared tier is no longer published to Redis (its followers there stream it
+      themselves).
     * ``namespace``: the tenant; part of every key (per call: ``namespace=``). With the
       shared tier, it also separates the cache's answers in Redis and its channel: a cache
       shares answers, invalidations and clears with the caches of its namespace only.
@@ -133,10 +144,12 @@ class ResponseCache:
     * ``shared``: the shared tier: a Redis URL or a ``RedisTier`` (the prompt client's;
       its namespace, signing key and timeout apply). Completed answers are then stored in
       Redis too and replayed by every process, and an answer streaming in one process is
-      joined by identical requests in the others; ``invalidate`` and ``clear`` reach every
-      process (see ``invalidate``). Redis trouble falls back to this process's cache. When
-      ``shared`` is absent, ``ASYNCPROMPTCACHE_REDIS_URL`` sets it (as for the prompt
-      client); ``shared=False`` turns the shared tier off.
+      joined by identical requests in the others (with ``mode="cache_only"`` too);
+      ``invalidate`` and ``clear`` reach every process (see ``invalidate``). Redis trouble
+      falls back to this process's cache; a follower whose Redis stops answering streams on
+      its own after about three times the tier's timeout. When ``shared`` is absent,
+      ``ASYNCPROMPTCACHE_REDIS_URL`` sets it (as for the prompt client); ``shared=False``
+      turns the shared tier off.
     * ``clock``, ``sleep``: monotonic seconds and the pacing sleep, for tests.
     * ``meter_provider``, ``tracer_provider``: OpenTelemetry providers for the cache's metrics
       and spans (default: the global ones; needs ``asyncpromptcache[otel]``).
@@ -203,7 +216,8 @@ class ResponseCache:
         self._sleep = sleep
         self._flights = LocalFlights()
         self._running: set[Flight] = set()
-        self._tg: TaskGroup | None = None
+        self._tg: TaskGroup | None = None  # open from entry to close, in a task of its own
+        self._group = HostedTaskGroup("a ResponseCache", name="asyncpromptcache-response")
         self._state = _NEW
         self._hits = self._misses = self._joins = self._bypasses = 0
         self._upstream_errors = self._stored = self._too_large = self._abandoned = 0
@@ -222,15 +236,27 @@ class ResponseCache:
         return state
 
     async def __aenter__(self) -> ResponseCache:
+        """Open the cache: the task group its upstream streams run in lives in a task of its
+        own, so the cache may be closed from any task of the loop that entered it."""
         if self._state != _NEW:
             raise ClientStateError(f"a ResponseCache can be entered once; it is {self._state}")
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
+        self._state = _OPEN
+        await self._group.start(self._opened, closed=self._closed)
+        if self._state != _OPEN:
+            raise ClientStateError("the response cache failed to start")
+        return self
+
+    async def _opened(self, tg: TaskGroup) -> None:
         self._tg = tg
         if self._shared is not None:
             self._shared.bind(tg)
-        self._state = _OPEN
-        return self
+
+    async def _closed(self) -> None:
+        """The task group is over (closed, failed, or cancelled with the loop): the streams
+        in flight were cancelled; the store closes."""
+        self._state = _CLOSED
+        self._tg = None
+        await self._store.aclose()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -239,19 +265,22 @@ class ResponseCache:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Cancel the streams in flight (their consumers get ``ClientStateError``) and close
-        the store. Idempotent; call it from the task that entered the cache."""
-        if self._state == _CLOSED:
-            return
-        self._state = _CLOSED
-        tg, self._tg = self._tg, None
-        try:
-            if tg is not None:
-                tg.cancel_scope.cancel()
-                await tg.__aexit__(None, None, None)
-        finally:
+        """Cancel the upstream streams in flight (their consumers get ``ClientStateError``
+        after the chunks they received; replays and bypasses are the callers' own and go
+        on) and close the store. Idempotent. Any task of the event loop that entered the
+        cache may call it; from another event loop it raises ``ClientStateError``."""
+        if not self._group.started:  # never entered
+            if self._state == _CLOSED:
+                return
+            self._state = _CLOSED
             with anyio.CancelScope(shield=True):
                 await self._store.aclose()
+            return
+        if self._group.stopped:
+            return
+        self._group.check_loop()
+        self._state = _CLOSED  # no new stream from here on
+        await self._group.stop()
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -432,29 +461,31 @@ class ResponseCache:
             stream._source = "bypass"
             stream._bypass = _checked(stream._produce)
             return
+        claimed: list[Any] = []  # the shared tier's claim, made before the flight
         if mode != "refresh":
             if self._join(stream, key):
                 return
             answer = await self._store.get(key)
             if answer is not None:
-                self._hits += 1
-                stream._source = "hit"
-                stream._replay = answer
+                self._hit(stream, answer)
                 return
             if self._join(stream, key):  # started while the store was asked
                 return
             if mode == "cache_only":
-                self._cache_only_misses += 1
-                raise NotCachedError("no answer is stored or in flight for this request "
-                                     "(mode='cache_only')")
-        if self._tg is None:
-            raise ClientStateError("the response cache is closed")
-        claimed: list[Any] = []
-        if self._shared is not None:  # claimed before the flight: a follower says "join"
-            claimed.append(await self._shared.claim(key))
+                await self._elsewhere(stream, key)
+                if stream._source is not None or self._join(stream, key):
+                    return
+                claimed.append(None)  # follow the process that streams it, never claim
+        if self._shared is not None and not claimed:  # claimed before the flight: a follower
+            claimed.append(await self._shared.claim(key))  # says "join"
             if self._join(stream, key):  # a flight of this process started meanwhile
                 await self._shared.unclaim(claimed[0])
                 return
+        tg = self._tg
+        if tg is None or self._state != _OPEN:  # closed, maybe while the claim was made
+            if self._shared is not None and claimed:
+                await self._shared.unclaim(claimed[0])
+            raise ClientStateError("the response cache is closed")
         flight = Flight(key, buffer_chunks=self._buffer, max_store_bytes=self._max_answer,
                         on_abandon=self._on_abandon, clock=self._clock)
         self._flights.add(flight)
@@ -469,75 +500,105 @@ class ResponseCache:
         produce = stream._produce
         if self._shared is not None:
             produce = self._across_processes(flight, produce, stream._ttl,
-                                             refresh=mode == "refresh", claimed=claimed)
-        self._tg.start_soon(self._fly, flight, produce, stream._ttl,
-                            name=f"asyncpromptcache.response:{key[:12]}")
+                                             refresh=mode == "refresh", claimed=claimed,
+                                             may_claim=mode != "cache_only")
+        tg.start_soon(self._fly, flight, produce, stream._ttl,
+                      name=f"asyncpromptcache.response:{key[:12]}")
+
+    def _hit(self, stream: ResponseStream, answer: StoredAnswer) -> None:
+        self._hits += 1
+        stream._source = "hit"
+        stream._replay = answer
+
+    async def _elsewhere(self, stream: ResponseStream, key: str) -> None:
+        """``mode="cache_only"`` found nothing here: set ``stream`` up as a hit if another
+        process stored the answer just now, return if another process streams it (the
+        caller follows it), else ``NotCachedError``."""
+        shared = self._shared
+        if shared is not None:
+            if await shared.streaming(key):
+                return
+            # Not streamed now: it may have been stored since the store was asked (its
+            # owner stores it before it lets the claim go).
+            answer = await shared.get(key, count=False)
+            if answer is not None:
+                self._hit(stream, answer)
+                return
+        self._cache_only_misses += 1
+        raise NotCachedError("no answer is stored or in flight for this request "
+                             "(mode='cache_only')")
 
     def _across_processes(self, flight: Flight, produce: Produce, ttl: float, *,
-                          refresh: bool, claimed: list[Any]) -> Produce:
+                          refresh: bool, claimed: list[Any], may_claim: bool) -> Produce:
         """``produce`` for a flight with the shared tier: this process claims the key and
         streams upstream, teeing every chunk to the other processes, and stores the whole
         answer in Redis before it marks the stream complete (so a request arriving meanwhile
         either joins the stream or finds the answer); or it follows the process that holds
-        the key. A follower whose owner vanished claims again and goes on from where it was
-        (the chunks already sent must match, else the flight fails)."""
-        shared, key = self._shared, flight.key
+        the key. A follower whose owner vanished or stopped sharing claims again and goes on
+        from where it was (the chunks already sent must match, else the flight fails); one
+        of ``mode="cache_only"`` (``may_claim=False``) never goes upstream: it fails then.
+
+        An answer that grows past ``max_answer_bytes`` is not shared either: its owner stops
+        publishing at the first chunk over the cap, cuts the Redis stream down to an end
+        entry that sends the followers to claim the answer themselves, and lets its claim
+        go. Nothing here keeps the chunks (the flight holds them while they may be stored)."""
+        shared, key, cap = self._shared, flight.key, self._max_answer
         assert shared is not None
 
         async def through() -> AsyncIterator[Chunk]:
-            sent: list[Chunk] = []
-
-            def fresh(index: int, chunk: Chunk) -> bool:
-                if index >= len(sent):
-                    sent.append(chunk)
-                    return True
-                if sent[index] != chunk:
-                    raise SharedStreamLostError(
-                        f"the answer was taken over after {len(sent)} chunks and the new "
-                        f"stream differs at chunk {index}")
-                return False
-
+            sent = _Sent()
+            lost: SharedStreamLostError | None = None
             for attempt in range(_CLAIMS):
-                publisher = claimed.pop() if claimed else await shared.claim(key)
+                publisher = claimed.pop() if claimed else await shared.claim(key, after=lost)
                 if publisher is None:
                     try:
                         index = 0
                         async with aclosing(shared.follow(key)) as chunks:
                             async for chunk in chunks:
-                                if fresh(index, chunk):
+                                if sent.fresh(index, chunk, following=True):
                                     yield chunk
                                 index += 1
+                        sent.ended(index)
                         return
-                    except SharedStreamLostError:
-                        if attempt == _CLAIMS - 1:
+                    except SharedStreamLostError as exc:
+                        if not may_claim or attempt == _CLAIMS - 1:
                             raise
+                        lost = exc
                         continue
-                stored = None if refresh else await shared.get(key, count=False)
-                if stored is not None:  # stored between the store's read and this claim
+                # Stored between the store's read and this claim? (Not asked of a Redis
+                # that just failed to answer the claim.)
+                stored = None if refresh or not publisher.sharing else await shared.get(
+                    key, count=False)
+                if stored is not None:
                     await publisher.withdraw()
                     for index, chunk in enumerate(stored.chunks):
-                        if fresh(index, chunk):
+                        if sent.fresh(index, chunk, following=False):
                             yield chunk
+                    sent.ended(len(stored.chunks))
                     return
                 try:
-                    index = 0
+                    index = size = 0
                     iterator = aiter(produce())
                     try:
                         async for chunk in iterator:
-                            chunk_size(chunk)  # not published unless it is a chunk
-                            await publisher.publish(chunk)
-                            if fresh(index, chunk):
+                            size += chunk_size(chunk)  # not published unless it is a chunk
+                            if size > cap:
+                                await publisher.stop_sharing()  # once; then a no-op
+                            else:
+                                await publisher.publish(chunk)
+                            if sent.fresh(index, chunk, following=False):
                                 yield chunk
                             index += 1
                     finally:
                         if hasattr(iterator, "aclose"):
                             await iterator.aclose()
+                    sent.ended(index)
                 except BaseException as exc:
                     with anyio.CancelScope(shield=True):
                         await publisher.fail(exc)
                     raise
                 if flight.storable and flight.writes_back:
-                    await shared.put(key, StoredAnswer(tuple(sent), flight.size,
+                    await shared.put(key, StoredAnswer(flight.chunks, flight.size,
                                                        flight.duration), ttl)
                 await publisher.complete()
                 return
@@ -776,6 +837,59 @@ async def _checked(produce: Produce) -> AsyncIterator[Chunk]:
     async for chunk in produce():
         chunk_size(chunk)
         yield chunk
+
+
+class _Sent:
+    """What a flight's shared-tier upstream has given so far: a count, and while following
+    another process a digest of the chunks (not the chunks: the flight holds them, and not
+    past the cap). A stream taken over, or followed again, must begin with them: it is read
+    without yielding up to there, then compared."""
+
+    __slots__ = ("_digest", "_replay", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._digest = hashlib.sha256()
+        self._replay = hashlib.sha256()
+
+    def fresh(self, index: int, chunk: Chunk, *, following: bool) -> bool:
+        """Whether the ``index``-th chunk of a stream is new (to yield); raises
+        ``SharedStreamLostError`` once a stream's first ``count`` chunks differ from the
+        ones sent. ``following``: the digest is kept up to date (an owner's is not needed:
+        nothing takes over from the owner)."""
+        if index >= self.count:
+            self.count += 1
+            if following:
+                self._digest.update(_chunk_bytes(chunk))
+            return True
+        if index == 0:
+            self._replay = hashlib.sha256()
+        self._replay.update(_chunk_bytes(chunk))
+        if index == self.count - 1 and self._replay.digest() != self._digest.digest():
+            raise SharedStreamLostError(
+                f"the answer was taken over after {self.count} chunks and the new stream "
+                "differs within them")
+        return False
+
+    def ended(self, total: int) -> None:
+        """A stream ended after ``total`` chunks: ``SharedStreamLostError`` if it is
+        shorter than the chunks already sent."""
+        if total < self.count:
+            raise SharedStreamLostError(
+                f"the answer was taken over after {self.count} chunks and the new stream "
+                f"has only {total}")
+
+
+def _chunk_bytes(chunk: Chunk) -> bytes:
+    """``chunk`` as bytes for a digest: its type, its length, its content (a dict's as
+    canonical JSON), so that equal chunks give equal bytes and no two differ alike."""
+    if isinstance(chunk, str):
+        body = b"s" + chunk.encode("utf-8", "surrogatepass")
+    elif isinstance(chunk, bytes):
+        body = b"b" + chunk
+    else:
+        body = b"d" + canonical_json(chunk)
+    return len(body).to_bytes(8, "big") + body
 
 
 def _bypass_failed(exc: Exception, received: int) -> ResponseFailedError:

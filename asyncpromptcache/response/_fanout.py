@@ -11,8 +11,10 @@ A consumer that leaves (``Consumer.close``) does not stop the flight. When the l
 leaves, ``on_abandon`` decides: ``"finish"`` lets the upstream run to the end and be stored,
 ``"cancel"`` cancels it (nothing is stored).
 
-An answer that grows past the store's cap is not stored and stops taking new consumers (they
-start their own stream), and the chunks every consumer has taken are released as it goes.
+An answer that grows past the store's cap is not stored and stops taking new consumers: a
+request that comes after that point starts its own stream (the chunks before it are no
+longer kept for it). From then on the flight holds only the chunks a consumer has yet to
+take: those every consumer has taken are released as it goes.
 
 Across processes (the shared tier, in Redis: ``_redis.py``): the cache wraps the producer it
 hands to a flight, so a flight's upstream is either the real producer teed to a publisher
@@ -97,6 +99,12 @@ class Flight:
         return self._base + len(self._chunks)
 
     @property
+    def held(self) -> int:
+        """Chunks held now: every one while the answer may be stored, then only those a
+        consumer has yet to take."""
+        return len(self._chunks)
+
+    @property
     def chunks(self) -> tuple[Chunk, ...]:
         """Every chunk, in order (only while the answer is storable)."""
         if self._base:
@@ -122,6 +130,8 @@ class Flight:
         if consumer not in self.consumers:
             return
         self.consumers.discard(consumer)
+        if not self.storable:
+            self._release()
         if not self.consumers and self.state == _RUNNING and self._on_abandon == "cancel":
             self.abandoned = True
             self.joinable = False

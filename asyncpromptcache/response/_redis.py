@@ -8,10 +8,14 @@ token, kept alive while it streams, released by a Lua compare-and-delete) stream
 and ``XADD``\\s each chunk to the answer's Redis stream, then an end entry (done or failed).
 Other processes ``XREAD BLOCK`` that stream from its first entry: no polling. A follower
 that sees neither a new entry nor the lock for a whole block gives up with
-``SharedStreamLostError`` and claims the key itself. The owner stores a completed answer
-before it writes the end entry and releases the lock, so a request arriving meanwhile either
-joins the stream or finds the answer; the ended stream lingers for slow followers, then
-expires.
+``SharedStreamLostError`` and claims the key itself; one whose Redis stops answering (a
+blocking read bounded by its block plus the tier's timeout: about three timeouts) streams on
+its own at once. The owner stores a completed answer before it writes the end entry and
+releases the lock, so a request arriving meanwhile either joins the stream or finds the
+answer; the ended stream lingers for slow followers, then expires. An answer that grows past
+its owner's ``max_answer_bytes`` is never stored: the owner stops publishing it, cuts its
+stream down to an end entry that sends the followers to claim it themselves, and releases
+the lock.
 
 Invalidations and clears reach every process of the namespace (the tier's namespace and the
 cache's) through the kit's bus: the process that made the change deletes the answers in
@@ -81,11 +85,19 @@ DropHere = Callable[[tuple[str, ...] | None, bool], Awaitable[None]]
 _FIELD = b"e"
 # The end of an answer's stream: its last entry (ARGV[1]), the stream kept ARGV[2] ms for
 # slow followers, and the lock (KEYS[2]) released if the token (ARGV[3]) still holds it.
+# ARGV[4] == "1": the stream is cut down to that end entry (an answer no longer shared).
 _END = Connection.script(
     "redis.call('xadd', KEYS[1], '*', 'e', ARGV[1]) "
+    "if ARGV[4] == '1' then redis.call('xtrim', KEYS[1], 'MAXLEN', 1) end "
     "redis.call('pexpire', KEYS[1], ARGV[2]) "
     "if redis.call('get', KEYS[2]) == ARGV[3] then redis.call('del', KEYS[2]) end return 1"
 )
+#: The error of the end entry of an answer that grew past its owner's cap.
+_TOO_LARGE = "too large"
+
+
+class _Silent(SharedStreamLostError):
+    """Following an answer ended because Redis stopped answering."""
 
 
 def shared_responses(shared: Any, *, namespace: str = "", **options: Any) -> RedisResponses:
@@ -331,9 +343,15 @@ class RedisResponses:
 
     # -- answers in flight (SharedFlights) -------------------------------------------------
 
-    async def claim(self, key: str) -> _Publisher | _Solo | None:
+    async def claim(
+        self, key: str, *, after: BaseException | None = None,
+    ) -> _Publisher | _Solo | None:
         """A publisher when this process now streams ``key``, ``None`` when another does;
-        while Redis is down, a publisher that publishes nothing (stream locally)."""
+        while Redis is down, a publisher that publishes nothing (stream locally). ``after``:
+        the loss that ended following ``key``; when Redis itself fell silent, this process
+        streams on its own at once (a claim would wait on the silent Redis first)."""
+        if isinstance(after, _Silent):
+            return _Solo()
         token = new_token()
         lock, stream = self._names.lock(key), self._names.stream(key)
         try:
@@ -349,6 +367,16 @@ class RedisResponses:
         if self._tg is not None:
             self._tg.start_soon(self._keep_alive, publisher)
         return publisher
+
+    async def streaming(self, key: str) -> bool:
+        """Whether a process streams ``key`` now (holds its claim); a follower of it counts
+        in ``waits``. ``False`` when Redis does not answer."""
+        try:
+            held = bool(await self._cmd(lambda r: r.exists(self._names.lock(key))))
+        except Down:
+            return False
+        self._n["waits"] += held
+        return held
 
     async def unclaim(self, claim: _Publisher | _Solo | None) -> None:
         """Give up a claim not used (``None``: nothing was claimed)."""
@@ -369,7 +397,8 @@ class RedisResponses:
     async def follow(self, key: str) -> AsyncGenerator[Chunk, None]:
         """The chunks of the answer another process streams for ``key``, from the first.
         Ends when it completed; ``SharedStreamError`` when it failed there,
-        ``SharedStreamLostError`` when its owner vanished or Redis stopped answering."""
+        ``SharedStreamLostError`` when its owner vanished, stopped, or stopped sharing it
+        (too large), or when Redis stopped answering."""
         stream, lock = self._names.stream(key), self._names.lock(key)
         last: Any = "0"
         index = 0
@@ -390,7 +419,7 @@ class RedisResponses:
                             f"after {index} chunks)")
                     continue
             except Down:
-                raise SharedStreamLostError(
+                raise _Silent(
                     f"the shared tier stopped answering after {index} chunks of an answer "
                     "streamed by another process") from None
             for _name, entries in reply:
@@ -408,9 +437,11 @@ class RedisResponses:
                         if item.ok:
                             return
                         if item.abandoned:
+                            why = ("it grew past that process's max_answer_bytes"
+                                   if item.error == _TOO_LARGE else "cancelled or closed")
                             raise SharedStreamLostError(
-                                "the process streaming this answer stopped (cancelled or "
-                                f"closed) after {index - 1} chunks")
+                                f"the process streaming this answer stopped sharing it "
+                                f"({why}) after {index - 1} chunks")
                         raise SharedStreamError(
                             f"the upstream failed in the process streaming this answer: "
                             f"{item.error} (after {index - 1} chunks)")
@@ -432,6 +463,9 @@ class _Solo:
         return None
 
     async def withdraw(self) -> None:
+        return None
+
+    async def stop_sharing(self) -> None:
         return None
 
 
@@ -468,7 +502,14 @@ class _Publisher:
         self._owner._n["upstream_fetches"] -= 1
         await self._end(End(False, "withdrawn", abandoned=True))
 
-    async def _end(self, end: End) -> None:
+    async def stop_sharing(self) -> None:
+        """The answer grew past the cap, so no store takes it: publish no more of it, cut
+        its stream down to an end entry that sends the followers to claim it themselves,
+        and let the claim go. Once; the local stream goes on."""
+        await self._end(End(False, _TOO_LARGE, abandoned=True), cut=True)
+        self.sharing = False
+
+    async def _end(self, end: End, *, cut: bool = False) -> None:
         if self.ended.is_set():
             return
         self.ended.set()
@@ -480,7 +521,8 @@ class _Publisher:
         with anyio.CancelScope(shield=True):
             try:  # the end entry and the lock's release in one step: a follower that reads
                 # the end and claims again finds the key free
-                await owner._conn.run(_END, keys, [entry, owner._linger_ms, self.token])
+                await owner._conn.run(_END, keys, [entry, owner._linger_ms, self.token,
+                                                   "1" if cut else "0"])
             except Down:
                 self.sharing = False
 

@@ -176,11 +176,13 @@ def encode_end_entry(key: str, index: int, end: End, signing_key: bytes | None) 
 
 def decode_entry(raw: Any, key: str, index: int, signing_key: bytes | None) -> Chunk | End:
     """The ``index``-th entry of ``key``'s stream: a chunk or the end. An entry out of order,
-    of another key or signer is ``InvalidResponseError``."""
+    of another key or signer is ``InvalidResponseError``; but an end that sends the
+    followers away (``abandoned``) may come after chunks they never read: its process cut
+    the stream down to it."""
     data = _unwrap(raw, key, signing_key)
-    if data.get("i") != index:
+    end, at = data.get("end"), data.get("i")
+    if at != index and not (end == "abandoned" and type(at) is int and at > index):
         raise InvalidResponseError("shared stream: an entry out of order", field="i")
-    end = data.get("end")
     if end is not None:
         if end not in ("done", "failed", "abandoned"):
             raise InvalidResponseError("shared stream: a bad end entry", field="end")

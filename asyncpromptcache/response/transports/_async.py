@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from ..._core.errors import ConfigurationError
-from ..._core.runtime import HostedTask
 from .._cache import ResponseCache
 from ._adapt import Library, bases, library_of
 from ._engine import Answer, Engine, Headers, Reject, Untouched, Upstream, local_answer
@@ -46,24 +47,28 @@ class _Network:
 
 
 class CacheHost:
-    """Runs a ``ResponseCache`` in a task of its own (a ``HostedTask``), from the first
-    request to ``stop``, so that it is entered and closed in one task whichever tasks use it."""
+    """Opens a ``ResponseCache`` on the first request (once, however many ask at once) and
+    closes it on ``stop``, from whichever task: the cache hosts its own task group."""
 
     def __init__(self, cache: ResponseCache) -> None:
         self.cache = cache
-        self._hosted = HostedTask()
+        self._opened: anyio.Event | None = None
 
     async def open(self) -> ResponseCache:
-        await self._hosted.start(self._run)
+        if self._opened is None:
+            self._opened = anyio.Event()
+            try:
+                await self.cache.__aenter__()
+            finally:
+                self._opened.set()
+        elif not self._opened.is_set():
+            with anyio.CancelScope(shield=True):
+                await self._opened.wait()
         return self.cache
 
-    async def _run(self, host: HostedTask) -> None:
-        async with self.cache:
-            host.ready()
-            await host.stop_requested()
-
     async def stop(self) -> None:
-        await self._hosted.stop()
+        if self._opened is not None:
+            await self.cache.aclose()
 
 
 def check_cache(cache: ResponseCache | None, options: dict[str, Any]) -> ResponseCache:

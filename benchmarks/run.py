@@ -43,6 +43,7 @@ from .scenarios import (
     SMOKE,
     Context,
     Result,
+    Sizes,
     hit_sync_and_threads,
     silence_loggers,
 )
@@ -116,7 +117,11 @@ def reference_loop_ns(calls: int = 300_000) -> float:
 def run(smoke: bool, only: set[str], out: Path, log: Any = print) -> dict[str, Any]:
     """Run the scenarios and write the results to ``out``; returns the JSON document's parts."""
     sizes = SMOKE if smoke else FULL
-    silence_loggers()
+    with silence_loggers():
+        return _run(sizes, smoke, only, out, log)
+
+
+def _run(sizes: Sizes, smoke: bool, only: set[str], out: Path, log: Any) -> dict[str, Any]:
     load_before = _load()
     started = time.perf_counter()
     results: dict[str, Result] = {}

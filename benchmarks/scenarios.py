@@ -20,7 +20,7 @@ import threading
 import time
 import tracemalloc
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -877,13 +877,22 @@ async def memory(ctx: Context) -> Result:
     return result
 
 
-def silence_loggers() -> None:
-    """Fetch failures are the point of the outage scenario: keep their log lines out."""
+@contextlib.contextmanager
+def silence_loggers() -> Iterator[None]:
+    """Fetch failures are the point of the outage scenario: keep their log lines out, and
+    give the loggers their levels back after (a test runs the benchmarks in its process)."""
     if LANGFUSE.available():
         import langfuse.logger  # noqa: F401  (it sets its logger's level when imported)
-    for name in ("asyncpromptcache", "langfuse", "langsmith", "backoff", "httpx",
-                 "asyncio", "aiohttp"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    loggers = [logging.getLogger(name) for name in (
+        "asyncpromptcache", "langfuse", "langsmith", "backoff", "httpx", "asyncio", "aiohttp")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 ASYNC_SCENARIOS: dict[str, Callable[[Context], Coroutine[Any, Any, Result]]] = {

@@ -97,6 +97,10 @@ def test_smoke_run_writes_every_result(tmp_path: Path) -> None:
         }
         assert instructions["x_floor"][hit_instructions.FLOOR] == 1.0
         assert all(n > 0 for n in instructions["instructions"].values())
+        # The fresh hit's cost, by name, shared tier on or off: a count, not a time.
+        assert instructions["x_floor"][hit_instructions.OURS] <= hit_instructions.TARGET
+        tiered = instructions["x_floor"].get(hit_instructions.TIERED)
+        assert tiered is None or tiered <= hit_instructions.TARGET
 
     # One upstream stream for 100 identical concurrent streams; every consumer got its chunks.
     response = scenarios["response_stream"]["data"]["peers"]["asyncpromptcache ResponseCache"]

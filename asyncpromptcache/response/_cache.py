@@ -8,6 +8,10 @@ A request's key is looked up in the flights in flight, then in the store:
 * neither: start one upstream stream in the cache's task group (``"miss"``); every identical
   request meanwhile joins it; only an answer that completes normally is stored.
 
+With the shared tier, a "miss" claims the answer in Redis or follows the process that holds
+the claim (the flight's producer comes from ``AcrossProcesses``, ``_across.py``); the local
+decisions, the counters and the lifecycle stay here.
+
 The task group lives in a task of its own (``HostedTaskGroup``), so the cache may be closed
 from any task of the loop that entered it.
 
@@ -17,14 +21,12 @@ producer (``"bypass"``): nothing is looked up, shared or stored.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
-from contextlib import aclosing
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -39,7 +41,6 @@ from .._core.errors import (
     InvalidArgumentError,
     NotCachedError,
     ResponseFailedError,
-    SharedStreamLostError,
 )
 from .._core.runtime import HostedTaskGroup
 from .._observe import response_telemetry
@@ -51,13 +52,13 @@ from ._keys import (
     DEFAULT_IGNORED_FIELDS,
     Chunk,
     KeyKind,
-    canonical_json,
     chunk_size,
     is_deterministic,
 )
 from ._store import MemoryStore, ResponseStore, StoredAnswer
 
 if TYPE_CHECKING:
+    from ._across import AcrossProcesses
     from ._redis import RedisResponses
 
 __all__ = ["Mode", "Pace", "ResponseCache", "ResponseCacheStats", "ResponseStream", "Source"]
@@ -80,7 +81,6 @@ _NOT_OPEN = ("the response cache is not open: use `async with ResponseCache(...)
              "and call it inside that block")
 _MODES = ("normal", "bypass", "refresh", "cache_only")
 _UNSET: Any = object()
-_CLAIMS = 3  # a follower whose owner vanished claims again at most this often
 
 
 @attrs.frozen
@@ -176,19 +176,7 @@ class ResponseCache:
         tracer_provider: Any = None,
     ) -> None:
         _check_ttl(ttl_seconds, "ttl_seconds")
-        for name, value in (("max_bytes", max_bytes), ("max_answer_bytes", max_answer_bytes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
-        if consumer_buffer is not None and (
-                isinstance(consumer_buffer, bool) or not isinstance(consumer_buffer, int)
-                or consumer_buffer < 1):
-            raise ConfigurationError(
-                f"consumer_buffer must be a positive integer or None, got {consumer_buffer!r}")
-        if on_abandon not in ("finish", "cancel"):
-            raise ConfigurationError(
-                f"on_abandon must be 'finish' or 'cancel', got {on_abandon!r}")
-        if not isinstance(namespace, str):
-            raise ConfigurationError(f"namespace must be a string, got {namespace!r}")
+        _check_options(max_bytes, max_answer_bytes, consumer_buffer, on_abandon, namespace)
         _check_pace(replay_pace)
         self._ttl = float(ttl_seconds)
         self._max_answer = max_answer_bytes
@@ -204,12 +192,15 @@ class ResponseCache:
             store if store is not None else MemoryStore(max_bytes=max_bytes, clock=clock))
         self._store = self._front
         self._shared: RedisResponses | None = None
+        self._across: AcrossProcesses | None = None  # with the shared tier
         if shared is None:  # as the prompt client: the environment's tier, unless False
             shared = (os.environ.get(ENV_VAR) or "").strip() or None
         if shared is not None and shared is not False:
+            from ._across import AcrossProcesses
             from ._redis import TieredStore, shared_responses
 
             self._shared = shared_responses(shared, namespace=namespace)
+            self._across = AcrossProcesses(self._shared, max_answer_bytes=max_answer_bytes)
             self._store = TieredStore(self._front, self._shared)
             self._shared.on_drop(self._dropped_elsewhere)
         self._clock = clock
@@ -471,9 +462,16 @@ class ResponseCache:
                 return
             if self._join(stream, key):  # started while the store was asked
                 return
-            if mode == "cache_only":
-                await self._elsewhere(stream, key)
-                if stream._source is not None or self._join(stream, key):
+            if mode == "cache_only":  # another process's answer, stored or streaming
+                found = None if self._across is None else await self._across.elsewhere(key)
+                if found is None:
+                    self._cache_only_misses += 1
+                    raise NotCachedError("no answer is stored or in flight for this request "
+                                         "(mode='cache_only')")
+                if found != "streaming":
+                    self._hit(stream, found)
+                    return
+                if self._join(stream, key):
                     return
                 claimed.append(None)  # follow the process that streams it, never claim
         if self._shared is not None and not claimed:  # claimed before the flight: a follower
@@ -498,10 +496,10 @@ class ResponseCache:
         stream._source = "join" if following else "miss"
         stream._attach(flight)
         produce = stream._produce
-        if self._shared is not None:
-            produce = self._across_processes(flight, produce, stream._ttl,
-                                             refresh=mode == "refresh", claimed=claimed,
-                                             may_claim=mode != "cache_only")
+        if self._across is not None:
+            produce = self._across.produce(flight, produce, stream._ttl,
+                                           refresh=mode == "refresh", claimed=claimed,
+                                           may_claim=mode != "cache_only")
         tg.start_soon(self._fly, flight, produce, stream._ttl,
                       name=f"asyncpromptcache.response:{key[:12]}")
 
@@ -509,101 +507,6 @@ class ResponseCache:
         self._hits += 1
         stream._source = "hit"
         stream._replay = answer
-
-    async def _elsewhere(self, stream: ResponseStream, key: str) -> None:
-        """``mode="cache_only"`` found nothing here: set ``stream`` up as a hit if another
-        process stored the answer just now, return if another process streams it (the
-        caller follows it), else ``NotCachedError``."""
-        shared = self._shared
-        if shared is not None:
-            if await shared.streaming(key):
-                return
-            # Not streamed now: it may have been stored since the store was asked (its
-            # owner stores it before it lets the claim go).
-            answer = await shared.get(key, count=False)
-            if answer is not None:
-                self._hit(stream, answer)
-                return
-        self._cache_only_misses += 1
-        raise NotCachedError("no answer is stored or in flight for this request "
-                             "(mode='cache_only')")
-
-    def _across_processes(self, flight: Flight, produce: Produce, ttl: float, *,
-                          refresh: bool, claimed: list[Any], may_claim: bool) -> Produce:
-        """``produce`` for a flight with the shared tier: this process claims the key and
-        streams upstream, teeing every chunk to the other processes, and stores the whole
-        answer in Redis before it marks the stream complete (so a request arriving meanwhile
-        either joins the stream or finds the answer); or it follows the process that holds
-        the key. A follower whose owner vanished or stopped sharing claims again and goes on
-        from where it was (the chunks already sent must match, else the flight fails); one
-        of ``mode="cache_only"`` (``may_claim=False``) never goes upstream: it fails then.
-
-        An answer that grows past ``max_answer_bytes`` is not shared either: its owner stops
-        publishing at the first chunk over the cap, cuts the Redis stream down to an end
-        entry that sends the followers to claim the answer themselves, and lets its claim
-        go. Nothing here keeps the chunks (the flight holds them while they may be stored)."""
-        shared, key, cap = self._shared, flight.key, self._max_answer
-        assert shared is not None
-
-        async def through() -> AsyncIterator[Chunk]:
-            sent = _Sent()
-            lost: SharedStreamLostError | None = None
-            for attempt in range(_CLAIMS):
-                publisher = claimed.pop() if claimed else await shared.claim(key, after=lost)
-                if publisher is None:
-                    try:
-                        index = 0
-                        async with aclosing(shared.follow(key)) as chunks:
-                            async for chunk in chunks:
-                                if sent.fresh(index, chunk, following=True):
-                                    yield chunk
-                                index += 1
-                        sent.ended(index)
-                        return
-                    except SharedStreamLostError as exc:
-                        if not may_claim or attempt == _CLAIMS - 1:
-                            raise
-                        lost = exc
-                        continue
-                # Stored between the store's read and this claim? (Not asked of a Redis
-                # that just failed to answer the claim.)
-                stored = None if refresh or not publisher.sharing else await shared.get(
-                    key, count=False)
-                if stored is not None:
-                    await publisher.withdraw()
-                    for index, chunk in enumerate(stored.chunks):
-                        if sent.fresh(index, chunk, following=False):
-                            yield chunk
-                    sent.ended(len(stored.chunks))
-                    return
-                try:
-                    index = size = 0
-                    iterator = aiter(produce())
-                    try:
-                        async for chunk in iterator:
-                            size += chunk_size(chunk)  # not published unless it is a chunk
-                            if size > cap:
-                                await publisher.stop_sharing()  # once; then a no-op
-                            else:
-                                await publisher.publish(chunk)
-                            if sent.fresh(index, chunk, following=False):
-                                yield chunk
-                            index += 1
-                    finally:
-                        if hasattr(iterator, "aclose"):
-                            await iterator.aclose()
-                    sent.ended(index)
-                except BaseException as exc:
-                    with anyio.CancelScope(shield=True):
-                        await publisher.fail(exc)
-                    raise
-                if flight.storable and flight.writes_back:
-                    await shared.put(key, StoredAnswer(flight.chunks, flight.size,
-                                                       flight.duration), ttl)
-                await publisher.complete()
-                return
-
-        return through
 
     def _join(self, stream: ResponseStream, key: str) -> bool:
         flight = self._flights.get(key)
@@ -839,59 +742,6 @@ async def _checked(produce: Produce) -> AsyncIterator[Chunk]:
         yield chunk
 
 
-class _Sent:
-    """What a flight's shared-tier upstream has given so far: a count, and while following
-    another process a digest of the chunks (not the chunks: the flight holds them, and not
-    past the cap). A stream taken over, or followed again, must begin with them: it is read
-    without yielding up to there, then compared."""
-
-    __slots__ = ("_digest", "_replay", "count")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._digest = hashlib.sha256()
-        self._replay = hashlib.sha256()
-
-    def fresh(self, index: int, chunk: Chunk, *, following: bool) -> bool:
-        """Whether the ``index``-th chunk of a stream is new (to yield); raises
-        ``SharedStreamLostError`` once a stream's first ``count`` chunks differ from the
-        ones sent. ``following``: the digest is kept up to date (an owner's is not needed:
-        nothing takes over from the owner)."""
-        if index >= self.count:
-            self.count += 1
-            if following:
-                self._digest.update(_chunk_bytes(chunk))
-            return True
-        if index == 0:
-            self._replay = hashlib.sha256()
-        self._replay.update(_chunk_bytes(chunk))
-        if index == self.count - 1 and self._replay.digest() != self._digest.digest():
-            raise SharedStreamLostError(
-                f"the answer was taken over after {self.count} chunks and the new stream "
-                "differs within them")
-        return False
-
-    def ended(self, total: int) -> None:
-        """A stream ended after ``total`` chunks: ``SharedStreamLostError`` if it is
-        shorter than the chunks already sent."""
-        if total < self.count:
-            raise SharedStreamLostError(
-                f"the answer was taken over after {self.count} chunks and the new stream "
-                f"has only {total}")
-
-
-def _chunk_bytes(chunk: Chunk) -> bytes:
-    """``chunk`` as bytes for a digest: its type, its length, its content (a dict's as
-    canonical JSON), so that equal chunks give equal bytes and no two differ alike."""
-    if isinstance(chunk, str):
-        body = b"s" + chunk.encode("utf-8", "surrogatepass")
-    elif isinstance(chunk, bytes):
-        body = b"b" + chunk
-    else:
-        body = b"d" + canonical_json(chunk)
-    return len(body).to_bytes(8, "big") + body
-
-
 def _bypass_failed(exc: Exception, received: int) -> ResponseFailedError:
     error = ResponseFailedError(
         f"the upstream failed: {type(exc).__name__}: {exc} (after {received} chunks)",
@@ -913,6 +763,24 @@ def _check_pace(pace: Pace) -> None:
             math.isfinite(pace) and pace >= 0):
         raise InvalidArgumentError(
             f"pace must be None, 'original' or seconds (0 or more), got {pace!r}")
+
+
+def _check_options(max_bytes: int, max_answer_bytes: int, consumer_buffer: int | None,
+                   on_abandon: str, namespace: str) -> None:
+    """``ConfigurationError`` for a ``ResponseCache`` option out of its range."""
+    for name, value in (("max_bytes", max_bytes), ("max_answer_bytes", max_answer_bytes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+    if consumer_buffer is not None and (
+            isinstance(consumer_buffer, bool) or not isinstance(consumer_buffer, int)
+            or consumer_buffer < 1):
+        raise ConfigurationError(
+            f"consumer_buffer must be a positive integer or None, got {consumer_buffer!r}")
+    if on_abandon not in ("finish", "cancel"):
+        raise ConfigurationError(
+            f"on_abandon must be 'finish' or 'cancel', got {on_abandon!r}")
+    if not isinstance(namespace, str):
+        raise ConfigurationError(f"namespace must be a string, got {namespace!r}")
 
 
 def _check_ttl(value: float, name: str) -> float:

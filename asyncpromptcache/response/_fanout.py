@@ -17,9 +17,9 @@ longer kept for it). From then on the flight holds only the chunks a consumer ha
 take: those every consumer has taken are released as it goes.
 
 Across processes (the shared tier, in Redis: ``_redis.py``): the cache wraps the producer it
-hands to a flight, so a flight's upstream is either the real producer teed to a publisher
-(this process claimed the key) or a follower of another process's flight. Local consumers fan
-out from that one source either way.
+hands to a flight (``_across.py``), so a flight's upstream is either the real producer teed to
+a publisher (this process claimed the key) or a follower of another process's flight. Local
+consumers fan out from that one source either way.
 """
 
 from __future__ import annotations

@@ -126,7 +126,9 @@ class CompositionIndex:
 
     def __init__(self) -> None:
         self._entries: dict[Hashable, tuple[str, Any, frozenset[str] | None]] = {}
-        self._named: dict[str, set[Hashable]] = {}
+        # Most names have one entry: held as the key itself, a set from the second one on
+        # (a set per entry would be two thirds of what an entry costs). A key is never a set.
+        self._named: dict[str, Hashable | set[Hashable]] = {}
         self._users: dict[str, set[Hashable]] = {}
         self._unreadable: set[Hashable] = set()
 
@@ -142,12 +144,19 @@ class CompositionIndex:
                 return  # the same prompt again (a refresh, a mark as stale): nothing to read
             self.discard(key)
         try:
-            parts: frozenset[str] | None = part_names(graph) - {name}
+            # The one empty set for the many prompts that include none.
+            parts: frozenset[str] | None = part_names(graph) - {name} or _NO_PARTS
         except InvalidResponseError:
             parts = None
             self._unreadable.add(key)
         self._entries[key] = (name, graph, parts)
-        self._named.setdefault(name, set()).add(key)
+        named = self._named.get(name, _ABSENT)
+        if named is _ABSENT:
+            self._named[name] = key
+        elif isinstance(named, set):
+            named.add(key)
+        elif named != key:
+            self._named[name] = {named, key}
         for part in parts or ():
             self._users.setdefault(part, set()).add(key)
 
@@ -156,7 +165,11 @@ class CompositionIndex:
         if held is None:
             return
         name, _, parts = held
-        _unlink(self._named, name, key)
+        named = self._named.get(name, _ABSENT)
+        if isinstance(named, set):
+            _unlink(self._named, name, key)
+        elif named == key:
+            del self._named[name]
         for part in parts or ():
             _unlink(self._users, part, key)
         self._unreadable.discard(key)
@@ -169,7 +182,10 @@ class CompositionIndex:
 
     def named(self, name: str) -> frozenset[Hashable]:
         """The keys held for prompt ``name``."""
-        return frozenset(self._named.get(name, ()))
+        named = self._named.get(name, _ABSENT)
+        if isinstance(named, set):
+            return frozenset(named)
+        return frozenset() if named is _ABSENT else frozenset((named,))
 
     def dependents(
         self, names: Collection[str], suspects: Collection[Hashable] = ()
@@ -205,9 +221,13 @@ class CompositionIndex:
             todo.append(name)
 
 
-def _unlink(index: dict[str, set[Hashable]], name: str, key: Hashable) -> None:
+_NO_PARTS: frozenset[str] = frozenset()
+_ABSENT = object()
+
+
+def _unlink(index: dict[str, Any], name: str, key: Hashable) -> None:
     keys = index.get(name)
-    if keys is not None:
+    if isinstance(keys, set):
         keys.discard(key)
         if not keys:
             del index[name]

@@ -320,7 +320,7 @@ async def test_an_entry_costs_about_the_prompt_not_a_set_per_index() -> None:
     import gc
     import tracemalloc
 
-    from asyncpromptcache import FunctionSource, PromptKey, TextPrompt
+    from asyncpromptcache import FunctionSource, TextPrompt
 
     count = 5000
     prompts = {f"p{i}": TextPrompt(name=f"p{i}", version=1, prompt=f"hello {i}",

@@ -7,6 +7,7 @@ that identical requests are provably in flight together. Nothing waits on the wa
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -291,6 +292,7 @@ async def test_directives_steer_the_cache_and_never_leave(admin: Admin) -> None:
         assert transport.cache.stats().stored == 0
         assert (await ask()).headers["x-cache"] == "miss"
         assert (await ask(**{"Cache-Control": "only-if-cached"})).headers["x-cache"] == "hit"
+        wall.now += 30  # no-cache goes upstream and stores the new answer, 30 s younger
         assert (await ask(**{"Cache-Control": "no-cache"})).headers["x-cache"] == "miss"
         wall.now += 100
         hit = await ask(**{"Cache-Control": "max-age=500"})
@@ -308,6 +310,32 @@ async def test_directives_steer_the_cache_and_never_leave(admin: Admin) -> None:
     for request in recording.sent:
         assert not {"cache-control", "x-cache-ttl", "x-cache-namespace"} & set(request.headers)
     assert (await admin.counts())["requests"] == 8
+
+
+async def test_only_if_cached_joins_a_stream_in_flight_and_sends_nothing(admin: Admin) -> None:
+    """``only-if-cached`` is a hit or a join, never a request: a stream in flight for the
+    same request is joined (``x-cache: join``), with the same text as its owner."""
+    await admin.control(hold_after_chunks=2)
+    async with AsyncCacheTransport(ttl_seconds=60) as transport:
+        client = sdk(admin, transport)
+        texts: dict[str, str] = {}
+
+        async def one(**headers: str) -> None:
+            stream = await client.chat.completions.create(
+                model="m", temperature=0, messages=MESSAGES, stream=True,
+                extra_headers=headers)
+            texts[stream.response.headers["x-cache"]] = await read_text(stream)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one)
+            with anyio.fail_after(10):
+                while (await admin.counts())["chunks"] < 2:  # noqa: ASYNC110 - over HTTP
+                    await anyio.sleep(0.005)
+            tg.start_soon(functools.partial(one, **{"Cache-Control": "only-if-cached"}))
+            await until(lambda: transport.cache.stats().joins == 1)
+            await admin.release()
+        assert set(texts) == {"miss", "join"} and texts["join"] == texts["miss"] != ""
+        assert (await admin.counts())["requests"] == 1
 
 
 # -- Sync ----------------------------------------------------------------------------------

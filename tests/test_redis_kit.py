@@ -5,6 +5,7 @@ fill with a foreign lock."""
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import anyio
 import pytest
@@ -229,3 +230,47 @@ async def test_a_webhook_handler_cancelled_after_its_claim_releases_it() -> None
             assert await link.claim_event("e1")
     finally:
         server.kill()
+
+
+@pytest.mark.parametrize("form", ["userinfo", "query"])
+async def test_a_refused_password_never_shows_in_a_log_line_a_repr_or_the_stats(
+    form: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Redis that refuses the URL's password: both tiers run without it (a caller never
+    sees its error), and the password reaches no log line (with its traceback), repr or
+    stats, whether it came in the URL's userinfo or its ``?password=``."""
+    import logging
+    import traceback
+
+    from asyncpromptcache import ResponseCache
+
+    secret = "wr0ng-Pa55word"
+    with RedisServer() as server:
+        assert server.command("CONFIG", "SET", "requirepass", "the-real-one") == "+OK"
+        host = server.url.removeprefix("redis://").removesuffix("/0")
+        url = (f"redis://:{secret}@{host}/0" if form == "userinfo"
+               else f"redis://{host}/0?password={secret}")
+        shown: list[str] = []
+        with caplog.at_level(logging.DEBUG, logger="asyncpromptcache"):
+            async with fleet(url, text("a")) as f:
+                client = await f.client(url=url, redis_timeout=0.5)
+                assert (await client.get_prompt("a")).prompt == "a v1"
+                shared = client.stats().shared
+                assert shared is not None and shared.state == "down"
+                shown += [repr(client), repr(client.stats())]
+            async with ResponseCache(shared=RedisTier(url, timeout_seconds=0.5)) as cache:
+
+                async def answer() -> Any:
+                    yield "x"
+
+                chunks = [chunk async for chunk in cache.stream({"model": "m"}, answer)]
+                assert chunks == ["x"]
+                shown += [repr(cache), repr(cache.stats())]
+        for record in caplog.records:
+            shown.append(record.getMessage())
+            if record.exc_info:
+                shown.append("".join(traceback.format_exception(*record.exc_info)))
+    # The refusal is said once, at warning level, naming its kind but not the password.
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("AuthenticationError" in line for line in warned), warned
+    assert not [line for line in shown if secret in line]

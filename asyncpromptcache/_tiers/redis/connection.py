@@ -70,9 +70,14 @@ _HEAL_FLOOR = 0.05  # seconds between two looks of the healer (another probe may
 
 
 def _refused(exc: BaseException) -> bool:
+    """Whether Redis (or the host) refused us outright: no connection, or a Redis that
+    refuses our password or user. Either lasts: the tier is down at once, and said so."""
+    from redis.exceptions import AuthenticationError, NoPermissionError
+
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, ConnectionRefusedError | FileNotFoundError):
+        if isinstance(seen, ConnectionRefusedError | FileNotFoundError | AuthenticationError
+                      | NoPermissionError):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -220,8 +225,8 @@ class Connection:
 
     def _failed(self, exc: BaseException, *, certain: bool = False) -> None:
         self.counts["redis_errors"] += 1
-        # Only a refused connection is certain: a slow first reply (a loaded machine) is not
-        # an outage, at start any more than later.
+        # Only a refusal is certain: a slow first reply (a loaded machine) is not an outage,
+        # at start any more than later.
         if self._breaker.failure(anyio.current_time(), certain=certain):
             self.counts["outages"] += 1
             logger.warning(

@@ -819,3 +819,39 @@ def test_four_processes_configured_by_the_environment_alone_share_and_invalidate
         assert replay["source"] == "hit" and _chat_streams(server.base_url) == 2
         with contextlib.suppress(Exception):
             processes.all({"op": "close"})
+
+
+async def test_a_clear_racing_reads_leaves_no_dropped_answer_in_the_callers_memory(
+    redis_server: RedisServer, upstream: Upstream,
+) -> None:
+    """Reads of answers in Redis while this cache's own ``clear()`` deletes them: none of
+    what they read before a delete landed stays in this process's memory (the message the
+    clear sends is not applied by its sender)."""
+    fleet = Fleet(redis_server, upstream)
+    requests = [{**REQUEST, "messages": [{"role": "user", "content": f"q{i}"}]}
+                for i in range(400)]
+
+    async def whole() -> Chunk:
+        return {"answer": 42}
+
+    async def never() -> Chunk:
+        raise AssertionError("cache_only never goes upstream")
+
+    async with fleet.cache() as writer:
+        for request in requests:
+            await writer.get(request, whole)
+    async with fleet.cache() as cache:
+        async def reader() -> None:
+            for request in requests:
+                with contextlib.suppress(NotCachedError):
+                    await cache.get(request, never, mode="cache_only")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader)
+            tg.start_soon(reader)
+            await anyio.sleep(0.01)  # the readers are under way
+            assert await cache.clear() > 0
+        assert cache.stats().entries == 0
+        for request in requests:
+            with pytest.raises(NotCachedError):
+                await cache.get(request, never, mode="cache_only")

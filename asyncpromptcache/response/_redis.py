@@ -59,6 +59,7 @@ from .._tiers.redis.text import member_text
 from ._keys import Chunk
 from ._store import ResponseStore, StoredAnswer, StoreStats
 from ._wire import (
+    MAX_MESSAGE_KEYS,
     Dropped,
     End,
     ResponseNames,
@@ -76,7 +77,6 @@ __all__ = ["RedisResponses", "TieredStore", "shared_responses"]
 logger = logging.getLogger("asyncpromptcache")
 # Rejected Redis content may come in floods: counted, and logged once a minute at most.
 _rejected = RateLimitedLog(logger)
-_MAX_UNSENT = 1000  # past this many keys waiting for Redis, a clear is sent instead
 #: What a process does with answers dropped by another process: ``keys`` (``None``: every
 #: answer) are dropped from its in-memory store; ``in_flight``: its streams in flight for them
 #: are forgotten too (not stored).
@@ -206,6 +206,10 @@ class RedisResponses:
         """The answer stored for ``key`` and the seconds it has left, else ``None`` (also
         when Redis is down or the value is not one to serve). ``count=False``: a re-check of
         a miss already counted, not counted again."""
+        if self._unsent is None or key in self._unsent:
+            # Dropped here while Redis did not take it: what Redis holds is not to be read.
+            self._n["l2_misses"] += count
+            return None
         try:
             raw = await self._cmd(lambda r: r.get(self._names.answer(key)))
         except Down:
@@ -274,10 +278,13 @@ class RedisResponses:
                 count += int(await self._cmd("delete", self._names.answer(key)))
         await self._bus.publish(encode_message(Dropped(self.id, keys), self._sign))
         self._n["changes_sent"] += 1
+        # Again once the deletes have landed: a read that began before them may have read
+        # what they deleted, and must not keep it in this process's memory (``drops``).
+        self.drops += 1
         return count
 
     def _keep(self, keys: Iterable[str] | None) -> None:
-        if keys is None or self._unsent is None or len(self._unsent) >= _MAX_UNSENT:
+        if keys is None or self._unsent is None or len(self._unsent) >= MAX_MESSAGE_KEYS:
             self._unsent = None  # a clear supersedes every change before it
         else:
             self._unsent.update(keys)
@@ -301,7 +308,7 @@ class RedisResponses:
                 backoff = min(2 * backoff, self._tier.reconnect_max_seconds)
                 unsent, self._unsent = self._unsent, set()
                 try:
-                    await self._send(None if unsent is None or len(unsent) > _MAX_UNSENT
+                    await self._send(None if unsent is None or len(unsent) > MAX_MESSAGE_KEYS
                                      else tuple(sorted(unsent)))
                 except Down:
                     if unsent is None or self._unsent is None:
@@ -573,13 +580,15 @@ class TieredStore:
         stored = await self.front.put(key, answer, ttl_seconds)
         return await self.shared.put(key, answer, ttl_seconds) or stored
 
+    # Redis first, then the front: a read that fetched from Redis before the delete landed
+    # put what it read in front before the front is emptied, or sees ``drops`` moved.
     async def delete(self, key: str) -> bool:
-        here = await self.front.delete(key)
-        return await self.shared.delete(key) or here
+        there = await self.shared.delete(key)
+        return await self.front.delete(key) or there
 
     async def clear(self) -> int:
-        here = await self.front.clear()
-        return max(here, await self.shared.clear())
+        there = await self.shared.clear()
+        return max(await self.front.clear(), there)
 
     def stats(self) -> StoreStats:
         return self.front.stats()

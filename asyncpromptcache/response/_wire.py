@@ -32,13 +32,13 @@ from .._core.sealing import digest as _digest, seal, unseal
 from ._keys import Chunk, chunk_size
 from ._store import StoredAnswer
 
-__all__ = ["Dropped", "End", "ResponseNames", "decode_answer", "decode_entry",
+__all__ = ["MAX_MESSAGE_KEYS", "Dropped", "End", "ResponseNames", "decode_answer", "decode_entry",
            "decode_message", "encode_answer", "encode_chunk_entry", "encode_end_entry",
            "encode_message"]
 
 _TAG = b"apr1"
 _MESSAGE_TAG = b"arm1"
-_MAX_MESSAGE_KEYS = 1000  # past this many keys, a sender sends a clear instead
+MAX_MESSAGE_KEYS = 1000  # past this many keys, a sender sends a clear instead
 
 
 @attrs.frozen
@@ -216,7 +216,7 @@ def decode_message(raw: Any, signing_key: bytes | None) -> Dropped:
     keys = data.get("keys")
     if keys is None:
         return Dropped(data["origin"], None)
-    if not (isinstance(keys, list) and 0 < len(keys) <= _MAX_MESSAGE_KEYS
+    if not (isinstance(keys, list) and 0 < len(keys) <= MAX_MESSAGE_KEYS
             and all(isinstance(key, str) and _is_key(key) for key in keys)):
         raise InvalidResponseError("change message: bad keys", field="keys")
     return Dropped(data["origin"], tuple(keys))

@@ -651,6 +651,34 @@ async def test_cache_only_never_takes_over_an_answer_whose_owner_stopped(
     assert failures[0].chunks_received == 3  # type: ignore[attr-defined]
 
 
+async def test_a_normal_request_does_not_join_a_cache_only_follower_and_so_can_take_over(
+    redis_server: RedisServer,
+) -> None:
+    """A ``cache_only`` caller follows another process's stream and never claims it; a
+    normal request for the same answer in that process follows on its own, so when the
+    owner stops it takes the answer over with its own producer, where the ``cache_only``
+    caller fails."""
+    fleet = Fleet(redis_server)
+    produce = Chunks(12, holds=(3,))
+    never = Chunks(12)
+    mine = Chunks(12)
+    async with fleet.cache(on_abandon="cancel") as owner, fleet.cache() as other, \
+            anyio.create_task_group() as tg:
+        leaving = owner.stream(REQUEST, produce)
+        assert [await anext(leaving) for _ in range(3)] == produce.expected[:3]
+        only: list[Chunk] = []
+        normal: list[Chunk] = []
+        failures: list[BaseException] = []
+        tg.start_soon(lambda: read_into(other, never, only, failures, mode="cache_only"))
+        await until(lambda: len(only) == 3)
+        tg.start_soon(lambda: read_into(other, mine, normal))
+        await until(lambda: len(normal) == 3)
+        await leaving.aclose()  # the owner's stream is cancelled
+        await until(lambda: bool(failures) and len(normal) == 12)
+    assert never.calls == 0 and isinstance(failures[0].__cause__, SharedStreamLostError)
+    assert normal == mine.expected and mine.calls == 1
+
+
 async def test_a_follower_of_a_silent_redis_goes_on_without_waiting_on_it_again() -> None:
     with RedisServer() as private:
         fleet = Fleet(private)  # timeout 0.5 s, blocks of 0.2 s

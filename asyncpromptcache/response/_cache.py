@@ -486,6 +486,7 @@ class ResponseCache:
             raise ClientStateError("the response cache is closed")
         flight = Flight(key, buffer_chunks=self._buffer, max_store_bytes=self._max_answer,
                         on_abandon=self._on_abandon, clock=self._clock)
+        flight.follow_only = mode == "cache_only"
         self._flights.add(flight)
         self._running.add(flight)
         following = bool(claimed) and claimed[0] is None  # another process streams it
@@ -510,7 +511,7 @@ class ResponseCache:
 
     def _join(self, stream: ResponseStream, key: str) -> bool:
         flight = self._flights.get(key)
-        if flight is None:
+        if flight is None or (flight.follow_only and stream._mode != "cache_only"):
             return False
         self._joins += 1
         stream._source = "join"

@@ -73,6 +73,9 @@ class Flight:
         self.size = 0
         self.storable = True
         self.joinable = True
+        # Following another process's stream for ``mode="cache_only"`` callers: never
+        # claims it, so a request that may go upstream does not join it (it follows itself).
+        self.follow_only = False
         self.state = _RUNNING
         self.error: BaseException | None = None
         self.consumers: set[Consumer] = set()

@@ -883,3 +883,33 @@ async def test_a_clear_racing_reads_leaves_no_dropped_answer_in_the_callers_memo
         for request in requests:
             with pytest.raises(NotCachedError):
                 await cache.get(request, never, mode="cache_only")
+
+
+async def test_a_change_made_while_the_cache_closes_starts_nothing_in_its_ended_group() -> None:
+    """A store whose close suspends leaves a window after the cache's task group ended:
+    an ``invalidate()`` then, with Redis gone, is kept, and starts no resend in the ended
+    group (that raised anyio's RuntimeError to the caller, not one of ours)."""
+    from asyncpromptcache.response import MemoryStore
+
+    closing, release = anyio.Event(), anyio.Event()
+
+    class SlowToClose(MemoryStore):
+        async def aclose(self) -> None:
+            closing.set()
+            await release.wait()
+            await super().aclose()
+
+    with RedisServer() as private:
+        cache = ResponseCache(store=SlowToClose(),
+                              shared=RedisTier(private.url, timeout_seconds=0.5))
+        await cache.__aenter__()
+        private.kill()
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cache.aclose)
+                await closing.wait()
+                try:
+                    assert await cache.invalidate(REQUEST) is False  # kept, never raised
+                finally:
+                    release.set()
+        assert cache.state == "closed"

@@ -113,8 +113,13 @@ class AcrossProcesses:
         shared, key = self._shared, flight.key
         # Stored between the store's read and this claim? (Not asked of a Redis that just
         # failed to answer the claim.)
-        stored = None if refresh or not publisher.sharing else await shared.get(
-            key, count=False)
+        try:
+            stored = None if refresh or not publisher.sharing else await shared.get(
+                key, count=False)
+        except BaseException as exc:  # cancelled: the claim is let go, not left to expire
+            with anyio.CancelScope(shield=True):
+                await publisher.fail(exc)
+            raise
         if stored is not None:
             await publisher.withdraw()
             for index, chunk in enumerate(stored.chunks):
@@ -144,7 +149,13 @@ class AcrossProcesses:
                 await publisher.fail(exc)
             raise
         if flight.storable and flight.writes_back:
-            await shared.put(key, StoredAnswer(flight.chunks, flight.size, flight.duration), ttl)
+            try:
+                await shared.put(key, StoredAnswer(flight.chunks, flight.size, flight.duration),
+                                 ttl)
+            except BaseException as exc:  # cancelled while storing: followers take over
+                with anyio.CancelScope(shield=True):
+                    await publisher.fail(exc)
+                raise
         await publisher.complete()
 
 

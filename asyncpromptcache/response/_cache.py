@@ -247,6 +247,8 @@ class ResponseCache:
         in flight were cancelled; the store closes."""
         self._state = _CLOSED
         self._tg = None
+        if self._shared is not None:
+            self._shared.detach()  # before the store's close may suspend
         await self._store.aclose()
 
     async def __aexit__(

@@ -181,8 +181,14 @@ class RedisResponses:
                       name="asyncpromptcache.response:bus")
         self._send_soon()
 
+    def detach(self) -> None:
+        """The cache's task group is over: nothing more starts in it (a claim's keep-alive,
+        a resend, a probe), from now until ``aclose``."""
+        self._tg = None
+        self._conn.detach()
+
     async def aclose(self) -> None:
-        self._tg = None  # closed with the cache: nothing more starts in it
+        self.detach()
         await self._conn.aclose()
 
     # -- commands --------------------------------------------------------------------------

@@ -128,6 +128,10 @@ class Connection:
         if self.state == "down":
             self._start_healing()
 
+    def detach(self) -> None:
+        """The task group given to ``heal_in`` is over: nothing more is started in it."""
+        self._heal_tg = None
+
     def _start_healing(self) -> None:
         if self._heal_tg is not None and not self._healing and not self._closed:
             self._healing = True

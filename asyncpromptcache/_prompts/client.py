@@ -172,8 +172,7 @@ class AsyncPromptClient:
         self._hits = 0.0
         self._state = _NEW
         self._closed_reason = "the client is closed"
-        # Set on entry: the loop it runs on. Its task group lives in a task of its own.
-        self._loop: object = None
+        # Its task group lives in a task of its own; its loop is the one that entered it.
         self._group = HostedTaskGroup("an AsyncPromptClient", name="asyncpromptcache-client")
 
     def __repr__(self) -> str:
@@ -188,7 +187,6 @@ class AsyncPromptClient:
         if self._state != _NEW:
             raise ClientStateError(f"an AsyncPromptClient can be entered once; it is {self._state}")
         check_backend(self._source)
-        self._loop = current_loop()
         self._state = _OPEN
         await self._group.start(self._host, stopping=self._stopping, closed=self._closed)
         if self._state != _OPEN:
@@ -257,7 +255,7 @@ class AsyncPromptClient:
         await self._group.stop()
 
     def _check_loop(self) -> None:
-        if current_loop() is not self._loop:
+        if current_loop() is not self._group.loop:
             raise ClientStateError(
                 "this AsyncPromptClient was opened on another event loop; an aiohttp session "
                 "and the client's tasks belong to one loop: open a client on each loop (for "

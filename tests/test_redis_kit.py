@@ -274,3 +274,31 @@ async def test_a_refused_password_never_shows_in_a_log_line_a_repr_or_the_stats(
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any("AuthenticationError" in line for line in warned), warned
     assert not [line for line in shown if secret in line]
+
+
+async def test_a_read_waits_for_every_change_of_its_process_also_one_made_as_the_first_settled(
+    redis_url: str,
+) -> None:
+    """A read behind this process's own changes waits until they are all in Redis, then
+    reads Redis: a second change begun just as the first settled (a label move's second
+    webhook) does not send it upstream (it did: one GET in some label-move runs)."""
+    async with fleet(redis_url, text("a"), text("b"), text("c")) as f:
+        writer, reader = await f.client(), await f.client()
+        await writer.get_prompt("a")  # in Redis; never read by ``reader``
+        assert f.source.total_fetches == 1
+        link = reader._link
+        assert link is not None
+        reader.invalidate("b")  # the first change, on its way to Redis
+        assert link._pending == 1
+        settled = link._settled
+
+        async def second_change_as_the_first_settles() -> None:
+            await settled.wait()  # woken before the read below: it waited first
+            reader.invalidate("c")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(second_change_as_the_first_settles)
+            await anyio.lowlevel.checkpoint()
+            prompt = await reader.get_prompt("a")
+        assert prompt.prompt == "a v1"
+        assert f.source.total_fetches == 1  # from Redis, not upstream

@@ -304,8 +304,11 @@ class SharedPrompts:
         if not self._conn.up:
             return await upstream()
         if self._pending:
+            # This process's own changes reach L2 first: every one of them, also one made
+            # while the first settled (a label move's second webhook right after its first).
             with anyio.move_on_after(4 * self._timeout):
-                await self._settled.wait()  # this process's own invalidations reach L2 first
+                while self._pending:
+                    await self._settled.wait()
             if self._pending:
                 return await upstream()  # L2 may still hold what this process dropped
         if self._unsent and any(_touches(change, key) for change in self._unsent):

@@ -42,12 +42,6 @@ def upstream() -> Iterator[Upstream]:
 
 
 @pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def fleet() -> Iterator[Fleet]:
     with Fleet(WORKERS) as workers:
         yield workers
@@ -74,13 +68,13 @@ def _healed(fleet: Fleet, restarted: float, only: range | None = None) -> None:
 
 
 def test_a_loaded_machine_still_makes_one_request_per_prompt(
-    upstream: Upstream, redis: RedisServer, fleet: Fleet,
+    upstream: Upstream, redis_server: RedisServer, fleet: Fleet,
 ) -> None:
     upstream.normal()
-    redis.command("FLUSHALL")
+    redis_server.command("FLUSHALL")
     try:
         with cpu_burners(2):
-            _open(fleet, upstream, redis)
+            _open(fleet, upstream, redis_server)
             replies = fleet.all({"op": "load", "names": NAMES, "callers": CALLERS})
             settled = fleet.all({"op": "settle"})
         assert [r["errors"] for r in replies] == [0] * WORKERS, replies[0]["first_errors"]
@@ -91,17 +85,17 @@ def test_a_loaded_machine_still_makes_one_request_per_prompt(
 
 
 def test_after_a_restart_the_fleet_shares_each_new_prompts_fetch_again(
-    upstream: Upstream, redis: RedisServer, fleet: Fleet,
+    upstream: Upstream, redis_server: RedisServer, fleet: Fleet,
 ) -> None:
     upstream.normal()
-    redis.command("FLUSHALL")
+    redis_server.command("FLUSHALL")
     try:
-        _open(fleet, upstream, redis)
+        _open(fleet, upstream, redis_server)
         fleet.all({"op": "load", "names": NAMES[:5], "callers": 20})
-        redis.kill()
+        redis_server.kill()
         during = fleet.all({"op": "load", "names": NAMES[5:10], "callers": 20})
         assert [r["errors"] for r in during] == [0] * WORKERS
-        redis.start()
+        redis_server.start()
         restarted = time.monotonic()
         _healed(fleet, restarted)
         for round_ in range(10):
@@ -115,7 +109,7 @@ def test_after_a_restart_the_fleet_shares_each_new_prompts_fetch_again(
 
 
 def test_after_a_restart_the_fleet_shares_each_new_questions_stream_again(
-    upstream: Upstream, redis: RedisServer, fleet: Fleet,
+    upstream: Upstream, redis_server: RedisServer, fleet: Fleet,
 ) -> None:
     four = range(4)
     namespace = uuid.uuid4().hex
@@ -127,12 +121,12 @@ def test_after_a_restart_the_fleet_shares_each_new_questions_stream_again(
 
     upstream.chat_controls(token_delay_seconds=0.01)  # the processes meet while it streams
     try:
-        fleet.all({"op": "response_open", "base_url": upstream.base_url, "redis": redis.url,
+        fleet.all({"op": "response_open", "base_url": upstream.base_url, "redis": redis_server.url,
                    "redis_timeout": None, "namespace": namespace}, only=four)
         ask()
-        redis.kill()
+        redis_server.kill()
         assert [r["failed"] for r in ask()] == [None] * 4
-        redis.start()
+        redis_server.start()
         restarted = time.monotonic()
         _healed(fleet, restarted, four)
         for round_ in range(10):
@@ -148,14 +142,14 @@ def test_after_a_restart_the_fleet_shares_each_new_questions_stream_again(
 
 @pytest.mark.parametrize("stall", [0.5, 1.0, 2.0, "killed"])
 def test_a_cold_caller_behind_a_lock_held_through_a_stall_gets_its_prompt_in_its_budget(
-    upstream: Upstream, redis: RedisServer, fleet: Fleet, stall: float | str,
+    upstream: Upstream, redis_server: RedisServer, fleet: Fleet, stall: float | str,
 ) -> None:
     holder, waiter = 0, 1
     name = bench_name(60)
     upstream.normal()
-    redis.command("FLUSHALL")
+    redis_server.command("FLUSHALL")
     try:
-        _open(fleet, upstream, redis, only=range(2), fetch_timeout=FETCH_TIMEOUT)
+        _open(fleet, upstream, redis_server, only=range(2), fetch_timeout=FETCH_TIMEOUT)
         upstream.control(delay=1.5)  # the holder's fetch: slow
         fleet.send(holder, {"op": "load", "names": [name], "callers": 1})
         until_sync(lambda: upstream.requests() == 1)  # it holds the key's lock
@@ -163,18 +157,18 @@ def test_a_cold_caller_behind_a_lock_held_through_a_stall_gets_its_prompt_in_its
         fleet.send(waiter, {"op": "load", "names": [name], "callers": 1})
         time.sleep(0.1)  # the waiter waits on the holder's lock by now
         if stall == "killed":
-            redis.kill()
+            redis_server.kill()
             ready_at = time.time()  # the waiter's tier may know at once
         else:
             assert isinstance(stall, float)
-            redis.freeze()
+            redis_server.freeze()
             time.sleep(stall)
-            redis.thaw()
+            redis_server.thaw()
             ready_at = time.time()
         held, waited = fleet.receive(holder), fleet.receive(waiter)
     finally:
         if stall == "killed":
-            redis.start()
+            redis_server.start()
         fleet.all({"op": "close"}, only=range(2))
     assert held["errors"] == 0, held["first_errors"]
     assert waited["errors"] == 0, waited["first_errors"]
@@ -188,18 +182,18 @@ def test_a_cold_caller_behind_a_lock_held_through_a_stall_gets_its_prompt_in_its
 
 @pytest.mark.parametrize("stall", [1.0, 4.0])  # 4 s: past the backoff of a probe that times out
 def test_an_invalidation_made_during_a_stall_holds_and_reaches_the_fleet_once_redis_answers(
-    upstream: Upstream, redis: RedisServer, fleet: Fleet, stall: float,
+    upstream: Upstream, redis_server: RedisServer, fleet: Fleet, stall: float,
 ) -> None:
     name = bench_name(70)
     others = range(1, WORKERS)
     upstream.normal()
-    redis.command("FLUSHALL")
+    redis_server.command("FLUSHALL")
     try:
-        _open(fleet, upstream, redis, ttl=600.0)
+        _open(fleet, upstream, redis_server, ttl=600.0)
         old = fleet.all({"op": "load", "names": [name], "callers": 5})[0]["versions"][name]
         new = publish(upstream, name, f"published at {time.time()}")
         assert new > old
-        redis.freeze()
+        redis_server.freeze()
         try:
             fleet.one(0, {"op": "invalidate", "name": name})
             polled = fleet.one(0, {"op": "poll", "name": name, "seconds": stall})
@@ -208,7 +202,7 @@ def test_an_invalidation_made_during_a_stall_holds_and_reaches_the_fleet_once_re
                 fleet.send(i, {"op": "watch", "name": name, "version": new, "limit": 5.0})
             time.sleep(0.1)  # they serve the old version from their own memory meanwhile
         finally:
-            redis.thaw()
+            redis_server.thaw()
             answering_at = time.time()
         seen = [fleet.receive(i)["seen_at"] for i in others]
         assert None not in seen
